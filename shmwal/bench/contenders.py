@@ -1,0 +1,505 @@
+"""The contenders: how each one sends, receives and ends a run.
+
+Each contender has three parts, because they live in different processes:
+
+* ``Contender`` (parent): a name, what it can run, and ``open(spec)`` giving a ``Session``.
+* ``Session`` (parent): owns the run's resources (a queue, a socket directory, a broker),
+  sends the end-of-run baton, and tears everything down in ``close()``.
+* ``session.channel`` (passed to every child, so it pickles): ``sender(i)`` / ``receiver(i)``
+  open the child's end.  A sender has ``send(buf)``, or ``send_many(bufs)`` and ``batch``
+  when batched, ``finish()`` after the last message and ``close()``.  A receiver has a
+  blocking ``recv()`` (or ``recv_many()``), ``on_token(msg) -> bool`` (True: this consumer
+  is done) and ``close()``.
+
+How a run ends, exactly (so that the consumers stop only when nothing more can come):
+
+* Shared FIFO (multiprocessing.Queue, faster-fifo, shmwal): once every producer process
+  has exited, the parent puts one *baton* token behind all the data. The consumer that
+  takes it puts it back (so the next consumer finds it too) and stops. Because the queue
+  is one FIFO, whoever sees the baton knows all data before it was handed out. Separate
+  shmwal groups each see the baton and don't pass it on.
+* zmq PUSH/PULL is no single FIFO: each producer->consumer pipe is. So each producer, after
+  its data, sends *end tokens* on its own socket until every consumer has acknowledged one
+  (in a shared byte array); a consumer stops once it holds one token from every producer.
+
+Senders may reuse one buffer for every message: each contender copies synchronously,
+except ``multiprocessing.Queue``, whose feeder thread pickles later, so it gets a copy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+import time
+import uuid
+
+from . import messages
+
+# Blocking receives wait this long at most; the parent kills a run long before (--timeout).
+FOREVER = 3600.0
+BATCH = 1000                       # messages per batched send (issue: batches of 1,000)
+FASTER_FIFO_BYTES = 32 * 2**20     # faster-fifo's ring buffer (its default, 1 MB, starves 64 KiB)
+
+
+def _missing(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} not importable: {exc}"
+    return None
+
+
+class Contender:
+    name = "?"
+    family = "peer"          # "peer" | "shmwal"
+    batched = False          # send_many/recv_many instead of send/recv
+    pubsub = False           # can run separate groups (each consumer gets every message)
+
+    def unavailable(self) -> str | None:
+        """Why this contender cannot run on this machine, or None."""
+        return None
+
+    def unsupported(self, spec) -> str | None:
+        """Why this contender has no row for ``spec`` (shown as n/a), or None."""
+        if spec.separate_groups and not self.pubsub:
+            return "no consumer groups"
+        if spec.kind == "latency" and self.batched:
+            return "latency is measured per message"
+        return None
+
+    def open(self, spec, ctx, workdir: str):
+        raise NotImplementedError
+
+
+class BatonSession:
+    """Parent side of a shared-FIFO contender: put the baton after the producers exited."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def send_baton(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- multiprocessing.Queue
+
+class MPQueueContender(Contender):
+    name = "mp.Queue"
+
+    def open(self, spec, ctx, workdir):
+        return MPQueueSession(ctx.Queue())
+
+
+class MPQueueSession(BatonSession):
+    def __init__(self, q):
+        super().__init__(MPQueueChannel(q))
+        self.q = q
+
+    def send_baton(self):
+        self.q.put(messages.token())
+
+    def close(self):
+        # Never wait for the feeder thread: after a killed run the pipe may be full for good.
+        self.q.cancel_join_thread()
+        self.q.close()
+
+
+class MPQueueChannel:
+    def __init__(self, q):
+        self.q = q
+
+    def sender(self, producer):
+        return MPQueueSender(self.q)
+
+    def receiver(self, consumer):
+        return MPQueueReceiver(self.q)
+
+
+class MPQueueSender:
+    def __init__(self, q):
+        self.q = q
+
+    def send(self, buf):
+        # put() only queues a reference for the feeder thread: the buffer is reused, so copy.
+        self.q.put(bytes(buf))
+
+    def finish(self):
+        # Flush the feeder thread before the process reports done: the baton must come after.
+        self.q.close()
+        self.q.join_thread()
+
+    def close(self):
+        pass
+
+
+class MPQueueReceiver:
+    def __init__(self, q):
+        self.q = q
+        self.recv = q.get          # blocking get(): no poll() system call per message
+
+    def on_token(self, msg) -> bool:
+        self.q.put(msg)            # pass the baton on
+        return True
+
+    def close(self):
+        self.q.close()
+        self.q.join_thread()       # the baton we put back must reach the pipe before we exit
+
+
+# ---------------------------------------------------------------- faster-fifo
+
+class FasterFifoContender(Contender):
+    def __init__(self, batched=False):
+        self.batched = batched
+        self.name = "faster-fifo batch" if batched else "faster-fifo"
+
+    def unavailable(self):
+        return _missing("faster_fifo")
+
+    def open(self, spec, ctx, workdir):
+        import faster_fifo
+
+        # A batch must fit the ring whole (put_many is all-or-nothing): a quarter of it
+        # leaves room for the producer to fill the next batch while the consumer drains.
+        batch = max(1, min(BATCH, FASTER_FIFO_BYTES // 4 // (spec.size + 64)))
+        return FasterFifoSession(faster_fifo.Queue(max_size_bytes=FASTER_FIFO_BYTES), batch)
+
+
+class FasterFifoSession(BatonSession):
+    def __init__(self, q, batch):
+        super().__init__(FasterFifoChannel(q, batch))
+        self.q = q
+
+    def send_baton(self):
+        self.q.put(messages.token(), timeout=FOREVER)
+
+
+class FasterFifoChannel:
+    def __init__(self, q, batch):
+        self.q = q
+        self.batch = batch
+
+    def sender(self, producer):
+        return FasterFifoEnd(self.q, self.batch)
+
+    def receiver(self, consumer):
+        return FasterFifoEnd(self.q, self.batch)
+
+
+class FasterFifoEnd:
+    """Both ends: put()/get() pickle synchronously, so reusing the buffer is safe."""
+
+    def __init__(self, q, batch):
+        self.q = q
+        self.batch = batch
+
+    def send(self, buf):
+        self.q.put(buf, timeout=FOREVER)
+
+    def send_many(self, bufs):
+        self.q.put_many(bufs, timeout=FOREVER)
+
+    def recv(self):
+        return self.q.get(timeout=FOREVER)
+
+    def recv_many(self):
+        return self.q.get_many(timeout=FOREVER, max_messages_to_get=self.batch)
+
+    def on_token(self, msg) -> bool:
+        self.q.put(msg, timeout=FOREVER)
+        return True
+
+    def finish(self):
+        pass
+
+    def close(self):
+        pass
+
+
+# ---------------------------------------------------------------- pyzmq ipc PUSH/PULL
+
+class ZmqContender(Contender):
+    name = "zmq ipc"
+
+    def unavailable(self):
+        return _missing("zmq")
+
+    def open(self, spec, ctx, workdir):
+        return ZmqSession(spec, ctx, workdir)
+
+
+class ZmqSession:
+    def __init__(self, spec, ctx, workdir):
+        # Each consumer binds its own PULL; each producer's PUSH connects to all of them
+        # (zmq load-balances across connected PULLs, the work-queue pattern).
+        self.dir = tempfile.mkdtemp(prefix="zmq-", dir=workdir)
+        endpoints = [f"ipc://{self.dir}/c{i}" for i in range(spec.consumers)]
+        acks = ctx.RawArray("b", spec.producers * spec.consumers)
+        self.channel = ZmqChannel(endpoints, acks, spec.producers)
+
+    def send_baton(self):
+        pass  # producers end their own pipes (module docstring)
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ZmqChannel:
+    def __init__(self, endpoints, acks, producers):
+        self.endpoints = endpoints
+        self.acks = acks
+        self.producers = producers
+
+    def sender(self, producer):
+        return ZmqSender(self, producer)
+
+    def receiver(self, consumer):
+        return ZmqReceiver(self, consumer)
+
+
+class ZmqSender:
+    def __init__(self, channel, producer):
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        self.zmq = zmq
+        self.channel, self.producer = channel, producer
+        self.ctx = zmq.Context()   # per process: a zmq context must not cross a fork
+        self.sock = self.ctx.socket(zmq.PUSH)
+        # Wait until every consumer is connected, so no reconnect delay (100 ms) lands
+        # inside the timed part. Consumers bound before producers started.
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        for endpoint in channel.endpoints:
+            self.sock.connect(endpoint)
+        for _ in channel.endpoints:
+            if not monitor.poll(10_000):
+                raise TimeoutError("zmq PUSH did not connect to every consumer")
+            recv_monitor_message(monitor)
+        self.sock.disable_monitor()
+        monitor.close()
+        self.send = self.sock.send
+
+    def finish(self):
+        acks, n = self.channel.acks, len(self.channel.endpoints)
+        mine = slice(self.producer * n, (self.producer + 1) * n)
+        end = messages.token(self.producer)
+        # Round-robin sends each token to the next pipe with room; repeat until every
+        # consumer has seen one (a consumer that is done closes its pipe and drops out).
+        while not all(acks[mine]):
+            try:
+                self.sock.send(end, self.zmq.NOBLOCK)
+            except self.zmq.Again:
+                pass
+            time.sleep(0.0005)
+        # Every consumer got a token behind all our data, so all of it arrived. What is
+        # still queued is spare tokens, held for pipes whose consumer has gone (a connecting
+        # socket waits for its peer to come back): drop them, or close() would wait forever.
+        self.sock.setsockopt(self.zmq.LINGER, 0)
+
+    def close(self):
+        self.sock.close()
+        self.ctx.term()
+
+
+class ZmqReceiver:
+    def __init__(self, channel, consumer):
+        import zmq
+
+        self.channel, self.consumer = channel, consumer
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(channel.endpoints[consumer])
+        self.recv = self.sock.recv
+        self.ended = set()
+
+    def on_token(self, msg) -> bool:
+        producer = messages.token_arg(msg)
+        self.channel.acks[producer * len(self.channel.endpoints) + self.consumer] = 1
+        self.ended.add(producer)
+        return len(self.ended) == self.channel.producers
+
+    def close(self):
+        self.sock.close()
+        self.ctx.term()
+
+
+# ---------------------------------------------------------------- shmwal
+
+ZERO_COPY_METHODS = ("read_view", "batch_read_view")   # whichever shmwal grows first
+TOPIC = "bench"
+
+
+def _shmwal_missing() -> str | None:
+    try:
+        import shmwal
+    except ImportError as exc:
+        return f"shmwal not importable: {exc}"
+    needed = ("Broker", "connect", "Client", "NoFsync", "FsyncEvery", "AtLeastOnce", "StrictlyAtOnce")
+    absent = [name for name in needed if not hasattr(shmwal, name)]
+    return f"shmwal lacks {', '.join(absent)}" if absent else None
+
+
+def shmwal_consistency(text: str):
+    """'strict' or 'at-least-once:N' (as the broker's command line spells them)."""
+    import shmwal
+
+    if text == "strict":
+        return shmwal.StrictlyAtOnce()
+    if text.startswith("at-least-once:"):
+        return shmwal.AtLeastOnce(persist_every=int(text.split(":", 1)[1]))
+    raise ValueError(f"consistency {text!r}: use 'strict' or 'at-least-once:N'")
+
+
+class ShmwalContender(Contender):
+    family = "shmwal"
+    pubsub = True
+
+    def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="at-least-once:1000"):
+        self.fsync_ms = fsync_ms            # None: NoFsync()
+        self.batched = batched or zero_copy
+        self.zero_copy = zero_copy
+        self.consistency = consistency
+        mode = "zero-copy" if zero_copy else ("batch" if batched else "entry")
+        durability = "nofsync" if fsync_ms is None else f"fsync{fsync_ms}ms"
+        self.name = f"shmwal {durability} {mode}"
+
+    def unavailable(self):
+        missing = _shmwal_missing()
+        if missing or not self.zero_copy:
+            return missing
+        import shmwal
+
+        if not any(hasattr(shmwal.Client, m) for m in ZERO_COPY_METHODS):
+            return f"shmwal.Client has no zero-copy read ({' / '.join(ZERO_COPY_METHODS)})"
+        return None
+
+    def open(self, spec, ctx, workdir):
+        return ShmwalSession(self, spec, workdir)
+
+
+class ShmwalSession(BatonSession):
+    """A fresh data directory, key and broker for every run."""
+
+    def __init__(self, contender, spec, workdir):
+        import shmwal
+
+        self.dir = tempfile.mkdtemp(prefix="shmwal-", dir=workdir)
+        self.key = f"bench-{uuid.uuid4().hex[:12]}"
+        self.broker = None
+        try:
+            fsync = shmwal.NoFsync() if contender.fsync_ms is None else shmwal.FsyncEvery(milliseconds=contender.fsync_ms)
+            self.broker = shmwal.Broker(
+                self.dir, key=self.key, fsync=fsync, consistency=shmwal_consistency(contender.consistency)
+            ).start()
+        except BaseException:
+            self.close()
+            raise
+        zero_copy = next((m for m in ZERO_COPY_METHODS if hasattr(shmwal.Client, m)), None) if contender.zero_copy else None
+        super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups, BATCH * spec.size, zero_copy))
+
+    def send_baton(self):
+        import shmwal
+
+        with shmwal.connect(self.dir, key=self.key) as client:
+            client.append(TOPIC, messages.token())
+
+    def close(self):
+        try:
+            if self.broker is not None:
+                self.broker.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ShmwalChannel:
+    def __init__(self, data_dir, key, separate_groups, max_bytes, zero_copy):
+        self.data_dir, self.key = data_dir, key
+        self.separate_groups = separate_groups
+        self.max_bytes = max_bytes          # per batch_read: about BATCH messages
+        self.zero_copy = zero_copy          # name of the zero-copy read method, or None
+
+    def _connect(self):
+        import shmwal
+
+        return shmwal.connect(self.data_dir, key=self.key)
+
+    def sender(self, producer):
+        return ShmwalSender(self._connect())
+
+    def receiver(self, consumer):
+        group = f"g{consumer}" if self.separate_groups else "work"
+        return ShmwalReceiver(self._connect(), group, self)
+
+
+class ShmwalSender:
+    batch = BATCH
+
+    def __init__(self, client):
+        self.client = client
+
+    def send(self, buf):
+        self.client.append(TOPIC, buf)
+
+    def send_many(self, bufs):
+        self.client.batch_append(TOPIC, bufs)
+
+    def finish(self):
+        pass
+
+    def close(self):
+        self.client.close()
+
+
+class ShmwalReceiver:
+    def __init__(self, client, group, channel):
+        self.client, self.group = client, group
+        self.max_bytes = channel.max_bytes
+        self.pass_baton = not channel.separate_groups
+        self.view = getattr(client, channel.zero_copy) if channel.zero_copy else None
+        self.views = self.view is not None   # buffers may be reused: the consumer copies prefixes
+        if channel.separate_groups:
+            # Make the group exist before any producer writes: a group born later starts
+            # at the oldest entry *kept*, and blocks all older groups read past may be gone.
+            client.seek(TOPIC, 0, group=group)
+
+    def recv(self):
+        return self.client.read_next(TOPIC, group=self.group, timeout=None).data
+
+    def recv_many(self):
+        if self.view is not None:
+            # Zero-copy hook: assumed to take batch_read's arguments and give entries
+            # (with .data) or buffers; adjust here once shmwal's method exists.
+            items = self.view(TOPIC, self.max_bytes, group=self.group, timeout=None)
+            return [getattr(item, "data", item) for item in items]
+        entries = self.client.batch_read(TOPIC, self.max_bytes, group=self.group, timeout=None)
+        return [e.data for e in entries]
+
+    def on_token(self, msg) -> bool:
+        if self.pass_baton:
+            self.client.append(TOPIC, bytes(msg))
+        return True
+
+    def close(self):
+        self.client.close()
+
+
+def all_contenders(consistency: str = "at-least-once:1000") -> list[Contender]:
+    """Every contender, peers first (the report's 'best peer' is taken among family 'peer')."""
+    shmwal_rows = [
+        ShmwalContender(fsync_ms, batched=batched, consistency=consistency)
+        for fsync_ms in (None, 200)
+        for batched in (False, True)
+    ]
+    return [
+        MPQueueContender(),
+        FasterFifoContender(),
+        FasterFifoContender(batched=True),
+        ZmqContender(),
+        *shmwal_rows,
+        ShmwalContender(None, zero_copy=True, consistency=consistency),
+    ]

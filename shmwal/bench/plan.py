@@ -1,0 +1,83 @@
+"""What to run: the scenarios of one benchmark run, as plain data.
+
+A ``RunSpec`` is one cell of the race (a scenario at one message size); every contender
+runs every spec it supports, back to back, so that all figures of a spec come from the
+same minutes on the same machine (this VM's speed drifts: see shared/FACTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("throughput", "latency", "scaling")
+DEFAULT_SIZES = (100, 4096, 65536)
+SCALING_PRODUCERS = (1, 2, 4)
+SCALING_CONSUMERS = (2, 4)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    kind: str                      # "throughput" | "latency" | "scaling"
+    size: int                      # bytes per message
+    per_producer: int              # messages each producer sends
+    producers: int = 1
+    consumers: int = 1
+    separate_groups: bool = False  # each consumer its own group: each must get everything
+    period_ns: int = 0             # latency: one message every period_ns
+    warmup: int = 0                # latency: first messages left out of the statistics
+
+    @property
+    def sent(self) -> int:
+        return self.per_producer * self.producers
+
+    @property
+    def delivered(self) -> int:
+        """Messages the consumers receive in all: every group gets every message."""
+        return self.sent * (self.consumers if self.separate_groups else 1)
+
+    @property
+    def scenario(self) -> str:
+        shape = f"{self.producers}p->{self.consumers}c"
+        if self.consumers > 1:
+            shape += " groups" if self.separate_groups else " work"
+        return shape
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many messages to send: --quick makes everything small."""
+
+    quick: bool = False
+    count: int | None = None          # --count: messages per run for every size
+    latency_count: int | None = None  # --latency-count
+    latency_period_us: int = 1000
+
+    def count_for(self, size: int) -> int:
+        if self.count is not None:
+            return self.count
+        # Full: ~1 s or more per contender, capped at ~1.3 GB per run (64 KiB -> ~20k).
+        # Quick: well under a second each.
+        cap, floor, budget = (20_000, 2_000, 200e6) if self.quick else (200_000, 10_000, 1.3e9)
+        return min(cap, max(floor, int(budget // size)))
+
+    def latency_messages(self) -> tuple[int, int]:
+        """(measured, warmup): warmup covers connection set-up and cold caches."""
+        n = self.latency_count if self.latency_count is not None else (200 if self.quick else 2000)
+        return n, max(1, n // 20)
+
+
+def build(kinds, sizes, budget: Budget) -> list[RunSpec]:
+    specs: list[RunSpec] = []
+    if "throughput" in kinds:
+        specs += [RunSpec("throughput", size, budget.count_for(size)) for size in sizes]
+    if "latency" in kinds:
+        n, warmup = budget.latency_messages()
+        period = budget.latency_period_us * 1000
+        specs += [RunSpec("latency", size, n + warmup, period_ns=period, warmup=warmup) for size in sizes]
+    if "scaling" in kinds:
+        size = min(sizes)
+        total = budget.count_for(size)
+        specs += [RunSpec("scaling", size, total // p, producers=p) for p in SCALING_PRODUCERS]
+        specs += [RunSpec("scaling", size, total, consumers=c) for c in SCALING_CONSUMERS]
+        specs += [RunSpec("scaling", size, total, consumers=c, separate_groups=True) for c in SCALING_CONSUMERS]
+    return specs

@@ -1,0 +1,180 @@
+"""The code that runs in the producer and consumer processes.
+
+Protocol with the parent, over each child's own pipe: ("ready", None) once its endpoint is
+open, then it waits for the shared ``go`` event (so no process is still starting up when the
+clock starts), then ("done", result) or ("error", traceback). The parent never reads a clock
+of its own: the producers report when they sent their first message and the consumers when
+they received their last data message, both on CLOCK_MONOTONIC.
+
+The hot loops do the same small bookkeeping for every contender (a ``len()``, a clock read
+and a 16-byte slice kept per message); decoding and checking happen after the clock stops.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+
+from . import check
+from .messages import HEADER, HEADER_LEN, STAMPED, STAMPED_LEN, TOKEN_LEN, clock_ns, filler
+
+GO_TIMEOUT = 120.0   # a child never waits for the start signal longer than this
+
+
+def producer_main(channel, spec, index, batched, conn, go):
+    tx = None
+    try:
+        tx = channel.sender(index)
+        conn.send(("ready", None))
+        if not go.wait(GO_TIMEOUT):
+            raise TimeoutError("no start signal")
+        if spec.kind == "latency":
+            t_first = _send_paced(tx, spec, index)
+        elif batched:
+            t_first = _send_batched(tx, spec, index)
+        else:
+            t_first = _send_each(tx, spec, index)
+        tx.finish()
+        conn.send(("done", {"t_first": t_first}))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        if tx is not None:
+            tx.close()
+        conn.close()
+
+
+def consumer_main(channel, spec, index, batched, conn, go):
+    rx = None
+    try:
+        rx = channel.receiver(index)
+        conn.send(("ready", None))
+        if not go.wait(GO_TIMEOUT):
+            raise TimeoutError("no start signal")
+        if spec.kind == "latency":
+            result = _receive_stamped(rx, spec)
+        elif batched:
+            result = _receive_batched(rx, spec)
+        else:
+            result = _receive_each(rx, spec)
+        rx.close()   # may flush a passed-on baton: before we report done
+        rx = None
+        conn.send(("done", result))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        if rx is not None:
+            rx.close()
+        conn.close()
+
+
+# ---------------------------------------------------------------- producers
+
+def _send_each(tx, spec, index) -> int:
+    buf = filler(spec.size)
+    pack, send = HEADER.pack_into, tx.send
+    t_first = clock_ns()
+    for seq in range(spec.per_producer):
+        pack(buf, 0, index, seq)
+        send(buf)
+    return t_first
+
+
+def _send_batched(tx, spec, index) -> int:
+    template = filler(spec.size)
+    pool = [bytearray(template) for _ in range(tx.batch)]   # every contender copies on send
+    pack, send_many, n = HEADER.pack_into, tx.send_many, spec.per_producer
+    t_first = clock_ns()
+    for start in range(0, n, tx.batch):
+        items = pool if n - start >= tx.batch else pool[: n - start]
+        for i, buf in enumerate(items):
+            pack(buf, 0, index, start + i)
+        send_many(items)
+    return t_first
+
+
+def _send_paced(tx, spec, index) -> int:
+    """One message every period_ns, each stamped just before it is sent."""
+    buf = filler(spec.size)
+    pack, send = STAMPED.pack_into, tx.send
+    t_first = clock_ns()
+    for seq in range(spec.per_producer):
+        wait = t_first + seq * spec.period_ns - clock_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)   # sleep, not spin: two cores, and the consumer needs one
+        pack(buf, 0, index, seq, clock_ns())
+        send(buf)
+    return t_first
+
+
+# ---------------------------------------------------------------- consumers
+
+def _per_producer(spec) -> list[int]:
+    return [spec.per_producer] * spec.producers
+
+
+def _result(heads: list, spec, t_last: int, stride: int = HEADER_LEN) -> dict:
+    return {"t_last": t_last, "tally": check.tally(b"".join(heads), _per_producer(spec), stride)}
+
+
+def _receive_each(rx, spec) -> dict:
+    heads: list = []
+    keep, recv, on_token, clock = heads.append, rx.recv, rx.on_token, clock_ns
+    t_last = 0
+    while True:
+        msg = recv()
+        if len(msg) == TOKEN_LEN:
+            if on_token(msg):
+                return _result(heads, spec, t_last)
+            continue
+        t_last = clock()
+        keep(msg[:HEADER_LEN])
+
+
+def _receive_batched(rx, spec) -> dict:
+    heads: list = []
+    recv_many, clock = rx.recv_many, clock_ns
+    # Zero-copy buffers may be reused by the next read: keep copies of their prefixes.
+    cut = (lambda m: bytes(m[:HEADER_LEN])) if getattr(rx, "views", False) else (lambda m: m[:HEADER_LEN])
+    t_last = 0
+    while True:
+        msgs = recv_many()
+        if not msgs:
+            continue
+        t = clock()
+        # Tokens come after all data (FIFO), so only a batch that ends in one holds any.
+        if len(msgs[-1]) != TOKEN_LEN:
+            t_last = t
+            heads.extend(map(cut, msgs))
+            continue
+        data = [m for m in msgs if len(m) != TOKEN_LEN]
+        if data:
+            t_last = t
+            heads.extend(map(cut, data))
+        # Hand every token on (a baton dropped here would leave another consumer waiting).
+        done = [rx.on_token(m) for m in msgs if len(m) == TOKEN_LEN]
+        if any(done):
+            return _result(heads, spec, t_last)
+
+
+def _receive_stamped(rx, spec) -> dict:
+    heads: list = []
+    times: list = []
+    keep, stamp, recv, clock = heads.append, times.append, rx.recv, clock_ns
+    while True:
+        msg = recv()
+        t = clock()
+        if len(msg) == TOKEN_LEN:
+            if rx.on_token(msg):
+                break
+            continue
+        stamp(t)
+        keep(msg[:STAMPED_LEN])
+    result = _result(heads, spec, times[-1] if times else 0, STAMPED_LEN)
+    words = np.frombuffer(b"".join(heads), dtype="<u8").reshape(-1, 3)
+    measured = words[:, 1] >= spec.warmup
+    sent_at = words[:, 2].astype(np.int64)
+    result["latency_ns"] = (np.asarray(times, dtype=np.int64) - sent_at)[measured]
+    return result

@@ -1,0 +1,152 @@
+"""Records to bytes and back: pure functions over any buffer.
+
+No files, no locks, no processes: the writer, the mmap reader, the io_uring
+reader, recovery and ``shmwal verify`` all go through these functions, so
+"both return the same entries" holds by construction.
+
+Invariant (fuzzed in tests): any bytes either decode to records whose every
+entry matches its checksum, or raise ``BadRecord`` (a bad header or table:
+nothing in the record can be trusted) or yield a per-entry ``bad`` mark
+(that entry's payload does not match).  Never any other exception.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import xxhash
+
+from . import layout as L
+
+xxh = xxhash.xxh3_64_intdigest
+_header_unpack = L.RECORD_HEADER.unpack_from
+_single_pack = L.SINGLE_RECORD.pack_into
+_table_pack = L.TABLE_ENTRY.pack
+_TABLE_DTYPE = np.dtype([("length", "<u8"), ("sum", "<u8")])
+
+
+class BadRecord(Exception):
+    """The record header or table is damaged: the record cannot be located or trusted."""
+
+
+class Record(NamedTuple):
+    pos: int            # where the record starts in its buffer
+    count: int
+    batch_left: int
+    first_offset: int
+    size: int           # bytes from pos to the next record (aligned)
+    data_at: int        # where the first payload starts
+    lengths: list       # payload length of each entry
+    sums: list          # xxh3_64 of each payload
+    starts: list        # absolute position of each payload
+
+    @property
+    def end_offset(self) -> int:
+        return self.first_offset + self.count
+
+
+# ---------------------------------------------------------------- encoding
+
+def encode_single(buf, pos: int, offset: int, payload, length: int, batch_left: int = 0) -> int:
+    """Write a one-entry record at ``pos``; return the position after it.
+
+    The reference for the inlined copy in writer.Appender.append.
+    """
+    digest = xxh(payload, L.entry_seed(offset))
+    check = digest ^ L.record_seed(1, batch_left, offset, length)
+    _single_pack(buf, pos, 1, batch_left, offset, length, check, length, digest)
+    start = pos + 48
+    buf[start:start + length] = payload
+    return pos + L.align(48 + length)
+
+
+def encode_record(buf, pos: int, first_offset: int, batch_left: int,
+                  payloads: Sequence, lengths: Sequence[int]) -> int:
+    """Write several entries as one record at ``pos``; return the position after it."""
+    count = len(payloads)
+    if count == 1:
+        return encode_single(buf, pos, first_offset, payloads[0], lengths[0], batch_left)
+    data_bytes = sum(lengths)
+    seed = L.entry_seed
+    table = np.empty(count, dtype=_TABLE_DTYPE)
+    table["length"] = lengths
+    table["sum"] = [xxh(p, seed(first_offset + i)) for i, p in enumerate(payloads)]
+    table_bytes = table.tobytes()
+    check = xxh(table_bytes, L.record_seed(count, batch_left, first_offset, data_bytes))
+    L.RECORD_HEADER.pack_into(buf, pos, count, batch_left, first_offset, data_bytes, check)
+    at = pos + L.RECORD_HEADER_SIZE
+    buf[at:at + len(table_bytes)] = table_bytes
+    at += len(table_bytes)
+    for payload, length in zip(payloads, lengths):
+        buf[at:at + length] = payload
+        at += length
+    return pos + L.record_size(count, data_bytes)
+
+
+# ---------------------------------------------------------------- decoding
+
+def read_record(buf, pos: int, limit: int) -> Record:
+    """Parse and check the record header and table at ``pos`` (payloads unchecked).
+
+    ``limit`` is where the block (or the valid part of the buffer) ends.
+    Raises BadRecord if anything about the header or table is off.
+    """
+    if pos < 0 or pos + L.RECORD_HEADER_SIZE > limit:
+        raise BadRecord(f"record header at {pos} runs past {limit}")
+    try:
+        count, batch_left, first_offset, data_bytes, check = _header_unpack(buf, pos)
+    except Exception as exc:  # a buffer shorter than it claims
+        raise BadRecord(str(exc)) from None
+    if not 0 < count <= L.MAX_BATCH_ENTRIES or batch_left >= L.MAX_BATCH_ENTRIES:
+        raise BadRecord(f"record at {pos}: implausible count {count}/{batch_left}")
+    table_at = pos + L.RECORD_HEADER_SIZE
+    data_at = table_at + count * L.TABLE_ENTRY_SIZE
+    size = L.record_size(count, data_bytes)
+    if data_bytes > L.MAX_BATCH_BYTES or pos + size > limit:
+        raise BadRecord(f"record at {pos}: {data_bytes} data bytes run past {limit}")
+    table = bytes(buf[table_at:data_at])
+    seed = L.record_seed(count, batch_left, first_offset, data_bytes)
+    if count == 1:
+        length, digest = L.TABLE_ENTRY.unpack(table)
+        if length != data_bytes or digest ^ seed != check:
+            raise BadRecord(f"record at {pos}: header check mismatch")
+        return Record(pos, 1, batch_left, first_offset, size, data_at, [length], [digest], [data_at])
+    if xxh(table, seed) != check:
+        raise BadRecord(f"record at {pos}: header check mismatch")
+    parsed = np.frombuffer(table, dtype=_TABLE_DTYPE)
+    lengths = parsed["length"].tolist()
+    if sum(lengths) != data_bytes:
+        raise BadRecord(f"record at {pos}: lengths do not add up to {data_bytes}")
+    starts = (np.cumsum(parsed["length"]) - parsed["length"] + data_at).tolist()
+    return Record(pos, count, batch_left, first_offset, size, data_at,
+                  lengths, parsed["sum"].tolist(), starts)
+
+
+def entry_bytes(buf, record: Record, index: int) -> bytes | None:
+    """The payload of entry ``index`` of ``record``, or None if its checksum fails."""
+    start = record.starts[index]
+    data = buf[start:start + record.lengths[index]]
+    if type(data) is not bytes:
+        data = bytes(data)
+    if xxh(data, L.entry_seed(record.first_offset + index)) != record.sums[index]:
+        return None
+    return data
+
+
+def scan_block(buf, start: int, limit: int, expect_offset: int | None = None):
+    """Yield the records of a block from ``start`` until the first bad or out-of-sequence one.
+
+    Used by recovery and verification; the reader hot path walks with read_record.
+    """
+    pos = start
+    while pos + L.RECORD_HEADER_SIZE <= limit:
+        try:
+            record = read_record(buf, pos, limit)
+        except BadRecord:
+            return
+        if expect_offset is not None and record.first_offset != expect_offset:
+            return
+        yield record
+        expect_offset = record.end_offset
+        pos += record.size

@@ -1,0 +1,89 @@
+"""Block files: create (broker), map (everyone), fsync and delete (broker).
+
+A process maps each block file it touches once, whole and shared, and keeps
+the mapping: every later access is a slice of memory.  Mappings of files the
+broker deleted stay valid until dropped, so a reader never faults on a file
+reclaimed under it; ``drop`` releases them once the topic moved past.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from . import layout as L
+
+
+def create_block_file(directory: str, file_id: int, size: int) -> str:
+    """Create and pre-allocate a block file (0600, never overwriting one)."""
+    path = os.path.join(directory, L.block_file_name(file_id))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            fd = -1
+            os.unlink(path)
+            raise
+        os.fsync(fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
+
+
+class BlockFiles:
+    """This process's mappings (and, on demand, descriptors) of one namespace's block files."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}
+
+    def path(self, file_id: int) -> str:
+        return os.path.join(self.directory, L.block_file_name(file_id))
+
+    def map(self, file_id: int) -> mmap.mmap:
+        mm = self._maps.get(file_id)
+        if mm is None:
+            fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self._maps[file_id] = mm
+        return mm
+
+    def fd(self, file_id: int) -> int:
+        fd = self._fds.get(file_id)
+        if fd is None:
+            fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            self._fds[file_id] = fd
+        return fd
+
+    def fsync(self, file_id: int) -> None:
+        os.fdatasync(self.fd(file_id))
+
+    def drop(self, file_id: int) -> None:
+        mm = self._maps.pop(file_id, None)
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a zero-copy view still uses it; it is unmapped when that goes
+        fd = self._fds.pop(file_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def mapped(self) -> list[int]:
+        return list(self._maps)
+
+    def close(self) -> None:
+        for file_id in list(self._maps) + list(self._fds):
+            self.drop(file_id)

@@ -1,0 +1,165 @@
+"""Every size, offset and limit of shmwal's files, in one place.
+
+A namespace directory ``<data_dir>/<key>/`` holds::
+
+    broker.lock            flock()ed by the live broker (released by the kernel when it dies)
+    broker.sock            the control endpoint (Unix stream socket, 0600)
+    broker.run             JSON: pid and IPC names of the broker that runs or last ran
+    blocks/<id>.blk        pre-allocated block files; a block belongs to one topic
+    topics/<topic>/meta    the topic's shared state, mapped by every client (below)
+
+Block file
+    ``blocks_per_file`` blocks of ``block_size`` bytes, or one "jumbo" block
+    sized for an entry larger than a block.  Each block starts with a
+    BLOCK_HEADER naming its topic, its index in the topic's chain and the
+    offset of its first entry, so that chains can be rebuilt from blocks
+    alone.  Records follow, 8-byte aligned, back to back.
+
+Record (one append, or the part of a batch that fits in one block)
+    RECORD_HEADER (32 B) | table: count x (length u64, digest u64) | payloads | pad to 8
+    header = count u32, batch_left u32, first_offset u64, data_bytes u64, check u64
+    digest = xxh3_64(payload, seed=entry_seed(offset)): binds a payload to its offset.
+    ``check`` binds the header fields to the table (see record_seed), so a
+    flipped bit in a header or table is caught before a length is trusted.
+    ``batch_left`` counts the entries of the same batch in later records, so a
+    batch torn by a power cut can be cut back to its start.
+
+Topic meta file (``topics/<topic>/meta``)
+    page 0: topic header (writer mutex, publish words, reclaim words)
+    GROUP_SLOTS group slots of GROUP_SLOT bytes (mutex, cursor, read hint, name)
+    CHAIN_SLOTS chain slots of CHAIN_SLOT bytes (which file, where, capacity, first offset)
+    The file is sparse: only touched pages take space.
+"""
+
+from __future__ import annotations
+
+import struct
+
+PAGE = 4096
+ALIGN = 8
+
+# ---- API limits (API.md "Writing" / "Reading")
+MAX_ENTRY = 1 << 30                 # one payload
+MAX_BATCH_ENTRIES = 2000
+MAX_BATCH_BYTES = 10 << 30
+MAX_READ_ENTRIES = 2000
+
+# ---- defaults (API.md "Starting a broker")
+DEFAULT_BLOCK_SIZE = 10 << 20
+DEFAULT_BLOCKS_PER_FILE = 100
+MIN_BLOCK_SIZE = 4096
+MAX_BLOCK_SIZE = 1 << 34
+
+# ---- block header
+BLOCK_MAGIC = 0x314B4C42_4C574D53            # b"SMWLBLK1" little-endian
+BLOCK_HEADER = struct.Struct("<QQQQQH")      # magic, chain_index, first_offset, capacity, topic_hash, name_len
+BLOCK_NAME_AT = BLOCK_HEADER.size            # topic name bytes follow the fixed fields
+BLOCK_HEADER_SIZE = 320                      # fixed part + 255-byte name, rounded to 8 (and then some)
+
+# ---- record
+RECORD_HEADER = struct.Struct("<IIQQQ")      # count, batch_left, first_offset, data_bytes, check
+RECORD_HEADER_SIZE = RECORD_HEADER.size      # 32
+TABLE_ENTRY = struct.Struct("<QQ")           # length, xxh3_64(payload)
+TABLE_ENTRY_SIZE = TABLE_ENTRY.size          # 16
+SINGLE_RECORD = struct.Struct("<IIQQQQQ")    # header + one table entry, packed in one call
+
+assert RECORD_HEADER_SIZE == 32 and TABLE_ENTRY_SIZE == 16 and SINGLE_RECORD.size == 48
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def record_size(count: int, data_bytes: int) -> int:
+    return align(RECORD_HEADER_SIZE + count * TABLE_ENTRY_SIZE + data_bytes)
+
+
+_MASK = 0xFFFFFFFFFFFFFFFF
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def entry_seed(offset: int) -> int:
+    """Seed of an entry's xxh3_64: binds the payload to its offset."""
+    return (offset * _GOLDEN) & _MASK
+
+
+def record_seed(count: int, batch_left: int, first_offset: int, data_bytes: int) -> int:
+    """Mixes a record's header fields into its check.
+
+    count > 1:  check = xxh3_64(table, record_seed(...))
+    count == 1: check = entry digest ^ record_seed(...) — the digest already
+                costs a hash, and any flipped header bit still breaks the check.
+    """
+    return (first_offset * _GOLDEN ^ (count << 40) ^ (batch_left << 20) ^ data_bytes ^ 0x5EED) & _MASK
+
+
+# ---- topic meta file
+META_MAGIC = 0x3150_4F54_4C57_4D53           # b"SMWLTOP1"
+META_VERSION = 1
+MUTEX_BYTES = 64                             # pthread_mutex_t is 40 on x86-64 glibc; room to spare
+
+# topic header words (byte offsets in page 0); each 8-byte aligned u64
+H_MAGIC = 0
+H_VERSION = 8
+H_BOOT = 16              # hash of the boot id that initialised the mutexes (reboot -> re-init)
+H_TOPIC_ID = 24          # small integer the broker gave the topic (names its semaphore)
+H_WRITER_MUTEX = 64      # serialises appends; robust: a dead holder is detected by the next locker
+H_NEXT_OFFSET = 128      # THE publish word: entries below it are complete and readable
+H_PUBLISHED_BLOCKS = 136 # chain slots readers may use (stored before H_NEXT_OFFSET)
+H_ALLOCATED_BLOCKS = 144 # chain slots the broker has handed out (>= published)
+H_FIRST_BLOCK = 152      # oldest kept chain slot (reclamation moves it)
+H_FIRST_OFFSET = 160     # oldest kept entry
+H_TAIL_POS = 168         # writer bookkeeping: byte position of the next record in the tail block
+H_TAIL_CHAIN = 176       # writer bookkeeping: chain slot of the tail block
+H_TAIL_OFFSET = 184      # offset H_TAIL_POS belongs to; == H_NEXT_OFFSET iff the bookkeeping is current
+H_WAITERS = 192          # readers asleep on the topic semaphore (atomic add)
+H_BYTES = 200            # payload bytes ever published (stats)
+H_VISIBLE = 208          # 1 once the first append landed (a reader may create an empty topic)
+H_RECLAIMED_BYTES = 216  # payload bytes in reclaimed blocks (stats)
+H_GROUPS = 224           # group slots in use
+H_DAMAGE = 232           # damaged records found at recovery (stats)
+H_NAME_LEN = 256
+H_NAME = 264             # topic name, up to 255 bytes
+
+GROUP_SLOTS = 256
+GROUP_SLOT = 512
+GROUPS_AT = PAGE
+G_MUTEX = 0              # serialises the group's readers; robust
+G_CURSOR = 64            # next offset the group reads: the durable delivery state
+G_HINT_OFFSET = 72       # the offset the hint below locates (valid iff == cursor)
+G_HINT_CHAIN = 80
+G_HINT_POS = 88          # record start in the hint's block
+G_USED = 96              # 1 once the slot is fully initialised (stored last)
+G_NAME_LEN = 104
+G_NAME = 112             # group name, up to 255 bytes
+G_READS = 376            # checkpointed reads (stats)
+
+CHAIN_SLOTS = 1 << 20
+CHAIN_SLOT = 32
+CHAIN_AT = GROUPS_AT + GROUP_SLOTS * GROUP_SLOT
+C_FILE_ID = 0
+C_FILE_OFFSET = 8        # where the block starts in its file
+C_CAPACITY = 16          # bytes in the block, header included
+C_FIRST_OFFSET = 24      # offset of the block's first record (set when the writer moves in)
+
+META_SIZE = CHAIN_AT + CHAIN_SLOTS * CHAIN_SLOT
+
+assert CHAIN_AT % PAGE == 0 and G_READS + 8 <= GROUP_SLOT and H_NAME + 255 <= PAGE
+
+
+def chain_slot_at(index: int) -> int:
+    return CHAIN_AT + index * CHAIN_SLOT
+
+
+def group_slot_at(slot: int) -> int:
+    return GROUPS_AT + slot * GROUP_SLOT
+
+
+def block_file_name(file_id: int) -> str:
+    return f"{file_id:010d}.blk"
+
+
+def parse_block_file_name(name: str) -> int | None:
+    if len(name) == 14 and name.endswith(".blk") and name[:10].isdigit():
+        return int(name[:10])
+    return None

@@ -1,0 +1,164 @@
+"""The topic meta file: one topic's shared state, mapped by the broker and every client.
+
+Who writes what (the invariants each reader relies on):
+
+* Under the topic's writer mutex, only the appender writes the tail words
+  (``H_TAIL_*``), chain slots at or above ``H_PUBLISHED_BLOCKS``,
+  ``H_PUBLISHED_BLOCKS`` and ``H_NEXT_OFFSET``.  Publish order: records and
+  chain slots first, then ``H_PUBLISHED_BLOCKS``, then ``H_NEXT_OFFSET``
+  last (x86-64 keeps stores in order, so a reader that sees the new
+  ``H_NEXT_OFFSET`` sees everything before it).
+* The broker alone writes ``H_ALLOCATED_BLOCKS`` and the file fields of new
+  chain slots (while the requesting appender holds the writer mutex and
+  waits), and ``H_FIRST_BLOCK``/``H_FIRST_OFFSET`` when it reclaims.
+* Under a group's mutex, only that group's readers write its cursor and hint.
+  The cursor is the truth; the hint is used only when ``G_HINT_OFFSET``
+  equals the cursor, so a reader killed between the two stores leaves a
+  stale hint that is simply ignored.
+* A SIGKILL anywhere leaves the file consistent for the next lock holder:
+  robust mutexes report the death, and ``H_TAIL_OFFSET != H_NEXT_OFFSET``
+  tells the next appender to recompute the tail from published state.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+
+from . import layout as L
+from .. import sync
+
+_Q = 8
+
+
+def boot_hash() -> int:
+    """A number that changes when the machine reboots (mutex words from an old boot are void)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return zlib.crc32(f.read()) or 1
+    except OSError:  # pragma: no cover - not Linux
+        return 1
+
+
+class TopicMeta:
+    """A mapping of ``topics/<topic>/meta``. Cheap word access through ``self.words``."""
+
+    __slots__ = ("path", "name", "mm", "words", "base", "_pin", "topic_id")
+
+    def __init__(self, path: str, name: str):
+        self.path = path
+        self.name = name
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            if os.fstat(fd).st_size != L.META_SIZE:
+                raise ValueError(f"{path}: meta file has the wrong size")
+            self.mm = mmap.mmap(fd, L.META_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.words = memoryview(self.mm).cast("Q")
+        self.base, self._pin = sync.buffer_address(self.mm)
+        if self.words[L.H_MAGIC // _Q] != L.META_MAGIC:
+            self.close()
+            raise ValueError(f"{path}: not a shmwal topic meta file")
+        self.topic_id = self.words[L.H_TOPIC_ID // _Q]
+
+    # ------------------------------------------------------------ creation (broker)
+    @classmethod
+    def create(cls, path: str, name: str, topic_id: int) -> "TopicMeta":
+        tmp = path + ".new"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, L.META_SIZE)
+            with mmap.mmap(fd, L.PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+                words = memoryview(mm).cast("Q")
+                words[L.H_VERSION // _Q] = L.META_VERSION
+                words[L.H_BOOT // _Q] = boot_hash()
+                words[L.H_TOPIC_ID // _Q] = topic_id
+                words[L.H_TAIL_CHAIN // _Q] = 2**64 - 1  # no block yet
+                raw = name.encode()
+                words[L.H_NAME_LEN // _Q] = len(raw)
+                mm[L.H_NAME:L.H_NAME + len(raw)] = raw
+                base, pin = sync.buffer_address(mm)
+                sync.mutex_init(base + L.H_WRITER_MUTEX)
+                del pin
+                words[L.H_MAGIC // _Q] = L.META_MAGIC  # last: a half-made file is never taken for a topic
+                words.release()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # The rename makes the topic appear whole; a crash before it leaves only a .new to sweep.
+        os.rename(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+        return cls(path, name)
+
+    def reinit_mutexes(self) -> None:
+        """After a reboot: every mutex word may name a TID of the old boot. Broker start only."""
+        sync.mutex_init(self.base + L.H_WRITER_MUTEX)
+        for slot in range(L.GROUP_SLOTS):
+            at = L.group_slot_at(slot)
+            if self.words[(at + L.G_USED) // _Q]:
+                sync.mutex_init(self.base + at + L.G_MUTEX)
+        self.words[L.H_BOOT // _Q] = boot_hash()
+
+    # ------------------------------------------------------------ words
+    def get(self, at: int) -> int:
+        return self.words[at // _Q]
+
+    def set(self, at: int, value: int) -> None:
+        self.words[at // _Q] = value
+
+    def chain(self, index: int) -> tuple[int, int, int, int]:
+        """(file_id, file_offset, capacity, first_offset) of chain slot ``index``."""
+        w = (L.CHAIN_AT + index * L.CHAIN_SLOT) // _Q
+        words = self.words
+        return words[w], words[w + 1], words[w + 2], words[w + 3]
+
+    def group_names(self) -> dict[str, int]:
+        """Names of the groups in use -> slot."""
+        found = {}
+        for slot in range(L.GROUP_SLOTS):
+            at = L.group_slot_at(slot)
+            if self.words[(at + L.G_USED) // _Q]:
+                n = self.words[(at + L.G_NAME_LEN) // _Q]
+                if 0 < n <= 255:
+                    found[bytes(self.mm[at + L.G_NAME:at + L.G_NAME + n]).decode("ascii", "replace")] = slot
+        return found
+
+    def init_group(self, slot: int, name: str, cursor: int) -> None:
+        """Fill a free group slot (broker only, under the broker's own bookkeeping)."""
+        at = L.group_slot_at(slot)
+        self.mm[at:at + L.GROUP_SLOT] = bytes(L.GROUP_SLOT)
+        sync.mutex_init(self.base + at + L.G_MUTEX)
+        raw = name.encode()
+        self.mm[at + L.G_NAME:at + L.G_NAME + len(raw)] = raw
+        w = self.words
+        w[(at + L.G_NAME_LEN) // _Q] = len(raw)
+        w[(at + L.G_CURSOR) // _Q] = cursor
+        w[(at + L.G_HINT_OFFSET) // _Q] = 2**64 - 1
+        w[(at + L.G_USED) // _Q] = 1  # last: readers scan for used slots
+        w[L.H_GROUPS // _Q] += 1
+
+    def flush(self, upto: int | None = None) -> None:
+        """msync the header and group pages (and chain slots up to ``upto``)."""
+        length = L.CHAIN_AT if upto is None else L.chain_slot_at(upto)
+        self.mm.flush(0, (length + L.PAGE - 1) // L.PAGE * L.PAGE)
+
+    def close(self) -> None:
+        try:
+            self.words.release()
+        except Exception:
+            pass
+        self._pin = None
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a caller still holds a view; the mapping goes when it does
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

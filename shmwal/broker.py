@@ -1,0 +1,742 @@
+"""The broker: owner of the block allocator and the offset index.
+
+``Broker`` is the handle a program holds; it spawns ``python -m shmwal.broker``
+and talks to it only through signals and the ready pipe.  The broker process
+(``BrokerServer``) then:
+
+* holds ``broker.lock`` (flock: released by the kernel however it dies, so a
+  killed broker never blocks the next one), sweeps what a killed predecessor
+  left (socket, semaphores named in ``broker.run``), recovers every topic;
+* answers control requests on ``broker.sock`` — topics, groups, blocks,
+  stats — from one selector loop, so its own state needs no locks;
+* fsyncs on the schedule (a thread of its own: an fsync may take long on a
+  real disk and must not stall control requests), reclaims consumed blocks,
+  and deletes files nothing uses any more.
+
+It is never on the per-entry path: producers and consumers move entries
+through the mapped files themselves (see writer.py and reader.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import fcntl
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import posix_ipc
+
+from . import control, names, sync
+from .blocks import layout as L
+from .blocks.allocator import BlockAllocator
+from .blocks.chain import read_block_header
+from .blocks.codec import BadRecord, read_record
+from .blocks.files import BlockFiles
+from .blocks.meta import TopicMeta, boot_hash
+from .errors import BrokerAlreadyRunning, ShmwalError
+from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach,
+                      consistency_from_wire, fsync_from_wire, parse_consistency, parse_fsync)
+from .inspect import topic_stats
+from .recovery import recover_topic
+
+log = logging.getLogger("shmwal.broker")
+
+RECLAIM_EVERY = 1.0        # seconds between reclamation passes
+DELETE_GRACE = 2.0         # seconds between a file's last block being reclaimed and its unlink
+_SO_PEERCRED = struct.Struct("3i")
+
+
+# ----------------------------------------------------------------------------- paths
+
+def socket_address(root: str, dir_fd: int | None = None) -> str:
+    """The control socket's address; long paths go through /proc/self/fd (sun_path is 108 bytes)."""
+    path = os.path.join(root, "broker.sock")
+    if len(path.encode()) < 100 or dir_fd is None:
+        return path
+    return f"/proc/self/fd/{dir_fd}/broker.sock"
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is old or new, never half."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def make_private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path, follow_symlinks=False)
+    if st.st_uid != os.getuid():
+        raise ShmwalError(f"{path} belongs to uid {st.st_uid}, not to this user")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+# ----------------------------------------------------------------------------- per-topic state
+
+class TopicState:
+    __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block")
+
+    def __init__(self, meta: TopicMeta, sem_name: str):
+        self.meta = meta
+        self.sem_name = sem_name
+        self.sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREAT, mode=0o600, initial_value=0)
+        self.synced_next = -1
+        self.synced_cursors = -1
+        self.synced_block = 0
+
+
+# ----------------------------------------------------------------------------- the server
+
+class BrokerServer:
+    def __init__(self, root: str, consistency, fsync, block_size: int, blocks_per_file: int):
+        self.root = root
+        self.consistency = consistency
+        self.fsync = fsync
+        self.block_size = block_size
+        self.blocks_per_file = blocks_per_file
+        self.blocks_dir = os.path.join(root, "blocks")
+        self.topics_dir = os.path.join(root, "topics")
+        self.prefix = names.ipc_prefix(root)
+        self.run_id = int.from_bytes(os.urandom(6), "little")
+        self.topics: dict[str, TopicState] = {}
+        self.topics_lock = threading.Lock()  # the syncer thread reads self.topics
+        self.files = BlockFiles(self.blocks_dir)
+        self.allocator: BlockAllocator | None = None
+        self.pending_delete: dict[int, float] = {}
+        self._stopping = False
+        self._lock_fd = -1
+        self._dir_fd = -1
+        self._listener: socket.socket | None = None
+        self._selector = selectors.DefaultSelector()
+        self._conns: dict[socket.socket, control.FrameBuffer] = {}
+        self._watchers: set[socket.socket] = set()
+        self._syncer: threading.Thread | None = None
+        self._sync_wakeup = threading.Event()
+        self._next_topic_id = 1
+
+    # ------------------------------------------------------------------ start
+    def open(self) -> None:
+        make_private_dir(os.path.dirname(self.root))
+        make_private_dir(self.root)
+        self._lock_fd = os.open(os.path.join(self.root, "broker.lock"),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise BrokerAlreadyRunning(f"a broker already runs on {self.root}") from None
+        make_private_dir(self.blocks_dir)
+        make_private_dir(self.topics_dir)
+        self._sweep_previous_run()
+        self._recover()
+        self._listen()
+        write_atomic(os.path.join(self.root, "broker.run"), json.dumps({
+            "pid": os.getpid(), "run_id": self.run_id, "prefix": self.prefix,
+            "semaphores": sorted(t.sem_name for t in self.topics.values()),
+        }).encode())
+        if not isinstance(self.fsync, NoFsync):
+            self._syncer = threading.Thread(target=self._sync_loop, name="shmwal-fsync", daemon=True)
+            self._syncer.start()
+
+    def _sweep_previous_run(self) -> None:
+        """Remove what a broker killed on this directory left behind."""
+        try:
+            with open(os.path.join(self.root, "broker.run"), "rb") as f:
+                previous = json.load(f)
+            for name in previous.get("semaphores", []):
+                if isinstance(name, str) and name.startswith(self.prefix):
+                    try:
+                        posix_ipc.unlink_semaphore(name)
+                    except posix_ipc.ExistentialError:
+                        pass
+        except (OSError, ValueError):
+            pass
+        for leftover in ("broker.sock",):
+            try:
+                os.unlink(os.path.join(self.root, leftover))
+            except FileNotFoundError:
+                pass
+
+    def _recover(self) -> None:
+        current_boot = boot_hash()
+        next_file = 1
+        for file_id in BlockAllocator(self.blocks_dir, 1, 1).existing_files():
+            next_file = max(next_file, file_id + 1)
+        self.allocator = BlockAllocator(self.blocks_dir, self.block_size, self.blocks_per_file, next_file)
+        for name in sorted(os.listdir(self.topics_dir)):
+            tdir = os.path.join(self.topics_dir, name)
+            try:
+                names.check_name(name)
+            except ShmwalError:
+                log.warning("ignoring %s: not a topic name", tdir)
+                continue
+            try:
+                os.unlink(os.path.join(tdir, "meta.new"))  # a topic whose creation was cut short
+            except FileNotFoundError:
+                pass
+            path = os.path.join(tdir, "meta")
+            if not os.path.exists(path):
+                continue
+            try:
+                meta = TopicMeta(path, name)
+            except (OSError, ValueError) as exc:
+                log.error("topic %s: meta file unusable (%s); skipped", name, exc)
+                continue
+            if meta.get(L.H_BOOT) != current_boot:
+                meta.reinit_mutexes()
+            report = recover_topic(meta, self.files)
+            if report["truncated_from"] is not None or report["damaged"]:
+                log.warning("topic %s recovered: %s", name, report)
+            for index in range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)):
+                file_id, file_offset, _cap, _first = meta.chain(index)
+                self.allocator.adopt(file_id, file_offset)
+            self._next_topic_id = max(self._next_topic_id, meta.topic_id + 1)
+            self.topics[name] = TopicState(meta, f"{self.prefix}_t{meta.topic_id}")
+        # Files no chain refers to hold nothing anyone can read (their blocks were never handed out).
+        for file_id in self.allocator.existing_files():
+            if file_id not in self.allocator.live:
+                log.info("deleting unreferenced block file %d", file_id)
+                self._unlink_block_file(file_id)
+
+    def _listen(self) -> None:
+        self._dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        address = socket_address(self.root, self._dir_fd)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(address)
+        finally:
+            os.umask(old_umask)
+        os.chmod(os.path.join(self.root, "broker.sock"), 0o600)
+        listener.listen(256)
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, selectors.EVENT_READ)
+
+    # ------------------------------------------------------------------ loop
+    def serve(self) -> None:
+        next_reclaim = time.monotonic() + RECLAIM_EVERY
+        while not self._stopping:
+            timeout = max(0.0, min(0.2, next_reclaim - time.monotonic()))
+            for key, _ in self._selector.select(timeout):
+                if key.fileobj is self._listener:
+                    self._accept()
+                else:
+                    self._readable(key.fileobj)
+            if time.monotonic() >= next_reclaim:
+                try:
+                    self.reclaim()
+                except Exception:
+                    log.exception("reclamation pass failed")
+                next_reclaim = time.monotonic() + RECLAIM_EVERY
+
+    def request_stop(self, *_args) -> None:
+        self._stopping = True
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving the others
+                log.warning("accept failed: %s", exc)
+                return
+            pid, uid, _gid = _SO_PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _SO_PEERCRED.size))
+            if uid != os.getuid():
+                log.warning("refused a client of uid %d (pid %d)", uid, pid)
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._conns[conn] = control.FrameBuffer()
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _readable(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        try:
+            messages = self._conns[conn].feed(data)
+        except (control.ProtocolError, ValueError):
+            self._drop(conn)
+            return
+        for message in messages:
+            reply = self._handle(conn, message)
+            if reply is None:
+                continue
+            try:
+                conn.setblocking(True)
+                conn.settimeout(5)
+                control.send(conn, reply)
+                conn.setblocking(False)
+            except OSError:
+                self._drop(conn)
+                return
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._conns.pop(conn, None)
+        self._watchers.discard(conn)
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _handle(self, conn, message):
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            return {"error": "ProtocolError", "message": "a request is a JSON object with an 'op'"}
+        op = message["op"]
+        handler = getattr(self, "op_" + op, None) if op.isidentifier() else None
+        if handler is None:
+            return {"error": "ProtocolError", "message": f"unknown op {op!r}"}
+        if op == "watch":
+            self._watchers.add(conn)
+            return None
+        try:
+            return {"ok": handler(**{k: v for k, v in message.items() if k != "op"})}
+        except ShmwalError as exc:
+            return {"error": type(exc).__name__, "message": str(exc)}
+        except OSError as exc:
+            return {"error": "OSError", "errno": exc.errno, "message": str(exc)}
+        except (TypeError, ValueError, KeyError) as exc:
+            return {"error": "ProtocolError", "message": f"bad {op} request: {exc}"}
+        except Exception as exc:  # never let one request take the broker down
+            log.exception("op %s failed", op)
+            return {"error": "ShmwalError", "message": f"{op} failed: {exc}"}
+
+    # ------------------------------------------------------------------ ops
+    def op_hello(self, pid=None, **_):
+        return {
+            "run_id": self.run_id, "broker_pid": os.getpid(),
+            "consistency": self.consistency.to_wire(), "fsync": self.fsync.to_wire(),
+            "block_size": self.block_size,
+        }
+
+    def op_watch(self, **_):  # handled in _handle; here so that the op exists
+        return None
+
+    def op_open_topic(self, topic, create=False, **_):
+        names.check_name(topic)
+        state = self.topics.get(topic)
+        if state is None:
+            if not create:
+                return None
+            state = self._create_topic(topic)
+        return {"path": state.meta.path, "sem": state.sem_name, "topic_id": state.meta.topic_id}
+
+    def _create_topic(self, topic: str) -> TopicState:
+        tdir = os.path.join(self.topics_dir, topic)
+        make_private_dir(tdir)
+        topic_id = self._next_topic_id
+        meta = TopicMeta.create(os.path.join(tdir, "meta"), topic, topic_id)
+        self._next_topic_id += 1
+        state = TopicState(meta, f"{self.prefix}_t{topic_id}")
+        with self.topics_lock:
+            self.topics[topic] = state
+        write_atomic(os.path.join(self.root, "broker.run"), json.dumps({
+            "pid": os.getpid(), "run_id": self.run_id, "prefix": self.prefix,
+            "semaphores": sorted(t.sem_name for t in self.topics.values()),
+        }).encode())
+        return state
+
+    def op_open_group(self, topic, group, **_):
+        names.check_name(topic)
+        names.check_name(group, "group")
+        state = self.topics.get(topic) or self._create_topic(topic)
+        meta = state.meta
+        existing = meta.group_names()
+        if group in existing:
+            return {"slot": existing[group]}
+        used = set(existing.values())
+        for slot in range(L.GROUP_SLOTS):
+            if slot not in used:
+                meta.init_group(slot, group, meta.get(L.H_FIRST_OFFSET))
+                return {"slot": slot}
+        raise ShmwalError(f"topic {topic} has no room for more than {L.GROUP_SLOTS} groups")
+
+    def op_alloc_block(self, topic, chain_index, min_capacity, **_):
+        """Give chain slot ``chain_index`` of ``topic`` a block of at least ``min_capacity``.
+
+        The caller holds the topic's writer mutex and waits for the answer, so
+        the slots at and above H_PUBLISHED_BLOCKS are ours to write meanwhile.
+        """
+        names.check_name(topic)
+        state = self.topics.get(topic)
+        if state is None:
+            raise ShmwalError(f"no topic {topic}")
+        meta = state.meta
+        chain_index, min_capacity = int(chain_index), int(min_capacity)
+        allocated = meta.get(L.H_ALLOCATED_BLOCKS)
+        if not meta.get(L.H_PUBLISHED_BLOCKS) <= chain_index <= allocated:
+            raise ShmwalError(f"chain slot {chain_index} is not the topic's next")
+        if chain_index >= L.CHAIN_SLOTS:
+            raise ShmwalError(f"topic {topic} has used all {L.CHAIN_SLOTS} chain slots")
+        if not 0 < min_capacity <= L.MAX_BATCH_BYTES + L.BLOCK_HEADER_SIZE + (1 << 20):
+            raise ValueError("implausible block capacity")
+        if chain_index < allocated:
+            old_file, old_offset, capacity, _ = meta.chain(chain_index)
+            if capacity >= min_capacity:
+                return {"reused": True}
+            self.allocator.free(old_file, old_offset)  # a pending block too small: replace it
+        file_id, file_offset, capacity = self.allocator.alloc(min_capacity)
+        w = L.chain_slot_at(chain_index)
+        meta.set(w + L.C_FILE_ID, file_id)
+        meta.set(w + L.C_FILE_OFFSET, file_offset)
+        meta.set(w + L.C_CAPACITY, capacity)
+        meta.set(w + L.C_FIRST_OFFSET, 2**64 - 1)
+        if chain_index == allocated:
+            meta.set(L.H_ALLOCATED_BLOCKS, allocated + 1)
+        return {"file_id": file_id}
+
+    def op_topics(self, **_):
+        return sorted(name for name, t in self.topics.items() if t.meta.get(L.H_VISIBLE))
+
+    def op_stats(self, **_):
+        return {"topics": {name: topic_stats(t.meta) for name, t in sorted(self.topics.items())
+                           if t.meta.get(L.H_VISIBLE)}}
+
+    # ------------------------------------------------------------------ reclamation
+    def reclaim(self) -> None:
+        """Free blocks every group has read past; delete files left with no live block."""
+        for name, state in list(self.topics.items()):
+            meta = state.meta
+            groups = meta.group_names()
+            if not groups:
+                continue  # nobody has read the topic yet: it keeps everything
+            low = min(meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in groups.values())
+            first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+            k = first
+            # The tail block (published - 1) is never freed: a writer still uses it.
+            while k + 1 < published and meta.chain(k + 1)[3] <= low:
+                k += 1
+            if k == first:
+                continue
+            freed_bytes = 0
+            for index in range(first, k):
+                file_id, file_offset, capacity, block_first = meta.chain(index)
+                freed_bytes += self._block_payload_bytes(file_id, file_offset, capacity,
+                                                         block_first, meta.chain(index + 1)[3])
+                self.allocator.free(file_id, file_offset)
+            # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK.
+            meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
+            meta.set(L.H_FIRST_BLOCK, k)
+            meta.set(L.H_RECLAIMED_BYTES, meta.get(L.H_RECLAIMED_BYTES) + freed_bytes)
+        now = time.monotonic()
+        for file_id in self.allocator.deletable():
+            self.pending_delete.setdefault(file_id, now + DELETE_GRACE)
+        for file_id, when in list(self.pending_delete.items()):
+            if when <= now:
+                del self.pending_delete[file_id]
+                self.allocator.forget(file_id)
+                self._unlink_block_file(file_id)
+
+    def _block_payload_bytes(self, file_id, file_offset, capacity, first, end) -> int:
+        total = 0
+        try:
+            buf = self.files.map(file_id)
+        except OSError:
+            return 0
+        pos, off = file_offset + L.BLOCK_HEADER_SIZE, first
+        while off < end:
+            try:
+                record = read_record(buf, pos, file_offset + capacity)
+            except BadRecord:
+                break
+            total += sum(record.lengths)
+            off, pos = record.end_offset, pos + record.size
+        return total
+
+    def _unlink_block_file(self, file_id: int) -> None:
+        self.files.drop(file_id)
+        try:
+            os.unlink(self.files.path(file_id))
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ fsync
+    def _sync_loop(self) -> None:
+        interval = self.fsync.milliseconds / 1000 if isinstance(self.fsync, FsyncEvery) else 0.2
+        while not self._stopping:
+            self._sync_wakeup.wait(interval)
+            try:
+                self.sync_all()
+            except Exception:
+                log.exception("fsync pass failed")
+
+    def sync_all(self, force: bool = False) -> None:
+        """fsync the block files and meta of every topic that changed since the last pass.
+
+        Data before meta: a meta page that reaches the disk first could name
+        entries whose bytes did not (recovery would then cut them, as a torn tail).
+        """
+        with self.topics_lock:
+            states = list(self.topics.values())
+        files = BlockFiles(self.blocks_dir) if threading.current_thread() is self._syncer else self.files
+        for state in states:
+            meta = state.meta
+            next_offset = meta.get(L.H_NEXT_OFFSET)
+            cursors = sum(meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in meta.group_names().values())
+            if not force and next_offset == state.synced_next and cursors == state.synced_cursors:
+                continue
+            published = meta.get(L.H_PUBLISHED_BLOCKS)
+            start = max(meta.get(L.H_FIRST_BLOCK), min(state.synced_block, published - 1))
+            for file_id in sorted({meta.chain(i)[0] for i in range(start, published)}):
+                try:
+                    files.fsync(file_id)
+                except OSError:
+                    pass  # reclaimed meanwhile
+            meta.flush(upto=published)
+            state.synced_next, state.synced_cursors, state.synced_block = next_offset, cursors, published
+        if files is not self.files:
+            files.close()
+
+    # ------------------------------------------------------------------ stop
+    def close(self) -> None:
+        """Clean shutdown: fsync everything, remove the socket and the semaphores."""
+        self._stopping = True
+        self._sync_wakeup.set()
+        if self._syncer is not None:
+            self._syncer.join(timeout=10)
+        try:
+            if self.allocator is not None:
+                self.sync_all(force=True)
+        finally:
+            for conn in list(self._conns):
+                self._drop(conn)
+            if self._listener is not None:
+                self._selector.unregister(self._listener)
+                self._listener.close()
+                try:
+                    os.unlink(os.path.join(self.root, "broker.sock"))
+                except FileNotFoundError:
+                    pass
+            for state in self.topics.values():
+                try:
+                    state.sem.unlink()
+                except posix_ipc.ExistentialError:
+                    pass
+                state.sem.close()
+                state.meta.close()
+            self.files.close()
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock last: nothing of ours is left for the next one
+
+
+# ----------------------------------------------------------------------------- the public handle
+
+class Broker:
+    """Starts and stops a broker process for one data directory and key (API.md)."""
+
+    def __init__(self, data_dir=None, *, key=None, consistency=None, fsync=None,
+                 block_size: int = L.DEFAULT_BLOCK_SIZE, blocks_per_file: int = L.DEFAULT_BLOCKS_PER_FILE):
+        self.data_dir = names.resolve_data_dir(data_dir)
+        self.key = key
+        self.root = names.namespace_dir(self.data_dir, key)
+        self.consistency = StrictlyAtOnce() if consistency is None else consistency
+        self.fsync = FsyncEvery(milliseconds=200) if fsync is None else fsync
+        if not isinstance(self.consistency, (StrictlyAtOnce, AtLeastOnce)):
+            raise TypeError("consistency must be shmwal.StrictlyAtOnce() or shmwal.AtLeastOnce(...)")
+        if not isinstance(self.fsync, (SyncEach, FsyncEvery, NoFsync)):
+            raise TypeError("fsync must be shmwal.SyncEach(), shmwal.FsyncEvery(...) or shmwal.NoFsync()")
+        for label, value in (("block_size", block_size), ("blocks_per_file", blocks_per_file)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{label} must be an int")
+        if not L.MIN_BLOCK_SIZE <= block_size <= L.MAX_BLOCK_SIZE or block_size % L.PAGE:
+            raise ValueError(f"block_size must be a multiple of {L.PAGE} from {L.MIN_BLOCK_SIZE} to {L.MAX_BLOCK_SIZE}")
+        if not 1 <= blocks_per_file <= 1 << 16:
+            raise ValueError("blocks_per_file must be from 1 to 65536")
+        self.block_size = block_size
+        self.blocks_per_file = blocks_per_file
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self, timeout: float = 30.0) -> "Broker":
+        if self._process is not None and self._process.poll() is None:
+            return self
+        read_fd, write_fd = os.pipe()
+        argv = [sys.executable, "-m", "shmwal.broker", "--data-dir", self.data_dir,
+                "--consistency", _consistency_arg(self.consistency), "--fsync", _fsync_arg(self.fsync),
+                "--block-size", str(self.block_size), "--blocks-per-file", str(self.blocks_per_file),
+                "--ready-fd", str(write_fd), "--die-with-parent", str(os.getpid())]
+        if self.key is not None:
+            argv += ["--key", self.key]
+        make_private_dir(self.data_dir)
+        log_path = os.path.join(self.data_dir, f"{names.sanitize_key(self.key)}.broker.log")
+        with open(log_path, "ab", buffering=0) as log_file:
+            os.chmod(log_path, 0o600)
+            try:
+                self._process = subprocess.Popen(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
+                                                 stdout=log_file, stderr=log_file, close_fds=True)
+            finally:
+                os.close(write_fd)
+        try:
+            answer = _read_ready(read_fd, timeout)
+        finally:
+            os.close(read_fd)
+        if answer.startswith("ready"):
+            return self
+        self._process.wait(timeout=10)
+        self._process = None
+        if answer.startswith("already-running"):
+            raise BrokerAlreadyRunning(answer.partition(" ")[2] or f"a broker already runs on {self.root}")
+        raise ShmwalError(f"broker failed to start: {answer or 'no answer'} (log: {log_path})")
+
+    def stop(self, timeout: float = 10) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<shmwal.Broker {self.root!r} pid={self.pid}>"
+
+
+def _consistency_arg(c) -> str:
+    return "strict" if isinstance(c, StrictlyAtOnce) else f"at-least-once:{c.persist_every}"
+
+
+def _fsync_arg(f) -> str:
+    if isinstance(f, SyncEach):
+        return "each"
+    if isinstance(f, NoFsync):
+        return "none"
+    return repr(float(f.milliseconds))
+
+
+def _read_ready(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = selectors.select.select([fd], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+# ----------------------------------------------------------------------------- process entry
+
+def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--key", default=None)
+    parser.add_argument("--consistency", default="strict", type=parse_consistency)
+    parser.add_argument("--fsync", default="200", type=parse_fsync)
+    parser.add_argument("--block-size", type=int, default=L.DEFAULT_BLOCK_SIZE)
+    parser.add_argument("--blocks-per-file", type=int, default=L.DEFAULT_BLOCKS_PER_FILE)
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run_broker(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s shmwal-broker[%(process)d] %(levelname)s %(message)s")
+    if args.die_with_parent:
+        # A broker spawned by Broker.start() stops cleanly when its owner dies.
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != args.die_with_parent:
+            return 1
+    os.umask(0o077)
+    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
+    try:
+        handle = Broker(args.data_dir, key=args.key, consistency=args.consistency, fsync=args.fsync,
+                        block_size=args.block_size, blocks_per_file=args.blocks_per_file)
+    except (TypeError, ValueError) as exc:
+        _say(ready, f"error {exc}")
+        print(f"shmwal broker: {exc}", file=sys.stderr)
+        return 2
+    server = BrokerServer(handle.root, handle.consistency, handle.fsync, handle.block_size, handle.blocks_per_file)
+    signal.signal(signal.SIGTERM, server.request_stop)
+    signal.signal(signal.SIGINT, server.request_stop)
+    try:
+        server.open()
+    except BrokerAlreadyRunning as exc:
+        _say(ready, f"already-running {exc}")
+        print(f"shmwal broker: {exc}", file=sys.stderr)
+        server.close()
+        return 3
+    except Exception as exc:
+        log.exception("broker failed to start")
+        _say(ready, f"error {type(exc).__name__}: {exc}")
+        server.close()
+        return 1
+    log.info("broker ready on %s (pid %d, %s, %s)", server.root, os.getpid(), server.consistency, server.fsync)
+    _say(ready, f"ready {os.getpid()}")
+    try:
+        server.serve()
+    finally:
+        server.close()
+        log.info("broker stopped cleanly")
+    return 0
+
+
+def _say(stream, line: str) -> None:
+    if stream is None:
+        return
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+        stream.close()
+    except OSError:
+        pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="shmwal broker", description="Run a shmwal broker in the foreground.")
+    add_broker_arguments(parser)
+    return run_broker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The client: control through the broker, data straight through the mapped files.
+
+A Client keeps two connections to the broker: one for requests, and one it
+only watches, from a daemon thread, so that the broker's death (EOF) is
+known at once without a system call on the hot path.  Once the broker is
+gone every call raises BrokerUnavailable; each later call tries to reach a
+broker again (a cheap connect that fails at once while none runs), and when
+one answers the same Client carries on.
+
+After fork() the child's Client drops its inherited sockets (they are the
+parent's conversation) and reconnects on first use; pickling a Client sends
+only its address, so a spawned worker connects on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import weakref
+
+import posix_ipc
+
+from . import control, names
+from .blocks import layout as L
+from .blocks.files import BlockFiles
+from .blocks.meta import TopicMeta
+from .errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, InvalidTopic,
+                     ShmwalError)
+from .options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
+from .reader import GroupReader, check_timeout
+from .writer import Appender
+
+IO_MODES = ("auto", "uring", "mmap")
+RETRY_EVERY = 0.05     # how often a call on a dead client may try to reach a broker again
+RPC_TIMEOUT = 10.0
+_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_ERRORS = {cls.__name__: cls for cls in (InvalidTopic, ShmwalError, BrokerAlreadyRunning)}
+
+
+def connect(data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto") -> "Client":
+    """Connect to the broker of ``data_dir`` and ``key`` (API.md "Connecting")."""
+    return Client(data_dir, key=key, timeout=timeout, io=io)
+
+
+class Client:
+    def __init__(self, data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto",
+                 _lazy: bool = False):
+        if io not in IO_MODES:
+            raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
+        check_timeout(timeout)
+        self._data_dir = names.resolve_data_dir(data_dir)
+        self._key = key
+        self._root = names.namespace_dir(self._data_dir, key)
+        self._timeout = 5.0 if timeout is None else timeout
+        self._io = io
+        self._rpc_lock = threading.RLock()
+        self._sock: socket.socket | None = None
+        self._watch: socket.socket | None = None
+        self._alive = False
+        self._closed = False
+        self._connected_once = False
+        self._next_attempt = 0.0
+        self._run_id = None
+        self._sync_each = False
+        self._strict_sync = False
+        self.consistency = None
+        self.fsync = None
+        self.broker_pid = None
+        self._files = BlockFiles(os.path.join(self._root, "blocks"))
+        self._reset_handles()
+        _CLIENTS.add(self)
+        if io == "uring":
+            from .uring import probe
+            reason = probe()
+            if reason is not None:
+                raise ShmwalError(f'io="uring" is not available here: {reason}')
+        if not _lazy:
+            self._connect(self._timeout)
+
+    # ================================================================== data path
+    def append(self, topic, data) -> int:
+        if not self._alive:
+            self._revive()
+        try:
+            appender = self._appenders[topic]
+        except (KeyError, TypeError):
+            appender = self._appender(topic)
+        return appender.append(data)
+
+    def batch_append(self, topic, items) -> range:
+        if not self._alive:
+            self._revive()
+        try:
+            appender = self._appenders[topic]
+        except (KeyError, TypeError):
+            appender = self._appender(topic)
+        return appender.batch_append(items)
+
+    def read_next(self, topic, *, group="default", checkpoint=True, timeout=0.0):
+        if timeout != 0.0 or type(timeout) is not float:
+            timeout = check_timeout(timeout)
+        if not self._alive:
+            self._revive()
+        try:
+            reader = self._readers[topic, group]
+        except (KeyError, TypeError):
+            reader = self._reader(topic, group, create=timeout != 0)
+            if reader is None:
+                return None
+        return reader.read_one(checkpoint, timeout)
+
+    def batch_read(self, topic, max_bytes, *, group="default", checkpoint=True, timeout=0.0) -> list:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        timeout = check_timeout(timeout)
+        if not self._alive:
+            self._revive()
+        try:
+            reader = self._readers[topic, group]
+        except (KeyError, TypeError):
+            reader = self._reader(topic, group, create=timeout != 0)
+            if reader is None:
+                return []
+        return reader.read(L.MAX_READ_ENTRIES, max_bytes, checkpoint, timeout)
+
+    def seek(self, topic, offset, *, group="default") -> None:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if not self._alive:
+            self._revive()
+        reader = self._reader(topic, group, create=True)
+        reader.seek(max(0, offset))
+
+    def position(self, topic, *, group="default") -> int:
+        if not self._alive:
+            self._revive()
+        names.check_name(topic)
+        names.check_name(group, "group")
+        try:
+            reader = self._readers[topic, group]
+        except KeyError:
+            handle = self._topic(topic, create=False)
+            if handle is None:
+                return 0
+            meta = handle[0]
+            slot = meta.group_names().get(group)
+            if slot is None:
+                return meta.get(L.H_FIRST_OFFSET)  # a new group starts at the oldest kept entry
+            reader = self._reader(topic, group, create=True)
+        return reader.position()
+
+    # ================================================================== introspection
+    def topics(self) -> list[str]:
+        return self._rpc("topics")
+
+    def stats(self) -> dict:
+        return self._rpc("stats")
+
+    @property
+    def io(self) -> str:
+        return self._io
+
+    # ================================================================== lifecycle
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._alive = False
+        self._drop_connections()
+        self._reset_handles()
+        self._files.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __reduce__(self):
+        return (_restore, (self._data_dir, self._key, self._timeout, self._io))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self._alive else "disconnected")
+        return f"<shmwal.Client {self._root!r} {state}>"
+
+    def __del__(self):
+        try:
+            self._drop_connections()
+        except Exception:
+            pass
+
+    # ================================================================== handles
+    def _reset_handles(self) -> None:
+        self._topic_handles: dict[str, tuple] = {}
+        self._appenders: dict[str, Appender] = {}
+        self._readers: dict[tuple, GroupReader] = {}
+
+    def _topic(self, topic: str, create: bool):
+        handle = self._topic_handles.get(topic)
+        if handle is None:
+            answer = self._rpc("open_topic", topic=topic, create=create)
+            if answer is None:
+                return None
+            path = answer["path"]
+            expected = os.path.join(self._root, "topics", topic, "meta")
+            if os.path.realpath(path) != os.path.realpath(expected):
+                raise ShmwalError(f"broker named an unexpected meta file {path!r}")
+            handle = (TopicMeta(expected, topic), posix_ipc.Semaphore(answer["sem"]))
+            self._topic_handles[topic] = handle
+        return handle
+
+    def _appender(self, topic) -> Appender:
+        names.check_name(topic)
+        meta, sem = self._topic(topic, create=True)
+        appender = Appender(self, topic, meta, self._files, sem)
+        self._appenders[topic] = appender
+        return appender
+
+    def _reader(self, topic, group, create: bool):
+        names.check_name(topic)
+        names.check_name(group, "group")
+        reader = self._readers.get((topic, group))
+        if reader is not None:
+            return reader
+        handle = self._topic(topic, create=create)
+        if handle is None:
+            return None
+        meta, sem = handle
+        slot = meta.group_names().get(group)
+        if slot is None:
+            slot = self._rpc("open_group", topic=topic, group=group)["slot"]
+        reader = GroupReader(self, topic, meta, self._files, sem, slot)
+        self._readers[topic, group] = reader
+        return reader
+
+    # ================================================================== control connection
+    def _rpc(self, op: str, **args):
+        with self._rpc_lock:
+            if not self._alive:
+                self._revive()
+            sock = self._sock
+            try:
+                control.send(sock, {"op": op, **args})
+                reply = control.recv(sock)
+            except (OSError, control.ProtocolError, ValueError, AttributeError):
+                reply = None
+            if reply is None:
+                self._mark_dead()
+                raise BrokerUnavailable(f"the broker of {self._root} went away")
+        if "error" in reply:
+            kind = reply["error"]
+            if kind == "OSError":
+                raise OSError(reply.get("errno") or 0, reply.get("message", ""))
+            raise _ERRORS.get(kind, ShmwalError)(reply.get("message", kind))
+        return reply["ok"]
+
+    def _check_alive(self) -> None:
+        if not self._alive:
+            self._revive()
+
+    def _revive(self) -> None:
+        """Reach a broker again, or raise BrokerUnavailable (never waits long)."""
+        if self._closed:
+            raise ClientClosed("this client was closed")
+        with self._rpc_lock:
+            if self._alive:
+                return
+            now = time.monotonic()
+            if not self._connected_once:
+                self._connect(self._timeout)
+                return
+            if now < self._next_attempt:
+                raise BrokerUnavailable(f"no broker answers on {self._root}")
+            self._next_attempt = now + RETRY_EVERY
+            self._connect(0.0)
+
+    def _connect(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = None
+        while True:
+            try:
+                self._open_connections()
+                return
+            except (OSError, control.ProtocolError, ValueError) as exc:
+                last_error = exc
+                self._drop_connections()
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(f"no broker answers on {self._root}: {last_error}") from None
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def _open_connections(self) -> None:
+        from .broker import socket_address
+        dir_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            address = socket_address(self._root, dir_fd)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._sock = sock
+            sock.settimeout(RPC_TIMEOUT)
+            sock.connect(address)
+            watch = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._watch = watch
+            watch.connect(address)
+        finally:
+            os.close(dir_fd)
+        control.send(sock, {"op": "hello", "pid": os.getpid()})
+        hello = control.recv(sock)
+        if not isinstance(hello, dict) or "ok" not in hello:
+            raise control.ProtocolError("no hello from the broker")
+        info = hello["ok"]
+        control.send(watch, {"op": "watch"})
+        if self._run_id is not None and info["run_id"] != self._run_id:
+            self._reset_handles()  # a new broker: semaphores may be new objects
+        self._run_id = info["run_id"]
+        self.broker_pid = info["broker_pid"]
+        self.consistency = consistency_from_wire(info["consistency"])
+        self.fsync = fsync_from_wire(info["fsync"])
+        self._sync_each = isinstance(self.fsync, SyncEach)
+        self._strict_sync = self._sync_each and isinstance(self.consistency, StrictlyAtOnce)
+        thread = threading.Thread(target=_watch_broker, args=(watch, weakref.ref(self)),
+                                  name="shmwal-watch", daemon=True)
+        self._alive = True
+        self._connected_once = True
+        thread.start()
+
+    def _mark_dead(self) -> None:
+        self._alive = False
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
+        sock, self._sock = self._sock, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            try:
+                watch.shutdown(socket.SHUT_RDWR)  # ends the watcher thread's recv
+            except OSError:
+                pass
+            watch.close()
+        if sock is not None:
+            sock.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The inherited sockets carry the parent's conversation: forget them
+        # without shutting them down (that would cut the parent off too).
+        for attr in ("_sock", "_watch"):
+            sock = getattr(self, attr)
+            setattr(self, attr, None)
+            if sock is not None:
+                try:
+                    os.close(sock.detach())  # only the child's copy of the descriptor
+                except OSError:
+                    pass
+        self._rpc_lock = threading.RLock()
+        self._alive = False
+        self._next_attempt = 0.0
+
+
+def _watch_broker(sock: socket.socket, client_ref) -> None:
+    try:
+        while sock.recv(64):
+            pass
+    except OSError:
+        pass
+    client = client_ref()
+    if client is not None and client._watch is sock:
+        client._alive = False
+
+
+def _restore(data_dir, key, timeout, io) -> Client:
+    return Client(data_dir, key=key, timeout=timeout, io=io, _lazy=True)
+
+
+def _after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,152 @@
+"""The demo: a broker, producer processes, and consumers in two groups.
+
+Three producers append to one topic (one per entry, two in batches); two
+consumers share the group "workers" (a work queue: each entry to one of
+them) and one consumer reads as "audit" (publish/subscribe: it sees every
+entry).  Progress is printed while it runs; at the end each group's entries
+are checked: every entry exactly once, payloads intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import shmwal
+
+TOPIC = "orders"
+_ID = struct.Struct("<II")   # producer, sequence: the first 8 bytes of every payload
+
+
+def payload(producer: int, seq: int, size: int) -> bytes:
+    body = bytes([(producer * 31 + seq) & 0xFF]) * (size - _ID.size)
+    return _ID.pack(producer, seq) + body
+
+
+def produce(client, producer: int, count: int, size: int, batch: int) -> None:
+    if batch <= 1:
+        append = client.append
+        for seq in range(count):
+            append(TOPIC, payload(producer, seq, size))
+        return
+    for start in range(0, count, batch):
+        client.batch_append(TOPIC, [payload(producer, seq, size) for seq in range(start, min(count, start + batch))])
+
+
+def consume(client, group: int, total: int, out: str) -> None:
+    """Read until the group has taken all ``total`` entries; save what this process got."""
+    ids = []
+    bad = 0
+    while True:
+        entries = client.batch_read(TOPIC, 256 * 1024, group=group, timeout=0.2)
+        for entry in entries:
+            producer, seq = _ID.unpack_from(entry.data)
+            if entry.data != payload(producer, seq, len(entry.data)):
+                bad += 1
+            ids.append(producer << 32 | seq)
+        if not entries and client.position(TOPIC, group=group) >= total:
+            break
+    np.save(out, np.array(ids, dtype=np.uint64))
+    if bad:
+        print(f"  {group}: {bad} payloads did not match", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="shmwal demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=300_000, help="entries per producer")
+    parser.add_argument("--size", type=int, default=100, help="payload bytes")
+    parser.add_argument("--data-dir", default=None, help="default: a temporary directory, removed at the end")
+    args = parser.parse_args(argv)
+    if args.size < _ID.size:
+        parser.error(f"--size must be at least {_ID.size}")
+    scratch = args.data_dir is None
+    data_dir = tempfile.mkdtemp(prefix="shmwal-demo-") if scratch else args.data_dir
+    ctx = mp.get_context("spawn")
+    producers = [(0, 1), (1, 100), (2, 1000)]           # (producer id, batch size)
+    groups = {"workers": 2, "audit": 1}
+    total = args.entries * len(producers)
+    print(f"shmwal demo: {len(producers)} producers x {args.entries:,} entries of {args.size} B -> "
+          f"topic {TOPIC!r}; groups: workers (2 consumers, work queue), audit (1 consumer)")
+    print(f"data directory: {data_dir}")
+    workers = []
+    ok = False
+    try:
+        with shmwal.Broker(data_dir, fsync=shmwal.FsyncEvery(milliseconds=200)) as broker:
+            client = shmwal.connect(data_dir)
+            outs = {}
+            started = time.perf_counter()
+            for group, n in groups.items():
+                for i in range(n):
+                    out = os.path.join(data_dir, f"{group}-{i}.npy")
+                    outs.setdefault(group, []).append(out)
+                    workers.append(ctx.Process(target=consume, args=(client, group, total, out), name=f"{group}-{i}"))
+            for producer, batch in producers:
+                workers.append(ctx.Process(target=produce, args=(client, producer, args.entries, args.size, batch),
+                                           name=f"producer-{producer}"))
+            for w in workers:
+                w.start()
+            last_line = 0.0
+            while any(w.is_alive() for w in workers):
+                time.sleep(0.05)
+                if time.perf_counter() - last_line >= 0.5:
+                    last_line = time.perf_counter()
+                    _progress(client, total, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            _progress(client, total, elapsed)
+            failed = [w.name for w in workers if w.exitcode != 0]
+            stats = client.stats()["topics"][TOPIC]
+            client.close()
+            ok = _summary(outs, producers, args.entries, total, elapsed, stats, failed)
+            print(f"broker pid {broker.pid} stopping cleanly")
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+            w.join()
+        if scratch:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def _progress(client, total: int, elapsed: float) -> None:
+    topic = client.stats()["topics"].get(TOPIC)
+    if topic is None:
+        return
+    written = topic["next_offset"]
+    reads = "  ".join(f"{g} {s['position']:>9,}" for g, s in sorted(topic["groups"].items()))
+    bar = "#" * int(30 * written / total)
+    print(f"  {elapsed:5.1f}s [{bar:<30}] written {written:>9,}/{total:,}  read: {reads}", flush=True)
+
+
+def _summary(outs, producers, per_producer, total, elapsed, stats, failed) -> bool:
+    expected = np.sort(np.array([p << 32 | s for p, _ in producers for s in range(per_producer)], dtype=np.uint64))
+    ok = not failed
+    print(f"\nsummary after {elapsed:.2f} s:")
+    print(f"  written: {stats['next_offset']:,} entries ({total / elapsed:,.0f} msgs/s end to end)")
+    for group, files in outs.items():
+        got = [np.load(f) for f in files if os.path.exists(f)]
+        ids = np.sort(np.concatenate(got)) if got else np.array([], dtype=np.uint64)
+        exact = ids.size == expected.size and bool(np.array_equal(ids, expected))
+        split = " + ".join(f"{g.size:,}" for g in got)
+        verdict = "every entry exactly once" if exact else "MISMATCH"
+        if not exact:
+            dup = ids.size - np.unique(ids).size
+            verdict += f" (got {ids.size:,}, duplicates {dup:,}, missing {np.setdiff1d(expected, ids).size:,})"
+        print(f"  group {group:8s} read {ids.size:>9,} ({split}) — {verdict}")
+        ok &= exact
+    if failed:
+        print(f"  processes that failed: {', '.join(failed)}")
+    print("  RESULT: " + ("OK" if ok else "FAILED"))
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())

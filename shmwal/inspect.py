@@ -1,0 +1,88 @@
+"""Reading a namespace's state from its files: stats and verification.
+
+Shared by the broker (``stats()``), ``shmwal stat`` and ``shmwal verify``,
+which work whether or not a broker runs: published data never changes, so
+walking it needs no lock.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import names
+from .blocks import layout as L
+from .blocks.codec import BadRecord, entry_bytes, read_record
+from .blocks.files import BlockFiles
+from .blocks.meta import TopicMeta
+from .errors import ShmwalError
+
+
+def open_topics(root: str) -> dict[str, TopicMeta]:
+    topics_dir = os.path.join(root, "topics")
+    found = {}
+    try:
+        entries = sorted(os.listdir(topics_dir))
+    except FileNotFoundError:
+        return found
+    for name in entries:
+        try:
+            names.check_name(name)
+            found[name] = TopicMeta(os.path.join(topics_dir, name, "meta"), name)
+        except (ShmwalError, OSError, ValueError):
+            continue
+    return found
+
+
+def topic_stats(meta: TopicMeta) -> dict:
+    first_block, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+    next_offset, first_offset = meta.get(L.H_NEXT_OFFSET), meta.get(L.H_FIRST_OFFSET)
+    files = {meta.chain(i)[0] for i in range(first_block, published)}
+    groups = {}
+    for group, slot in sorted(meta.group_names().items()):
+        position = max(meta.get(L.group_slot_at(slot) + L.G_CURSOR), first_offset)
+        groups[group] = {"position": position, "lag": max(0, next_offset - position)}
+    return {
+        "entries": next_offset - first_offset,
+        "bytes": meta.get(L.H_BYTES) - meta.get(L.H_RECLAIMED_BYTES),
+        "first_offset": first_offset,
+        "next_offset": next_offset,
+        "files": len(files),
+        "blocks": max(0, published - first_block),
+        "groups": groups,
+        "damaged": meta.get(L.H_DAMAGE),
+    }
+
+
+def verify_topic(meta: TopicMeta, files: BlockFiles) -> list[tuple[int, str]]:
+    """Check every kept entry's record and checksum; return (offset, what is wrong) for each damage."""
+    damage: list[tuple[int, str]] = []
+    first_block, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+    next_offset = meta.get(L.H_NEXT_OFFSET)
+    for index in range(first_block, published):
+        file_id, file_offset, capacity, block_first = meta.chain(index)
+        block_end = meta.chain(index + 1)[3] if index + 1 < published else next_offset
+        block_end = min(block_end, next_offset)
+        if block_first >= block_end:
+            continue
+        try:
+            buf = files.map(file_id)
+        except OSError as exc:
+            damage.append((block_first, f"block file {L.block_file_name(file_id)} unreadable: {exc.strerror}"))
+            continue
+        if len(buf) < file_offset + capacity:
+            damage.append((block_first, f"block file {L.block_file_name(file_id)} is truncated"))
+            capacity = max(0, len(buf) - file_offset)
+        pos, off = file_offset + L.BLOCK_HEADER_SIZE, block_first
+        while off < block_end:
+            try:
+                record = read_record(buf, pos, file_offset + capacity)
+                if record.first_offset != off:
+                    raise BadRecord(f"holds offset {record.first_offset}")
+            except BadRecord as exc:
+                damage.append((off, f"unreadable record ({exc}); offsets {off}..{block_end - 1} unreachable"))
+                break
+            for i in range(record.count):
+                if entry_bytes(buf, record, i) is None:
+                    damage.append((off + i, "checksum mismatch"))
+            off, pos = record.end_offset, pos + record.size
+    return damage

@@ -1,0 +1,108 @@
+"""Consistency modes and fsync schedules (API.md "Delivery and durability").
+
+They are plain immutable values so that the broker can hand them to clients in
+its handshake and the command line can parse them back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StrictlyAtOnce:
+    """A checkpointed read moves the group cursor before it returns: never redelivered."""
+
+    def to_wire(self) -> dict:
+        return {"mode": "strict"}
+
+
+@dataclass(frozen=True)
+class AtLeastOnce:
+    """The cursor is made durable at least every ``persist_every`` checkpointed reads."""
+
+    persist_every: int = 1000
+
+    def __post_init__(self):
+        if isinstance(self.persist_every, bool) or not isinstance(self.persist_every, int):
+            raise TypeError("persist_every must be an int")
+        if self.persist_every < 1:
+            raise ValueError("persist_every must be >= 1")
+
+    def to_wire(self) -> dict:
+        return {"mode": "at-least-once", "persist_every": self.persist_every}
+
+
+@dataclass(frozen=True)
+class SyncEach:
+    """Every append is fsynced before it returns."""
+
+    def to_wire(self) -> dict:
+        return {"fsync": "each"}
+
+
+@dataclass(frozen=True)
+class FsyncEvery:
+    """Written data is fsynced within ``milliseconds``."""
+
+    milliseconds: float = 200
+
+    def __post_init__(self):
+        ms = self.milliseconds
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+            raise TypeError("milliseconds must be a number")
+        if not math.isfinite(ms) or ms <= 0:
+            raise ValueError("milliseconds must be a positive, finite number")
+
+    def to_wire(self) -> dict:
+        return {"fsync": "every", "milliseconds": self.milliseconds}
+
+
+@dataclass(frozen=True)
+class NoFsync:
+    """Never fsynced: survives any process crash, not a power cut."""
+
+    def to_wire(self) -> dict:
+        return {"fsync": "none"}
+
+
+Consistency = StrictlyAtOnce | AtLeastOnce
+FsyncSchedule = SyncEach | FsyncEvery | NoFsync
+
+
+def consistency_from_wire(wire: dict) -> Consistency:
+    if wire.get("mode") == "strict":
+        return StrictlyAtOnce()
+    return AtLeastOnce(persist_every=int(wire["persist_every"]))
+
+
+def fsync_from_wire(wire: dict) -> FsyncSchedule:
+    kind = wire.get("fsync")
+    if kind == "each":
+        return SyncEach()
+    if kind == "none":
+        return NoFsync()
+    return FsyncEvery(milliseconds=wire["milliseconds"])
+
+
+def parse_consistency(text: str) -> Consistency:
+    """``strict`` or ``at-least-once:N`` (the command line's spelling)."""
+    if text == "strict":
+        return StrictlyAtOnce()
+    if text.startswith("at-least-once"):
+        _, _, n = text.partition(":")
+        return AtLeastOnce(persist_every=int(n) if n else 1000)
+    raise ValueError(f"unknown consistency {text!r}: use strict or at-least-once:N")
+
+
+def parse_fsync(text: str) -> FsyncSchedule:
+    """``each``, ``none`` or a number of milliseconds."""
+    if text == "each":
+        return SyncEach()
+    if text == "none":
+        return NoFsync()
+    try:
+        return FsyncEvery(milliseconds=float(text))
+    except ValueError:
+        raise ValueError(f"unknown fsync schedule {text!r}: use each, none or MILLISECONDS") from None

@@ -1,0 +1,284 @@
+"""Reading for a consumer group: find entries from shared counters and copy them out.
+
+Each (topic, group) has one cursor in the meta file, shared by every process
+reading with that group.  A read takes the group's robust mutex, reads the
+cursor, copies the entries after it (checksums verified), moves the cursor
+and releases: so within a group each entry goes to exactly one reader, and
+with ``checkpoint=True`` the cursor has moved before the read returns
+(StrictlyAtOnce: a reader killed after that point is never given the entry
+again; killed before it, the cursor never moved and the next reader gets it).
+
+The group slot also keeps a hint (block and record position of the entry at
+the cursor) so that a read is O(1) instead of a walk; it is trusted only when
+``G_HINT_OFFSET`` equals the cursor.
+
+Readers sleep on the topic's semaphore when there is nothing to read; see
+writer.py for why no wake-up is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+
+import posix_ipc
+
+from . import sync
+from .blocks import layout as L
+from .blocks.chain import find_block, walk_to
+from .blocks.codec import BadRecord, entry_bytes, read_record, xxh
+from .entry import Entry, make_entry
+from .errors import CorruptEntry
+
+_W_NEXT = L.H_NEXT_OFFSET // 8
+_W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
+_W_FIRST_BLOCK = L.H_FIRST_BLOCK // 8
+_W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
+_W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
+NO_HINT = 2**64 - 1
+_group_unpack = struct.Struct("<QQQQ").unpack_from   # G_CURSOR, G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
+_hint_pack = struct.Struct("<QQQ").pack_into          # G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
+_single_unpack = L.SINGLE_RECORD.unpack_from
+_trylock = sync.trylock
+_unlock = sync.unlock_raw
+_xxh = xxh
+assert (L.G_HINT_OFFSET, L.G_HINT_CHAIN, L.G_HINT_POS) == (L.G_CURSOR + 8, L.G_CURSOR + 16, L.G_CURSOR + 24)
+WAIT_SLICE = 0.25   # a sleeping reader looks at the broker's liveness this often
+
+
+def check_timeout(timeout):
+    """None, or a finite number >= 0 (API.md)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+    return timeout
+
+
+class GroupReader:
+    """Reads one topic for one group from this process."""
+
+    def __init__(self, client, topic: str, meta, files, sem, slot: int):
+        self.client = client
+        self.topic = topic
+        self.meta = meta
+        self.files = files
+        self.sem = sem
+        self.words = meta.words
+        at = L.group_slot_at(slot)
+        self.group_page = at // L.PAGE * L.PAGE
+        self.mutex = meta.base + at + L.G_MUTEX
+        self.w_cursor = (at + L.G_CURSOR) // 8
+        self.w_hint_offset = (at + L.G_HINT_OFFSET) // 8
+        self.w_hint_chain = (at + L.G_HINT_CHAIN) // 8
+        self.w_hint_pos = (at + L.G_HINT_POS) // 8
+        self.w_reads = (at + L.G_READS) // 8
+        self.at_cursor = at + L.G_CURSOR
+        self.waiters = meta.base + L.H_WAITERS
+        self._blocks: dict[int, tuple] = {}   # chain slot -> (buf, file_offset, capacity, first_offset, limit)
+        self._record_key = None               # (chain slot, position) of the cached parsed record
+        self._record = None
+
+    # ------------------------------------------------------------------ public
+    def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            died = sync.lock(self.mutex)
+            try:
+                entries, seen_next = self._take(max_entries, max_bytes, checkpoint, died)
+            finally:
+                sync.unlock(self.mutex)
+            if entries or timeout == 0:
+                return entries
+            if not self._sleep(seen_next, deadline):
+                return entries
+
+    def read_one(self, checkpoint: bool, timeout):
+        """read_next: the fast path for a one-entry record at a valid hint, else ``read``.
+
+        Inlines what _take does for that case (see _take for the rules); every
+        check that fails sends the read down the general path, under the same lock.
+        """
+        if timeout == 0:
+            mutex = self.mutex
+            rc = _trylock(mutex)
+            if rc == 0:
+                try:
+                    found = self._fast(checkpoint)
+                    if found is None:
+                        entries, _ = self._take(1, L.MAX_ENTRY, checkpoint, False)
+                        found = entries[0] if entries else None
+                    return found
+                finally:
+                    _unlock(mutex)
+        entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout)
+        return entries[0] if entries else None
+
+    def _fast(self, checkpoint: bool):
+        words = self.words
+        mm = self.meta.mm
+        cursor, hint_offset, block, pos = _group_unpack(mm, self.at_cursor)
+        if cursor != hint_offset or cursor >= words[_W_NEXT]:
+            return None
+        published = words[_W_PUBLISHED]
+        if block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= cursor:
+            return None
+        found = self._blocks.get(block)
+        if found is None:
+            return None
+        buf = found[0]
+        count, batch_left, first, data_bytes, check, length, digest = _single_unpack(buf, pos)
+        end = pos + 48 + length
+        if count != 1 or first != cursor or end > found[4]:
+            return None
+        seed = (cursor * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
+        data = buf[pos + 48:end]
+        if _xxh(data, seed) != digest or length != data_bytes or \
+                digest ^ seed ^ (1 << 40) ^ (batch_left << 20) ^ length ^ 0x5EED != check:
+            return None   # the general path reports it
+        if checkpoint:
+            _hint_pack(mm, self.at_cursor + 8, cursor + 1, block, (end + 7) & ~7)
+            words[self.w_cursor] = cursor + 1
+            if self.client._strict_sync:
+                self.meta.mm.flush(self.group_page, L.PAGE)
+        return make_entry(Entry, (self.topic, cursor, data))
+
+    def seek(self, offset: int) -> None:
+        died = sync.lock(self.mutex)
+        try:
+            words = self.words
+            offset = max(offset, words[_W_FIRST_OFFSET])
+            offset = min(offset, words[_W_NEXT])  # past the end: wait at the end
+            words[self.w_hint_offset] = NO_HINT
+            words[self.w_cursor] = offset
+        finally:
+            sync.unlock(self.mutex)
+        self._flush_if_strict()
+
+    def position(self) -> int:
+        return max(self.words[self.w_cursor], self.words[_W_FIRST_OFFSET])
+
+    # ------------------------------------------------------------------ under the group mutex
+    def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool):
+        words = self.words
+        cursor = words[self.w_cursor]
+        next_offset = words[_W_NEXT]   # loaded before the chain: see writer.py's publish order
+        first_offset = words[_W_FIRST_OFFSET]
+        hinted = not died and words[self.w_hint_offset] == cursor
+        if cursor < first_offset:
+            cursor, hinted = first_offset, False
+        if cursor >= next_offset:
+            return [], next_offset
+        published = words[_W_PUBLISHED]
+        if hinted:
+            block, pos = words[self.w_hint_chain], words[self.w_hint_pos]
+        else:
+            block, pos = -1, -1
+        topic = self.topic
+        out = []
+        total = 0
+        c = cursor
+        record = None
+        index = 0
+        try:
+            while True:
+                if block < 0 or (block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= c):
+                    block = find_block(self.meta, c, words[_W_FIRST_BLOCK], published)
+                    pos = -1
+                buf, file_offset, capacity, block_first, _limit = self._block(block)
+                if pos < 0:
+                    pos, record = walk_to(buf, file_offset, capacity, block_first, c)
+                else:
+                    record = self._parse(block, buf, pos, file_offset + capacity)
+                    if not record.first_offset <= c < record.first_offset + record.count:
+                        pos = -1
+                        continue
+                index = c - record.first_offset
+                lengths = record.lengths
+                count = record.count
+                while index < count:
+                    length = lengths[index]
+                    if out and total + length > max_bytes:
+                        return out, next_offset
+                    data = entry_bytes(buf, record, index)
+                    if data is None:
+                        if out:
+                            return out, next_offset
+                        raise CorruptEntry(topic, c)
+                    out.append(make_entry(Entry, (topic, c, data)))
+                    total += length
+                    c += 1
+                    index += 1
+                    if len(out) >= max_entries or total >= max_bytes or c >= next_offset:
+                        return out, next_offset
+                pos += record.size
+        except BadRecord as exc:
+            if out:
+                return out, next_offset
+            raise CorruptEntry(topic, c, str(exc)) from None
+        except FileNotFoundError:
+            # The block's file was reclaimed under a stalled reader: the cursor is
+            # below the oldest kept entry; the next look clamps it.
+            if out:
+                return out, next_offset
+            words[self.w_hint_offset] = NO_HINT
+            return [], next_offset
+        finally:
+            if checkpoint and out:
+                if record is not None and index < record.count:
+                    hint_pos = record.pos
+                else:
+                    hint_pos = pos if record is None else record.pos + record.size
+                words[self.w_hint_offset] = NO_HINT  # the hint is rewritten: void it first
+                words[self.w_hint_chain] = block
+                words[self.w_hint_pos] = hint_pos
+                words[self.w_hint_offset] = c
+                words[self.w_cursor] = c
+                words[self.w_reads] += len(out)
+                if self.client._strict_sync:
+                    self.meta.mm.flush(self.group_page, L.PAGE)
+
+    def _block(self, block: int) -> tuple:
+        found = self._blocks.get(block)
+        if found is None:
+            file_id, file_offset, capacity, first = self.meta.chain(block)
+            found = (self.files.map(file_id), file_offset, capacity, first, file_offset + capacity)
+            if len(self._blocks) > 64:
+                self._blocks.clear()
+            self._blocks[block] = found
+        return found
+
+    def _parse(self, block: int, buf, pos: int, limit: int):
+        key = (block, pos)
+        if key == self._record_key:
+            return self._record
+        record = read_record(buf, pos, limit)
+        self._record_key, self._record = key, record
+        return record
+
+    def _flush_if_strict(self) -> None:
+        if self.client._strict_sync:
+            self.meta.mm.flush(self.group_page, L.PAGE)
+
+    # ------------------------------------------------------------------ sleeping
+    def _sleep(self, seen_next: int, deadline) -> bool:
+        """Sleep until the topic may have grown; False once the deadline passed."""
+        wait = WAIT_SLICE
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+        sync.atomic_add(self.waiters, 1)  # a full barrier before the last look
+        try:
+            if self.words[_W_NEXT] == seen_next:
+                try:
+                    self.sem.acquire(wait)
+                except posix_ipc.BusyError:
+                    pass
+        finally:
+            sync.atomic_add(self.waiters, -1)
+        self.client._check_alive()
+        return True

@@ -1,0 +1,145 @@
+"""Cross-process locks and atomic counters in shared, file-backed memory.
+
+Some facts this module relies on
+--------------------------------
+* Locks are glibc ``pthread_mutex_t`` set PTHREAD_PROCESS_SHARED and
+  PTHREAD_MUTEX_ROBUST.  The futex word holds the owner's TID; when a holder
+  dies (SIGKILL included) the kernel walks its robust list, marks the word
+  OWNER_DIED and wakes a waiter, whose lock call then returns EOWNERDEAD.  So
+  no lock outlives its holder, and the next locker *knows* the previous one
+  died mid-critical-section and repairs what it guarded before going on.
+* The type is ERRORCHECK so that a thread re-locking what it holds gets
+  EDEADLK (a bug, reported) instead of hanging.
+* ``trylock`` and ``unlock`` go through ``PyDLL`` (the GIL stays held: they
+  never block, and skipping the GIL round-trip halves their cost).  A
+  contended lock falls back to the blocking ``pthread_mutex_lock`` through
+  ``CDLL``, which releases the GIL: another thread of this process may be
+  the holder and needs the GIL to finish.
+* Memory ordering: shmwal targets x86-64 (TSO).  There, aligned 8-byte loads
+  and stores are not torn, stores become visible in program order and loads
+  are not reordered with other loads; the only reordering is a later load
+  passing an earlier store.  Every ``lock``/``unlock`` and atomic add is a
+  locked instruction, i.e. a full barrier.  Each place that depends on this
+  says so.  Plain loads and stores go through ``memoryview.cast("Q")`` item
+  access, which compiles to one aligned 8-byte move.
+* Atomic read-modify-write on a counter goes through libatomic's
+  ``__atomic_fetch_add_8`` (a ``lock xadd``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+
+from .errors import ShmwalError
+
+if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - documented limitation
+    raise ImportError("shmwal relies on x86-64 memory ordering (see shmwal/sync.py)")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_plibc = ctypes.PyDLL(None)
+_libatomic = ctypes.PyDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
+
+PTHREAD_PROCESS_SHARED = 1
+PTHREAD_MUTEX_ROBUST = 1
+PTHREAD_MUTEX_ERRORCHECK = 2
+EOWNERDEAD = errno.EOWNERDEAD
+ENOTRECOVERABLE = errno.ENOTRECOVERABLE
+
+
+def _fn(lib, name, argtypes, restype=ctypes.c_int):
+    f = getattr(lib, name)
+    f.argtypes = argtypes
+    f.restype = restype
+    return f
+
+
+_vp = ctypes.c_void_p
+_trylock = _fn(_plibc, "pthread_mutex_trylock", [_vp])
+_unlock = _fn(_plibc, "pthread_mutex_unlock", [_vp])
+_lock_blocking = _fn(_libc, "pthread_mutex_lock", [_vp])
+_consistent = _fn(_plibc, "pthread_mutex_consistent", [_vp])
+_mutex_init = _fn(_libc, "pthread_mutex_init", [_vp, _vp])
+_attr_init = _fn(_libc, "pthread_mutexattr_init", [_vp])
+_attr_setpshared = _fn(_libc, "pthread_mutexattr_setpshared", [_vp, ctypes.c_int])
+_attr_setrobust = _fn(_libc, "pthread_mutexattr_setrobust", [_vp, ctypes.c_int])
+_attr_settype = _fn(_libc, "pthread_mutexattr_settype", [_vp, ctypes.c_int])
+_attr_destroy = _fn(_libc, "pthread_mutexattr_destroy", [_vp])
+_fetch_add = _fn(_libatomic, "__atomic_fetch_add_8", [_vp, ctypes.c_uint64, ctypes.c_int], ctypes.c_uint64)
+_SEQ_CST = 5
+
+
+class LockError(ShmwalError):
+    """A shared lock is unusable (a bug or a damaged file), with the errno that said so."""
+
+
+def mutex_init(address: int) -> None:
+    """Initialise a robust, process-shared, error-checking mutex at ``address``.
+
+    Only safe while no other process can touch it: at topic creation, or at
+    broker start after a reboot (no process of the old boot survives).
+    """
+    attr = ctypes.create_string_buffer(64)
+    for rc in (_attr_init(attr),
+               _attr_setpshared(attr, PTHREAD_PROCESS_SHARED),
+               _attr_setrobust(attr, PTHREAD_MUTEX_ROBUST),
+               _attr_settype(attr, PTHREAD_MUTEX_ERRORCHECK),
+               _mutex_init(address, attr)):
+        if rc:
+            raise LockError(f"pthread mutex init failed: {os.strerror(rc)}")
+    _attr_destroy(attr)
+
+
+# The hot paths inline ``trylock(address) or lock_contended(address, rc)``
+# and ``unlock_raw(address)``; a call to a Python wrapper costs as much as
+# the lock itself.
+trylock = _trylock
+unlock_raw = _unlock
+
+
+def lock(address: int) -> bool:
+    """Take the mutex; return True if its previous holder died holding it.
+
+    On True the caller owns the lock and must repair whatever the lock guards
+    before relying on it (the mutex itself is already marked consistent).
+    """
+    rc = _trylock(address)
+    if rc == 0:
+        return False
+    return lock_contended(address, rc)
+
+
+def lock_contended(address: int, rc: int) -> bool:
+    """The slow half of ``lock``: ``rc`` is what trylock returned."""
+    if rc == errno.EBUSY:
+        rc = _lock_blocking(address)
+        if rc == 0:
+            return False
+    if rc == EOWNERDEAD:
+        _consistent(address)
+        return True
+    raise LockError(f"pthread_mutex_lock: {errno.errorcode.get(rc, rc)} ({os.strerror(rc)})")
+
+
+def unlock(address: int) -> None:
+    rc = _unlock(address)
+    if rc:
+        raise LockError(f"pthread_mutex_unlock: {errno.errorcode.get(rc, rc)} ({os.strerror(rc)})")
+
+
+def atomic_add(address: int, delta: int) -> int:
+    """Atomically add ``delta`` (two's complement for negatives) to the u64 at ``address``; return the old value."""
+    return _fetch_add(address, delta & 0xFFFFFFFFFFFFFFFF, _SEQ_CST)
+
+
+def buffer_address(buffer) -> tuple[int, object]:
+    """Base address of a writable buffer (an mmap), and the ctypes view that pins it.
+
+    Keep the second value alive as long as the address is used, and drop it
+    before closing the mmap.
+    """
+    view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    return ctypes.addressof(view), view

@@ -1,0 +1,277 @@
+"""Appending: reserve, copy into the mapped block, publish — no broker on the way.
+
+An append holds the topic's writer mutex (robust, in the meta file) while it
+copies its records behind the published end and then publishes them with one
+store of ``H_NEXT_OFFSET``.  So:
+
+* offsets are dense and ordered: only the mutex holder assigns them;
+* a batch is atomic: its records are all published by the same store;
+* a writer killed anywhere leaves nothing visible: its records lie beyond
+  ``H_NEXT_OFFSET``, and the next locker (told by EOWNERDEAD) recomputes the
+  tail from published state and overwrites them;
+* the broker is asked only for a new block (once per block, not per entry).
+
+Readers are woken after the mutex is released: the release is a locked
+instruction, a full barrier, so the load of ``H_WAITERS`` after it cannot be
+satisfied before the publishing store is visible (the one reordering x86-64
+allows).  A reader increments ``H_WAITERS`` (also a locked instruction) before
+its last look at ``H_NEXT_OFFSET``; between them no wake-up is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from . import sync
+from .blocks import layout as L
+from .blocks.chain import find_block, walk_to, write_block_header
+from .blocks.codec import encode_record, xxh
+from .errors import BatchTooLarge, EntryTooLarge
+
+NO_BLOCK = 2**64 - 1
+_W_NEXT = L.H_NEXT_OFFSET // 8
+_W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
+_W_TAIL_POS = L.H_TAIL_POS // 8
+_W_TAIL_CHAIN = L.H_TAIL_CHAIN // 8
+_W_TAIL_OFFSET = L.H_TAIL_OFFSET // 8
+_W_WAITERS = L.H_WAITERS // 8
+_W_BYTES = L.H_BYTES // 8
+_W_VISIBLE = L.H_VISIBLE // 8
+_SINGLE = 48  # record header + one table entry
+_tail_unpack = struct.Struct("<QQQ").unpack_from   # H_TAIL_POS, H_TAIL_CHAIN, H_TAIL_OFFSET
+_tail_pack = struct.Struct("<QQQ").pack_into
+_trylock = sync.trylock
+_unlock = sync.unlock_raw
+_xxh = xxh
+_single_pack = L.SINGLE_RECORD.pack_into
+assert L.H_TAIL_CHAIN == L.H_TAIL_POS + 8 and L.H_TAIL_OFFSET == L.H_TAIL_POS + 16
+
+
+def as_payload(data) -> memoryview:
+    """A flat byte view of ``data``, or TypeError (API.md: any C-contiguous bytes-like object)."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+    if not view.c_contiguous:
+        raise TypeError("data must be C-contiguous")
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+class Appender:
+    """Appends to one topic from this process. Built by Client; not thread-safe on its own caches."""
+
+    def __init__(self, client, topic: str, meta, files, sem):
+        self.client = client
+        self.topic = topic
+        self.meta = meta
+        self.files = files
+        self.sem = sem
+        self.words = meta.words
+        self.mutex = meta.base + L.H_WRITER_MUTEX
+        self._block = NO_BLOCK      # chain slot the cached buffer/limit belong to
+        self._first_append = not meta.get(L.H_VISIBLE)
+        self._buf = None
+        self._limit = 0
+
+    # ------------------------------------------------------------------ public paths
+    def append(self, data) -> int:
+        # The per-entry path: every call and attribute lookup here costs about
+        # as much as the copy, so encode_single is inlined (codec.py is the
+        # reference; tests check both produce the same bytes).
+        if type(data) is bytes:
+            length = len(data)
+        else:
+            data = as_payload(data)
+            length = data.nbytes
+        if length > L.MAX_ENTRY:
+            raise EntryTooLarge(f"an entry holds at most {L.MAX_ENTRY} bytes, got {length}")
+        words = self.words
+        mutex = self.mutex
+        rc = _trylock(mutex)
+        died = rc and sync.lock_contended(mutex, rc)
+        try:
+            offset = words[_W_NEXT]
+            pos, block, tail_offset = _tail_unpack(self.meta.mm, L.H_TAIL_POS)
+            if died or tail_offset != offset:
+                self._recompute_tail()
+                pos, block, tail_offset = _tail_unpack(self.meta.mm, L.H_TAIL_POS)
+            if block != self._block:
+                self._load_block(block)
+            end = pos + ((_SINGLE + 7 + length) & ~7)
+            if end > self._limit:
+                block, pos = self._next_block(offset, (_SINGLE + 7 + length) & ~7)
+                end = pos + ((_SINGLE + 7 + length) & ~7)
+            seed = (offset * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
+            digest = _xxh(data, seed)
+            buf = self._buf
+            # check = digest ^ L.record_seed(1, 0, offset, length)
+            _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ (1 << 40) ^ length ^ 0x5EED,
+                         length, digest)
+            buf[pos + _SINGLE:pos + _SINGLE + length] = data
+            # Publish: bookkeeping first, the offset last (see the module docstring).
+            _tail_pack(self.meta.mm, L.H_TAIL_POS, end, block, offset + 1)
+            if words[_W_PUBLISHED] != block + 1:
+                words[_W_PUBLISHED] = block + 1
+            words[_W_BYTES] += length
+            words[_W_NEXT] = offset + 1
+        finally:
+            _unlock(mutex)
+        if words[_W_WAITERS]:
+            self.wake()
+        if self._first_append:
+            self._mark_visible()
+        if self.client._sync_each:
+            self._sync(block)
+        return offset
+
+    def batch_append(self, items) -> range:
+        views, lengths, total = self._check_batch(items)
+        if not views:
+            n = self.words[_W_NEXT]
+            return range(n, n)
+        words = self.words
+        died = sync.lock(self.mutex)
+        try:
+            if died or words[_W_TAIL_OFFSET] != words[_W_NEXT]:
+                self._recompute_tail()
+            first = offset = words[_W_NEXT]
+            block = words[_W_TAIL_CHAIN]
+            pos = words[_W_TAIL_POS]
+            if block != self._block:
+                self._load_block(block)
+            first_block = block
+            count = len(views)
+            i = 0
+            while i < count:
+                room = self._limit - pos
+                j, used = i, L.RECORD_HEADER_SIZE
+                while j < count:
+                    grown = used + L.TABLE_ENTRY_SIZE + lengths[j]
+                    if L.align(grown) > room:
+                        break
+                    used = grown
+                    j += 1
+                if j == i:
+                    # Not even one more entry fits here: the rest of the batch goes on in a new block.
+                    block, pos = self._next_block(offset, L.record_size(1, lengths[i]))
+                    continue
+                pos = encode_record(self._buf, pos, offset, count - j, views[i:j], lengths[i:j])
+                offset += j - i
+                i = j
+            words[_W_TAIL_POS] = pos
+            words[_W_TAIL_CHAIN] = block
+            words[_W_TAIL_OFFSET] = offset
+            words[_W_PUBLISHED] = block + 1
+            words[_W_BYTES] += total
+            words[_W_NEXT] = offset
+        finally:
+            sync.unlock(self.mutex)
+        if words[_W_WAITERS]:
+            self.wake()
+        if self._first_append:
+            self._mark_visible()
+        if self.client._sync_each:
+            for b in range(first_block if first_block != NO_BLOCK else 0, block + 1):
+                self._sync(b)
+        return range(first, offset)
+
+    @staticmethod
+    def _check_batch(items):
+        if isinstance(items, (bytes, bytearray, memoryview, str)):
+            raise TypeError("items must be a sequence of bytes-like objects, not one bytes-like object")
+        try:
+            items = list(items)
+        except TypeError:
+            raise TypeError(f"items must be an iterable of bytes-like objects, not {type(items).__name__}") from None
+        if len(items) > L.MAX_BATCH_ENTRIES:
+            raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_ENTRIES} entries, got {len(items)}")
+        views = [item if type(item) is bytes else as_payload(item) for item in items]
+        lengths = list(map(len, views))  # as_payload's views are flat bytes: len == nbytes
+        for n in lengths:
+            if n > L.MAX_ENTRY:
+                raise EntryTooLarge(f"an entry holds at most {L.MAX_ENTRY} bytes, got {n}")
+        total = sum(lengths)
+        if total > L.MAX_BATCH_BYTES:
+            raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_BYTES} bytes, got {total}")
+        return views, lengths, total
+
+    # ------------------------------------------------------------------ blocks
+    def _load_block(self, block: int) -> None:
+        if block == NO_BLOCK:
+            self._buf, self._limit = None, 0
+        else:
+            file_id, file_offset, capacity, _first = self.meta.chain(block)
+            self._buf = self.files.map(file_id)
+            self._limit = file_offset + capacity
+        self._block = block
+
+    def _next_block(self, offset: int, record_bytes: int) -> tuple[int, int]:
+        """Move the tail to the next chain slot (asking the broker for a block if need be)."""
+        words = self.words
+        current = words[_W_TAIL_CHAIN]
+        block = 0 if current == NO_BLOCK else current + 1
+        need = L.BLOCK_HEADER_SIZE + record_bytes
+        if block >= self.meta.get(L.H_ALLOCATED_BLOCKS) or self.meta.chain(block)[2] < need:
+            self.client._rpc("alloc_block", topic=self.topic, chain_index=block, min_capacity=need)
+        self._load_block(block)
+        file_id, file_offset, capacity, _ = self.meta.chain(block)
+        write_block_header(self._buf, file_offset, block, offset, capacity, self.topic)
+        self.meta.set(L.chain_slot_at(block) + L.C_FIRST_OFFSET, offset)
+        # The tail words are re-set on publish; until then the new block is only ours.
+        words[_W_TAIL_CHAIN] = block
+        words[_W_TAIL_POS] = file_offset + L.BLOCK_HEADER_SIZE
+        words[_W_TAIL_OFFSET] = NO_BLOCK  # not consistent until published: a death here is repaired
+        return block, file_offset + L.BLOCK_HEADER_SIZE
+
+    def _recompute_tail(self) -> None:
+        """Rebuild the tail bookkeeping from published state (a writer died, or a batch failed).
+
+        Called with the mutex held.  Everything beyond H_NEXT_OFFSET is
+        garbage to overwrite; chain slots past the tail block are pending
+        blocks to reuse.
+        """
+        words = self.words
+        meta = self.meta
+        next_offset = words[_W_NEXT]
+        published = words[_W_PUBLISHED]
+        first = meta.get(L.H_FIRST_BLOCK)
+        if published == 0 or published <= first:
+            words[_W_TAIL_CHAIN] = NO_BLOCK
+            words[_W_TAIL_POS] = 0
+        else:
+            block = find_block(meta, next_offset, first, published)
+            file_id, file_offset, capacity, block_first = meta.chain(block)
+            pos, _ = walk_to(self.files.map(file_id), file_offset, capacity, block_first, next_offset,
+                             append_position=True)
+            words[_W_TAIL_CHAIN] = block
+            words[_W_TAIL_POS] = pos
+            words[_W_PUBLISHED] = block + 1
+        words[_W_TAIL_OFFSET] = next_offset
+        self._block = NO_BLOCK
+
+    # ------------------------------------------------------------------ after publishing
+    def _mark_visible(self) -> None:
+        """The topic exists from its first append (a waiting reader may have created it empty)."""
+        self.words[_W_VISIBLE] = 1
+        self._first_append = False
+
+    def wake(self) -> None:
+        """Post the topic semaphore for sleeping readers (bounded by how many sleep)."""
+        waiting = self.words[_W_WAITERS]
+        if waiting > 1 << 20:  # an underflow (a reader killed between its add and subtract)
+            return
+        sem = self.sem
+        missing = waiting - sem.value
+        for _ in range(min(missing, 64)):
+            sem.release()
+
+    def _sync(self, block: int) -> None:
+        if block == NO_BLOCK:
+            return
+        file_id = self.meta.chain(block)[0]
+        os.fdatasync(self.files.fd(file_id))
+        self.meta.flush(upto=block + 1)

@@ -1,0 +1,195 @@
+"""The benchmark harness in a tiny mode: it runs, and its exactly-once check has teeth.
+
+The peers run now; the shmwal part runs once ``shmwal.connect`` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from shmwal.bench import check, cli, contenders, plan, runner
+from shmwal.bench.messages import HEADER, STAMPED_LEN
+
+pytestmark = pytest.mark.timeout(180)
+
+TINY = ["--count", "2000", "--sizes", "100", "--latency-count", "40", "--timeout", "60", "--no-png"]
+
+
+def _heads(pairs) -> bytes:
+    return b"".join(HEADER.pack(p, s) for p, s in pairs)
+
+
+def _shmwal_ready() -> bool:
+    try:
+        import shmwal
+    except ImportError:
+        return False
+    return hasattr(shmwal, "connect")
+
+
+# ---------------------------------------------------------------- the check itself
+
+def test_check_accepts_every_message_once_across_consumers():
+    per_producer = [3, 2]
+    a = check.tally(_heads([(0, 0), (1, 1), (0, 2)]), per_producer)
+    b = check.tally(_heads([(1, 0), (0, 1)]), per_producer)
+    verdict = check.verify_groups([a, b], per_producer, separate=False)
+    assert verdict.ok, verdict.detail
+    assert verdict.received == 5
+
+
+@pytest.mark.parametrize(
+    "pairs, missing, duplicates, foreign",
+    [
+        ([(0, 0), (0, 1)], 1, 0, 0),                   # dropped (0, 2)
+        ([(0, 0), (0, 1), (0, 2), (0, 1)], 0, 1, 0),   # (0, 1) twice
+        ([(0, 0), (0, 1), (0, 2), (0, 3)], 0, 0, 1),   # a seq nobody sent
+        ([(0, 0), (0, 1), (0, 2), (7, 0)], 0, 0, 1),   # a producer that does not exist
+        ([(0, 0), (0, 0), (0, 2)], 1, 1, 0),           # a duplicate hiding a gap (count is right)
+    ],
+)
+def test_check_rejects_drops_duplicates_and_strangers(pairs, missing, duplicates, foreign):
+    verdict = check.verify(check.tally(_heads(pairs), [3]), [3])
+    assert not verdict.ok
+    assert (verdict.missing, verdict.duplicates, verdict.foreign) == (missing, duplicates, foreign)
+    assert verdict.detail
+
+
+def test_check_separate_groups_need_everything_each():
+    per_producer = [2]
+    full = check.tally(_heads([(0, 0), (0, 1)]), per_producer)
+    half = check.tally(_heads([(0, 1)]), per_producer)
+    assert check.verify_groups([full, full], per_producer, separate=True).ok
+    # Together the two groups hold every message, but group 1 lacks one: not ok.
+    verdict = check.verify_groups([full, half], per_producer, separate=True)
+    assert not verdict.ok and "group 1" in verdict.detail
+
+
+def test_check_reads_stamped_prefixes():
+    heads = b"".join(HEADER.pack(0, s) + b"\0" * 8 for s in range(4))
+    assert check.verify(check.tally(heads, [4], STAMPED_LEN), [4]).ok
+
+
+# ---------------------------------------------------------------- test-only contenders
+
+class _FaultySender(contenders.MPQueueSender):
+    """Drops message 7 and sends message 3 twice."""
+
+    def __init__(self, q):
+        super().__init__(q)
+        self.sent = 0
+
+    def send(self, buf):
+        n, self.sent = self.sent, self.sent + 1
+        if n != 7:
+            super().send(buf)
+        if n == 3:
+            super().send(buf)
+
+
+class _FaultyChannel(contenders.MPQueueChannel):
+    def sender(self, producer):
+        return _FaultySender(self.q)
+
+
+class _FaultyQueue(contenders.MPQueueContender):
+    name = "faulty mp.Queue"
+
+    def open(self, spec, ctx, workdir):
+        session = super().open(spec, ctx, workdir)
+        session.channel = _FaultyChannel(session.q)
+        return session
+
+
+class _StuckChannel(contenders.MPQueueChannel):
+    def receiver(self, consumer):
+        rx = contenders.MPQueueReceiver(self.q)
+        rx.recv = lambda: time.sleep(3600)   # never returns in time
+        return rx
+
+
+class _StuckQueue(contenders.MPQueueContender):
+    name = "stuck mp.Queue"
+
+    def open(self, spec, ctx, workdir):
+        session = super().open(spec, ctx, workdir)
+        session.channel = _StuckChannel(session.q)
+        return session
+
+
+def _run(contender, spec, tmp_path, timeout=60.0):
+    ctx = multiprocessing.get_context("fork")
+    return runner.run_plan([spec], [contender], ctx, str(tmp_path), timeout, log=None)[0]
+
+
+def test_dropped_and_duplicated_messages_fail_the_run(tmp_path):
+    row = _run(_FaultyQueue(), plan.RunSpec("throughput", 100, 50), tmp_path)
+    assert row.status == "FAILED"
+    assert "1 missing" in row.detail and "p0#7" in row.detail
+    assert "1 duplicates" in row.detail and "p0#3" in row.detail
+    assert row.msgs_per_s is None   # a wrong answer gets no figure to win with
+
+
+def test_a_hanging_contender_is_killed_as_timeout(tmp_path):
+    row = _run(_StuckQueue(), plan.RunSpec("throughput", 100, 50), tmp_path, timeout=3.0)
+    assert row.status == "TIMEOUT"
+
+
+def test_failed_row_makes_the_exit_code_nonzero(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "all_contenders", lambda consistency: [_FaultyQueue()])
+    code = cli.main(["--scenarios", "throughput", *TINY, "--out", str(tmp_path)])
+    assert code == 1
+
+
+# ---------------------------------------------------------------- the real race, tiny
+
+def _race(tmp_path, only):
+    code = cli.main(["--only", only, *TINY, "--out", str(tmp_path)])
+    with open(tmp_path / "bench.json") as f:
+        rows = json.load(f)["rows"]
+    return code, rows
+
+
+def test_peers_tiny_race_passes_its_checks(tmp_path):
+    code, rows = _race(tmp_path, "peers")
+    ran = [r for r in rows if r["status"] not in ("n/a", "SKIPPED")]
+    assert ran, "no peer ran"
+    assert code == 0, [(r["contender"], r["scenario"], r["status"], r["detail"]) for r in ran if r["status"] != "ok"]
+    assert all(r["status"] == "ok" for r in ran)
+    assert {r["kind"] for r in ran} == {"throughput", "latency", "scaling"}
+    for r in ran:
+        if r["kind"] == "latency":
+            assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
+        else:
+            assert r["msgs_per_s"] > 0 and r["received"] == r["messages"]
+    best = [r for r in ran if r["kind"] == "throughput" and r["vs_best_peer"] == pytest.approx(1.0)]
+    assert best, "the best peer has a ratio of 1"
+
+
+def test_peers_run_under_spawn_too(tmp_path):
+    code = cli.main(["--only", "peers", "--scenarios", "throughput", "--start-method", "spawn",
+                     *TINY, "--out", str(tmp_path)])
+    assert code == 0
+
+
+@pytest.mark.skipif(not _shmwal_ready(), reason="shmwal.connect does not exist yet")
+def test_shmwal_tiny_race_passes_its_checks(tmp_path):
+    code, rows = _race(tmp_path, "shmwal")
+    ran = [r for r in rows if r["status"] not in ("n/a", "SKIPPED")]
+    assert ran, "no shmwal contender ran"
+    bad = [(r["contender"], r["scenario"], r["status"], r["detail"]) for r in ran if r["status"] != "ok"]
+    assert code == 0 and not bad, bad
+    groups = [r for r in ran if r["separate_groups"]]
+    assert groups and all(r["received"] == r["messages"] for r in groups)
+
+
+def test_tally_ignores_nothing_it_cannot_place():
+    # A torn or garbage prefix never counts as a real message.
+    junk = np.frombuffer(b"\xff" * 32, dtype=np.uint8).tobytes()
+    t = check.tally(junk, [2])
+    assert t.foreign == 2 and not check.verify(t, [2]).ok
