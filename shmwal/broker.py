@@ -53,6 +53,9 @@ from .recovery import recover_topic
 log = logging.getLogger("shmwal.broker")
 
 RECLAIM_EVERY = 1.0        # seconds between reclamation passes
+PROVISION_EVERY = 0.02     # seconds between looks for writers about to need a block
+SPARE_BLOCKS = 2           # blocks kept allocated (and faulted in) ahead of a busy writer
+MADV_POPULATE_WRITE = 23   # Linux 5.14+; older kernels: EINVAL, and we just skip it
 DELETE_GRACE = 2.0         # seconds between a file's last block being reclaimed and its unlink
 _SO_PEERCRED = struct.Struct("3i")
 
@@ -96,7 +99,7 @@ def make_private_dir(path: str) -> None:
 # ----------------------------------------------------------------------------- per-topic state
 
 class TopicState:
-    __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block")
+    __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block", "seen_tail")
 
     def __init__(self, meta: TopicMeta, sem_name: str):
         self.meta = meta
@@ -105,6 +108,7 @@ class TopicState:
         self.synced_next = -1
         self.synced_cursors = -1
         self.synced_block = 0
+        self.seen_tail = meta.get(L.H_TAIL_CHAIN)
 
 
 # ----------------------------------------------------------------------------- the server
@@ -135,6 +139,7 @@ class BrokerServer:
         self._syncer: threading.Thread | None = None
         self._sync_wakeup = threading.Event()
         self._next_topic_id = 1
+        self._populate_broken = False
 
     # ------------------------------------------------------------------ start
     def open(self) -> None:
@@ -240,7 +245,8 @@ class BrokerServer:
     def serve(self) -> None:
         next_reclaim = time.monotonic() + RECLAIM_EVERY
         while not self._stopping:
-            timeout = max(0.0, min(0.2, next_reclaim - time.monotonic()))
+            self.provision()
+            timeout = max(0.0, min(PROVISION_EVERY, next_reclaim - time.monotonic()))
             for key, _ in self._selector.select(timeout):
                 if key.fileobj is self._listener:
                     self._accept()
@@ -407,15 +413,7 @@ class BrokerServer:
             if capacity >= min_capacity:
                 return {"reused": True}
             self.allocator.free(old_file, old_offset)  # a pending block too small: replace it
-        file_id, file_offset, capacity = self.allocator.alloc(min_capacity)
-        w = L.chain_slot_at(chain_index)
-        meta.set(w + L.C_FILE_ID, file_id)
-        meta.set(w + L.C_FILE_OFFSET, file_offset)
-        meta.set(w + L.C_CAPACITY, capacity)
-        meta.set(w + L.C_FIRST_OFFSET, 2**64 - 1)
-        if chain_index == allocated:
-            meta.set(L.H_ALLOCATED_BLOCKS, allocated + 1)
-        return {"file_id": file_id}
+        return {"file_id": self._allocate_slot(meta, chain_index, min_capacity)}
 
     def op_topics(self, **_):
         return sorted(name for name, t in self.topics.items() if t.meta.get(L.H_VISIBLE))
@@ -423,6 +421,51 @@ class BrokerServer:
     def op_stats(self, **_):
         return {"topics": {name: topic_stats(t.meta) for name, t in sorted(self.topics.items())
                            if t.meta.get(L.H_VISIBLE)}}
+
+    # ------------------------------------------------------------------ provisioning
+    def provision(self) -> None:
+        """Keep SPARE_BLOCKS blocks allocated ahead of every writer that moved to a new block.
+
+        A writer then moves to its next block without asking us, and the
+        block's pages are already faulted in (on a real disk, converting
+        pre-allocated extents costs as much per entry as the rest of an append).
+        Only slots at or above H_ALLOCATED_BLOCKS are written here, fields
+        first and the count last, so a writer never sees half a slot.
+        """
+        for state in list(self.topics.values()):
+            meta = state.meta
+            tail = meta.get(L.H_TAIL_CHAIN)
+            if tail == state.seen_tail:
+                continue
+            state.seen_tail = tail
+            if tail == 2**64 - 1:
+                continue
+            while meta.get(L.H_ALLOCATED_BLOCKS) < min(tail + 1 + SPARE_BLOCKS, L.CHAIN_SLOTS):
+                try:
+                    self._allocate_slot(meta, meta.get(L.H_ALLOCATED_BLOCKS), L.BLOCK_HEADER_SIZE)
+                except OSError as exc:
+                    log.warning("could not provision a block for %s: %s", meta.name, exc)
+                    break
+
+    def _allocate_slot(self, meta, chain_index: int, min_capacity: int) -> int:
+        file_id, file_offset, capacity = self.allocator.alloc(min_capacity)
+        w = L.chain_slot_at(chain_index)
+        meta.set(w + L.C_FILE_ID, file_id)
+        meta.set(w + L.C_FILE_OFFSET, file_offset)
+        meta.set(w + L.C_CAPACITY, capacity)
+        meta.set(w + L.C_FIRST_OFFSET, 2**64 - 1)
+        if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):
+            meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)
+        self._populate(file_id, file_offset, capacity)
+        return file_id
+
+    def _populate(self, file_id: int, file_offset: int, capacity: int) -> None:
+        if self._populate_broken:
+            return
+        try:
+            self.files.map(file_id).madvise(MADV_POPULATE_WRITE, file_offset, capacity)
+        except OSError:
+            self._populate_broken = True  # not supported here: writers fault pages in themselves
 
     # ------------------------------------------------------------------ reclamation
     def reclaim(self) -> None:

@@ -71,11 +71,7 @@ class Client:
         self._files = BlockFiles(os.path.join(self._root, "blocks"))
         self._reset_handles()
         _CLIENTS.add(self)
-        if io == "uring":
-            from .uring import probe
-            reason = probe()
-            if reason is not None:
-                raise ShmwalError(f'io="uring" is not available here: {reason}')
+        self._io_uring = _make_fetcher(io)
         if not _lazy:
             self._connect(self._timeout)
 
@@ -172,6 +168,8 @@ class Client:
         self._alive = False
         self._drop_connections()
         self._reset_handles()
+        if self._io_uring is not None:
+            self._io_uring.close()
         self._files.close()
 
     def __enter__(self) -> "Client":
@@ -356,6 +354,22 @@ class Client:
         self._rpc_lock = threading.RLock()
         self._alive = False
         self._next_attempt = 0.0
+
+
+def _make_fetcher(io: str):
+    """The io_uring reader for batch_read, or None where batch reads go through mmap."""
+    if io == "mmap":
+        return None
+    from .uring import disabled_by_env, probe
+    from .uring.fetch import UringFetcher
+    if io == "auto" and disabled_by_env():
+        return None
+    reason = probe()
+    if reason is not None:
+        if io == "uring":
+            raise ShmwalError(f'io="uring" is not available here: {reason}')
+        return None
+    return UringFetcher(io)
 
 
 def _watch_broker(sock: socket.socket, client_ref) -> None:

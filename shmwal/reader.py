@@ -38,6 +38,9 @@ _W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
 NO_HINT = 2**64 - 1
 _group_unpack = struct.Struct("<QQQQ").unpack_from   # G_CURSOR, G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
+# One pack_into for the three hint words: it zeroes them before writing
+# (unlike a memoryview store), which is fine only because hints are read
+# solely under the group mutex. The cursor, read by others, is a word store.
 _hint_pack = struct.Struct("<QQQ").pack_into          # G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
 _single_unpack = L.SINGLE_RECORD.unpack_from
 _trylock = sync.trylock
@@ -45,6 +48,7 @@ _unlock = sync.unlock_raw
 _xxh = xxh
 assert (L.G_HINT_OFFSET, L.G_HINT_CHAIN, L.G_HINT_POS) == (L.G_CURSOR + 8, L.G_CURSOR + 16, L.G_CURSOR + 24)
 WAIT_SLICE = 0.25   # a sleeping reader looks at the broker's liveness this often
+SPIN = 400          # publish-word loads before sleeping (~15 µs)
 
 
 def check_timeout(timeout):
@@ -80,6 +84,7 @@ class GroupReader:
         self.waiters = meta.base + L.H_WAITERS
         self._blocks: dict[int, tuple] = {}   # chain slot -> (buf, file_offset, capacity, first_offset, limit)
         self._record_key = None               # (chain slot, position) of the cached parsed record
+        self._generation = files.generation   # of files' mappings that _blocks was filled from
         self._record = None
 
     # ------------------------------------------------------------------ public
@@ -88,32 +93,40 @@ class GroupReader:
         while True:
             died = sync.lock(self.mutex)
             try:
-                entries, seen_next = self._take(max_entries, max_bytes, checkpoint, died)
+                taken = None
+                if self.client._io_uring is not None and not died:
+                    taken = self._take_uring(max_entries, max_bytes, checkpoint)
+                entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died)
             finally:
                 sync.unlock(self.mutex)
             if entries or timeout == 0:
                 return entries
+            if self._spin(seen_next):
+                continue
             if not self._sleep(seen_next, deadline):
                 return entries
 
     def read_one(self, checkpoint: bool, timeout):
-        """read_next: the fast path for a one-entry record at a valid hint, else ``read``.
+        """read_next: the fast path for a one-entry record at a valid hint, else ``_take``.
 
-        Inlines what _take does for that case (see _take for the rules); every
-        check that fails sends the read down the general path, under the same lock.
+        ``_fast`` inlines what _take does for that case (see _take for the
+        rules); any check that fails sends the read down the general path,
+        under the same lock.
         """
+        mutex = self.mutex
+        rc = _trylock(mutex)
+        died = rc and sync.lock_contended(mutex, rc)
+        try:
+            found = None if died else self._fast(checkpoint)
+            if found is not None:
+                return found
+            entries, _ = self._take(1, L.MAX_ENTRY, checkpoint, died)
+        finally:
+            _unlock(mutex)
+        if entries:
+            return entries[0]
         if timeout == 0:
-            mutex = self.mutex
-            rc = _trylock(mutex)
-            if rc == 0:
-                try:
-                    found = self._fast(checkpoint)
-                    if found is None:
-                        entries, _ = self._take(1, L.MAX_ENTRY, checkpoint, False)
-                        found = entries[0] if entries else None
-                    return found
-                finally:
-                    _unlock(mutex)
+            return None
         entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout)
         return entries[0] if entries else None
 
@@ -241,9 +254,110 @@ class GroupReader:
                 if self.client._strict_sync:
                     self.meta.mm.flush(self.group_page, L.PAGE)
 
+    def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool):
+        """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
+
+        Returns None to let ``_take`` (mmap) do the read: when "auto" finds the
+        data resident, when there is no valid hint (after a seek), and when
+        the first record does not fit the planned ranges.  Decoding goes
+        through the same codec functions as ``_take``.
+        """
+        words = self.words
+        cursor = words[self.w_cursor]
+        next_offset = words[_W_NEXT]
+        if cursor >= next_offset or cursor < words[_W_FIRST_OFFSET] or words[self.w_hint_offset] != cursor:
+            return None
+        published = words[_W_PUBLISHED]
+        meta = self.meta
+        block, pos = words[self.w_hint_chain], words[self.w_hint_pos]
+        if block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= cursor:
+            block += 1
+            file_id, file_offset, _cap, first = meta.chain(block)
+            if first != cursor:
+                return None
+            pos = file_offset + L.BLOCK_HEADER_SIZE
+        want = min(max_entries, next_offset - cursor)
+        remaining = max_bytes + want * (L.RECORD_HEADER_SIZE + L.TABLE_ENTRY_SIZE + L.ALIGN) + L.PAGE
+        plan = []          # (block, file_id, file position, length, arena offset)
+        arena_at = 0
+        b, p = block, pos
+        while remaining > 0:
+            file_id, file_offset, capacity, _first = meta.chain(b)
+            n = min(file_offset + capacity - p, remaining)
+            plan.append((b, file_id, p, n, arena_at))
+            arena_at += (n + L.PAGE - 1) & ~(L.PAGE - 1)   # page-aligned destinations copy fastest
+            remaining -= n
+            if b + 1 >= published or words[_W_CHAIN_FIRST + (b + 1) * 4] >= next_offset:
+                break
+            b += 1
+            p = meta.chain(b)[1] + L.BLOCK_HEADER_SIZE
+        fetcher = self.client._io_uring
+        files = self.files
+        try:
+            first_map = files.map(plan[0][1])
+            if not fetcher.worth_it(first_map, plan[0][2], plan[0][3]):
+                return None
+            view, got = fetcher.read(files, plan, arena_at)
+        except OSError:
+            return None   # e.g. a reclaimed file: _take knows what to do
+        topic = self.topic
+        out = []
+        total = 0
+        c = cursor
+        hint_block, hint_pos = block, pos
+        full = False
+        for (b, _file_id, p, _n, at), length_read in zip(plan, got):
+            if full or c >= next_offset or (b != block and meta.chain(b)[3] != c):
+                break
+            rpos, limit = at, at + length_read
+            while c < next_offset and not full:
+                try:
+                    record = read_record(view, rpos, limit)
+                except BadRecord:
+                    break   # the block's records end here, or the plan cut one off (or it is damaged: _take reports that)
+                if not record.first_offset <= c < record.end_offset:
+                    break
+                index = c - record.first_offset
+                while index < record.count:
+                    length = record.lengths[index]
+                    if out and total + length > max_bytes:
+                        full = True
+                        break
+                    data = entry_bytes(view, record, index)
+                    if data is None:
+                        if not out:
+                            raise CorruptEntry(topic, c)
+                        full = True
+                        break
+                    out.append(make_entry(Entry, (topic, c, data)))
+                    total += length
+                    c += 1
+                    index += 1
+                    if len(out) >= max_entries or total >= max_bytes:
+                        full = True
+                        break
+                hint_block = b
+                hint_pos = p + (rpos - at) + (record.size if index >= record.count else 0)
+                rpos += record.size
+        if not out:
+            return None
+        if checkpoint:
+            _hint_pack(self.meta.mm, self.at_cursor + 8, c, hint_block, hint_pos)
+            words[self.w_cursor] = c
+            words[self.w_reads] += len(out)
+            if self.client._strict_sync:
+                self.meta.mm.flush(self.group_page, L.PAGE)
+        return out, next_offset
+
     def _block(self, block: int) -> tuple:
         found = self._blocks.get(block)
         if found is None:
+            files = self.files
+            files.maybe_sweep()
+            if files.generation != self._generation:
+                self._blocks.clear()
+                self._record_key = self._record = None
+                self._generation = files.generation
             file_id, file_offset, capacity, first = self.meta.chain(block)
             found = (self.files.map(file_id), file_offset, capacity, first, file_offset + capacity)
             if len(self._blocks) > 64:
@@ -264,6 +378,19 @@ class GroupReader:
             self.meta.mm.flush(self.group_page, L.PAGE)
 
     # ------------------------------------------------------------------ sleeping
+    def _spin(self, seen_next: int) -> bool:
+        """Watch the publish word for a few microseconds before going to sleep.
+
+        Under load the next entry is usually microseconds away; sleeping on the
+        semaphore would cost the writer a futex wake and this reader a context
+        switch per entry.  Idle, it costs ~SPIN loads per wake-up slice.
+        """
+        words = self.words
+        for _ in range(SPIN):
+            if words[_W_NEXT] != seen_next:
+                return True
+        return False
+
     def _sleep(self, seen_next: int, deadline) -> bool:
         """Sleep until the topic may have grown; False once the deadline passed."""
         wait = WAIT_SLICE

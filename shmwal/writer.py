@@ -39,8 +39,11 @@ _W_WAITERS = L.H_WAITERS // 8
 _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
 _SINGLE = 48  # record header + one table entry
+# Shared words are stored one by one through the memoryview (one aligned
+# 8-byte move each), never with struct.pack_into: it zeroes the field before
+# writing it, and the broker reads H_TAIL_CHAIN without the writer mutex.
+# unpack_from does no such thing, so loads may be grouped.
 _tail_unpack = struct.Struct("<QQQ").unpack_from   # H_TAIL_POS, H_TAIL_CHAIN, H_TAIL_OFFSET
-_tail_pack = struct.Struct("<QQQ").pack_into
 _trylock = sync.trylock
 _unlock = sync.unlock_raw
 _xxh = xxh
@@ -113,7 +116,9 @@ class Appender:
                          length, digest)
             buf[pos + _SINGLE:pos + _SINGLE + length] = data
             # Publish: bookkeeping first, the offset last (see the module docstring).
-            _tail_pack(self.meta.mm, L.H_TAIL_POS, end, block, offset + 1)
+            words[_W_TAIL_POS] = end
+            words[_W_TAIL_CHAIN] = block
+            words[_W_TAIL_OFFSET] = offset + 1
             if words[_W_PUBLISHED] != block + 1:
                 words[_W_PUBLISHED] = block + 1
             words[_W_BYTES] += length

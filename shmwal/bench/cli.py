@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
                         "(default: the temp dir, a real disk, so fsync costs what it costs; /dev/shm: tmpfs)")
     p.add_argument("--consistency", default="at-least-once:1000",
                    help="shmwal delivery mode: strict | at-least-once:N (default at-least-once:1000)")
+    p.add_argument("--repeat", type=int, help="runs per cell, median kept (default 3; quick 1): "
+                                              "figures on a shared VM vary by 1.5x from run to run")
     p.add_argument("--timeout", type=float, help="seconds before a run is killed as TIMEOUT (default 120; quick 30)")
     # fork: children start in milliseconds and inherit the queues; spawn/forkserver also work
     # (every channel pickles) and are what a fork-unsafe library would need.
@@ -98,6 +100,7 @@ def metadata(args, argv, load_before) -> dict:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "start_method": args.start_method,
+        "repeat": args.repeat if args.repeat is not None else (1 if args.quick else 3),
         "data_dir": args.data_dir,
         "shmwal_consistency": args.consistency,
         "versions": {d: _version(d) for d in ("shmwal", "faster-fifo", "pyzmq", "numpy", "matplotlib")},
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
     print(f"shmwal bench: {len(specs)} scenarios x {len(contenders)} contenders, "
           f"start method {args.start_method}, data in {args.data_dir}", file=sys.stderr, flush=True)
     load_before = os.getloadavg()[0]
-    rows = run_plan(specs, contenders, ctx, args.data_dir, timeout)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    rows = run_plan(specs, contenders, ctx, args.data_dir, timeout, repeat)
     meta = metadata(args, argv, load_before)
     print(report.finish(rows, meta, args.out, png=not args.no_png))
     load = meta["load_average_1min"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 BAD = ("FAILED", "TIMEOUT", "ERROR")   # any of these makes the run exit non-zero
 
@@ -32,6 +32,12 @@ class Row:
     max_us: float | None = None
     vs_best_peer: float | None = None       # > 1: better than the best peer (msgs/s or p50)
     vs_best_peer_p99: float | None = None   # latency rows: the same for p99
+    trials: list = field(default_factory=list)   # the figure of every repeat (--repeat)
+
+    @property
+    def figure(self) -> float | None:
+        """What repeats are ranked by: msgs/s, or p50 latency."""
+        return self.p50_us if self.kind == "latency" else self.msgs_per_s
 
     @property
     def ok(self) -> bool:
@@ -103,6 +109,14 @@ def _table(title: str, header: list[str], lines: list[list[str]]) -> str:
     return "\n".join([f"== {title} ==", fmt(header), rule, *map(fmt, lines)])
 
 
+def _spread(row: Row) -> str:
+    """How far apart the repeats were: (max - min) / median, the run-to-run noise."""
+    figures = [f for f in row.trials if f]
+    if len(figures) < 2 or not row.figure:
+        return "-"
+    return f"{(max(figures) - min(figures)) / row.figure:.0%}"
+
+
 def _status(row: Row) -> str:
     return "ok" if row.ok else row.status
 
@@ -113,24 +127,25 @@ def tables(rows: list[Row]) -> str:
     thr = [r for r in shown if r.kind == "throughput"]
     if thr:
         out.append(_table(
-            "Throughput, 1 producer -> 1 consumer (x best peer: >1 is faster)",
-            ["size", "contender", "msgs/s", "MB/s", "x best peer", "check"],
+            "Throughput, 1 producer -> 1 consumer (x best peer: >1 is faster; spread: repeats' (max-min)/median)",
+            ["size", "contender", "msgs/s", "MB/s", "x best peer", "spread", "check"],
             [[size_label(r.size), r.contender, _num(r.msgs_per_s), _num(r.mb_per_s, ",.1f"),
-              _ratio(r.vs_best_peer), _status(r)] for r in thr]))
+              _ratio(r.vs_best_peer), _spread(r), _status(r)] for r in thr]))
     lat = [r for r in shown if r.kind == "latency"]
     if lat:
         out.append(_table(
             "One-way latency, paced sends, consumer blocked (x best peer: >1 is lower)",
-            ["size", "contender", "p50 us", "p99 us", "max us", "x best p50", "x best p99", "check"],
+            ["size", "contender", "p50 us", "p99 us", "max us", "x best p50", "x best p99", "spread", "check"],
             [[size_label(r.size), r.contender, _num(r.p50_us, ",.1f"), _num(r.p99_us, ",.1f"),
-              _num(r.max_us, ",.1f"), _ratio(r.vs_best_peer), _ratio(r.vs_best_peer_p99), _status(r)] for r in lat]))
+              _num(r.max_us, ",.1f"), _ratio(r.vs_best_peer), _ratio(r.vs_best_peer_p99), _spread(r),
+              _status(r)] for r in lat]))
     scl = [r for r in rows if r.kind == "scaling"]
     if scl:
         out.append(_table(
             f"Scaling at {size_label(scl[0].size)} (work: consumers share; groups: each gets all, msgs/s counts deliveries)",
-            ["scenario", "contender", "msgs/s", "MB/s", "x best peer", "check"],
+            ["scenario", "contender", "msgs/s", "MB/s", "x best peer", "spread", "check"],
             [[r.scenario, r.contender, _num(r.msgs_per_s), _num(r.mb_per_s, ",.1f"),
-              _ratio(r.vs_best_peer), _status(r)] for r in scl]))
+              _ratio(r.vs_best_peer), _spread(r), _status(r)] for r in scl]))
     problems = [r for r in rows if r.status in BAD or r.status == "SKIPPED"]
     if problems:
         out.append("== Not ok ==")

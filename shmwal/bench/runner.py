@@ -163,20 +163,38 @@ def run_one(contender, spec, ctx, workdir: str, timeout: float) -> Row:
     return row
 
 
-def run_plan(specs, contenders, ctx, workdir: str, timeout: float, log=sys.stderr) -> list[Row]:
-    """Every contender on every spec, spec by spec (so a spec's figures are taken together)."""
+def _median(trials: list[Row]) -> Row:
+    """The repeat with the median figure; any repeat that was not ok stands for all of them."""
+    bad = [t for t in trials if not t.ok]
+    if bad:
+        row = bad[0]
+        if len(trials) > 1:
+            row.detail = f"{len(bad)} of {len(trials)} repeats not ok; first: {row.detail}"
+    else:
+        row = sorted(trials, key=lambda t: t.figure or 0.0)[(len(trials) - 1) // 2]
+    row.trials = [t.figure for t in trials]
+    return row
+
+
+def run_plan(specs, contenders, ctx, workdir: str, timeout: float, repeat: int = 1, log=sys.stderr) -> list[Row]:
+    """Every contender on every spec, spec by spec, so that a spec's figures are taken
+    together; with ``repeat`` > 1 the contenders take turns and each keeps its median run."""
     unavailable = {c.name: c.unavailable() for c in contenders}
     rows = []
     for spec in specs:
+        trials: dict[str, list[Row]] = {c.name: [] for c in contenders}
         for contender in contenders:
             reason = contender.unsupported(spec)
             if reason:
-                row = _row(contender, spec, "n/a", reason)
+                trials[contender.name].append(_row(contender, spec, "n/a", reason))
             elif unavailable[contender.name]:
-                row = _row(contender, spec, "SKIPPED", unavailable[contender.name])
-            else:
+                trials[contender.name].append(_row(contender, spec, "SKIPPED", unavailable[contender.name]))
+        runnable = [c for c in contenders if not trials[c.name]]
+        for _ in range(repeat):
+            for contender in runnable:
                 row = run_one(contender, spec, ctx, workdir, timeout)
-            rows.append(row)
-            if row.status != "n/a" and log is not None:
-                print(f"  {row.progress_line()}", file=log, flush=True)
+                trials[contender.name].append(row)
+                if log is not None:
+                    print(f"  {row.progress_line()}", file=log, flush=True)
+        rows += [_median(trials[c.name]) for c in contenders]
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 
 from . import layout as L
 
@@ -41,10 +42,14 @@ def create_block_file(directory: str, file_id: int, size: int) -> str:
 class BlockFiles:
     """This process's mappings (and, on demand, descriptors) of one namespace's block files."""
 
+    SWEEP_EVERY = 1.0  # seconds between looks for mapped files the broker deleted
+
     def __init__(self, directory: str):
         self.directory = directory
         self._maps: dict[int, mmap.mmap] = {}
         self._fds: dict[int, int] = {}
+        self._next_sweep = 0.0
+        self.generation = 0   # bumped whenever a mapping is dropped: callers' caches go stale
 
     def path(self, file_id: int) -> str:
         return os.path.join(self.directory, L.block_file_name(file_id))
@@ -80,6 +85,22 @@ class BlockFiles:
         fd = self._fds.pop(file_id, None)
         if fd is not None:
             os.close(fd)
+
+    def maybe_sweep(self) -> None:
+        """Drop the mappings of files the broker deleted (rate-limited; called off the hot path).
+
+        A deleted file's pages stay allocated while any process maps it, so a
+        long-lived client must let go of what reclamation removed.
+        """
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_EVERY
+        gone = [f for f in self._maps if not os.path.exists(self.path(f))]
+        for file_id in gone:
+            self.drop(file_id)
+        if gone:
+            self.generation += 1
 
     def mapped(self) -> list[int]:
         return list(self._maps)
