@@ -48,7 +48,7 @@ from .errors import BrokerAlreadyRunning, ShmwalError
 from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach,
                       consistency_from_wire, fsync_from_wire, parse_consistency, parse_fsync)
 from .inspect import topic_stats
-from .recovery import recover_topic
+from .recovery import rebuild_meta, recover_topic
 
 log = logging.getLogger("shmwal.broker")
 
@@ -191,6 +191,7 @@ class BrokerServer:
         for file_id in BlockAllocator(self.blocks_dir, 1, 1).existing_files():
             next_file = max(next_file, file_id + 1)
         self.allocator = BlockAllocator(self.blocks_dir, self.block_size, self.blocks_per_file, next_file)
+        damaged = []
         for name in sorted(os.listdir(self.topics_dir)):
             tdir = os.path.join(self.topics_dir, name)
             try:
@@ -203,28 +204,36 @@ class BrokerServer:
             except FileNotFoundError:
                 pass
             path = os.path.join(tdir, "meta")
-            if not os.path.exists(path):
-                continue
             try:
-                meta = TopicMeta(path, name)
+                self._adopt_topic(TopicMeta(path, name), current_boot)
             except (OSError, ValueError) as exc:
-                log.error("topic %s: meta file unusable (%s); skipped", name, exc)
+                log.error("topic %s: meta file unusable (%s); rebuilding it from the block files", name, exc)
+                damaged.append((name, path))
+        for name, path in damaged:   # after the healthy ones: their topic ids are taken by then
+            meta = rebuild_meta(path, name, self._next_topic_id, self.blocks_dir, self.files)
+            if meta is None:
+                log.error("topic %s: no block names it; nothing to recover", name)
                 continue
-            if meta.get(L.H_BOOT) != current_boot:
-                meta.reinit_mutexes()
-            report = recover_topic(meta, self.files)
-            if report["truncated_from"] is not None or report["damaged"]:
-                log.warning("topic %s recovered: %s", name, report)
-            for index in range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)):
-                file_id, file_offset, _cap, _first = meta.chain(index)
-                self.allocator.adopt(file_id, file_offset)
-            self._next_topic_id = max(self._next_topic_id, meta.topic_id + 1)
-            self.topics[name] = TopicState(meta, f"{self.prefix}_t{meta.topic_id}")
+            self._adopt_topic(meta, current_boot)
         # Files no chain refers to hold nothing anyone can read (their blocks were never handed out).
         for file_id in self.allocator.existing_files():
             if file_id not in self.allocator.live:
                 log.info("deleting unreferenced block file %d", file_id)
                 self._unlink_block_file(file_id)
+
+    def _adopt_topic(self, meta: TopicMeta, current_boot: int) -> None:
+        """Bring one topic's meta file into this broker: mutexes, tail, blocks, semaphore."""
+        name = meta.name
+        if meta.get(L.H_BOOT) != current_boot:
+            meta.reinit_mutexes()
+        report = recover_topic(meta, self.files)
+        if report["truncated_from"] is not None or report["damaged"]:
+            log.warning("topic %s recovered: %s", name, report)
+        for index in range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)):
+            file_id, file_offset, _cap, _first = meta.chain(index)
+            self.allocator.adopt(file_id, file_offset)
+        self._next_topic_id = max(self._next_topic_id, meta.topic_id + 1)
+        self.topics[name] = TopicState(meta, f"{self.prefix}_t{meta.topic_id}")
 
     def _listen(self) -> None:
         self._dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -448,6 +457,8 @@ class BrokerServer:
                     break
 
     def _allocate_slot(self, meta, chain_index: int, min_capacity: int) -> int:
+        if chain_index % (L.PAGE // L.CHAIN_SLOT) == 0:
+            meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
         file_id, file_offset, capacity = self.allocator.alloc(min_capacity)
         w = L.chain_slot_at(chain_index)
         meta.set(w + L.C_FILE_ID, file_id)

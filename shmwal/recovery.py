@@ -11,11 +11,14 @@ kept, reported, and raises CorruptEntry when read.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 
 from . import sync
 from .blocks import layout as L
-from .blocks.chain import find_block
-from .blocks.codec import BadRecord, entry_bytes, read_record
+from .blocks.chain import find_block, read_block_header
+from .blocks.codec import BadRecord, entry_bytes, read_record, scan_block
+from .blocks.meta import TopicMeta
 
 log = logging.getLogger("shmwal.broker")
 NO_BLOCK = 2**64 - 1
@@ -93,3 +96,85 @@ def _clamp_cursors(meta, end: int) -> None:
         at = L.group_slot_at(slot) + L.G_CURSOR
         if meta.get(at) > end:
             meta.set(at, end)
+
+
+# ----------------------------------------------------------------------------- rebuilding a lost meta file
+
+def find_topic_blocks(blocks_dir: str, topic: str) -> list[tuple[int, int, int, int, int]]:
+    """Every block whose header names ``topic``: (chain_index, file_id, file_offset, capacity, first_offset).
+
+    Block offsets are multiples of a page, so the scan looks at each page
+    boundary and skips a found block whole.  Only used to repair a topic
+    whose meta file is lost or damaged.
+    """
+    found = []
+    for name in sorted(os.listdir(blocks_dir)):
+        file_id = L.parse_block_file_name(name)
+        if file_id is None:
+            continue
+        path = os.path.join(blocks_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if size < L.BLOCK_HEADER_SIZE:
+                continue
+            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as buf:
+                at = 0
+                while at + L.BLOCK_HEADER_SIZE <= size:
+                    header = read_block_header(buf, at)
+                    if header is None or header[3] != topic or header[2] < L.PAGE or header[2] % L.PAGE:
+                        at += L.PAGE
+                        continue
+                    chain_index, first_offset, capacity, _ = header
+                    found.append((chain_index, file_id, at, capacity, first_offset))
+                    at += capacity
+        finally:
+            os.close(fd)
+    return sorted(found)
+
+
+def rebuild_meta(meta_path: str, topic: str, topic_id: int, blocks_dir: str, files) -> TopicMeta | None:
+    """Make a new meta file for ``topic`` from its blocks alone; None if no block names it.
+
+    Entries come back (from the oldest block still on disk, so reclaimed ones
+    may return: delivered again rather than lost); group cursors do not.
+    """
+    blocks = find_topic_blocks(blocks_dir, topic)
+    if not blocks:
+        return None
+    # Keep the run of consecutive chain indices that ends with the newest block.
+    run = [blocks[-1]]
+    for block in reversed(blocks[:-1]):
+        if block[0] == run[-1][0] - 1 and block[4] <= run[-1][4]:
+            run.append(block)
+        elif block[0] < run[-1][0] - 1 or block[4] > run[-1][4]:
+            break
+    run.reverse()
+    if os.path.exists(meta_path):
+        os.replace(meta_path, f"{meta_path}.damaged")
+    meta = TopicMeta.create(meta_path, topic, topic_id)
+    for chain_index, file_id, file_offset, capacity, first_offset in run:
+        meta.reserve_chain_slot(chain_index)
+        w = L.chain_slot_at(chain_index)
+        meta.set(w + L.C_FILE_ID, file_id)
+        meta.set(w + L.C_FILE_OFFSET, file_offset)
+        meta.set(w + L.C_CAPACITY, capacity)
+        meta.set(w + L.C_FIRST_OFFSET, first_offset)
+    last_index, file_id, file_offset, capacity, next_offset = run[-1]
+    buf = files.map(file_id)
+    for record in scan_block(buf, file_offset + L.BLOCK_HEADER_SIZE, file_offset + capacity, next_offset):
+        next_offset = record.end_offset
+    meta.set(L.H_FIRST_BLOCK, run[0][0])
+    meta.set(L.H_FIRST_OFFSET, run[0][4])
+    meta.set(L.H_ALLOCATED_BLOCKS, last_index + 1)
+    meta.set(L.H_PUBLISHED_BLOCKS, last_index + 1)
+    meta.set(L.H_NEXT_OFFSET, next_offset)
+    meta.set(L.H_TAIL_OFFSET, next_offset + 1)   # not current: the next lock holder recomputes it
+    meta.set(L.H_VISIBLE, 1)
+    meta.set(L.H_DAMAGE, 1)
+    log.warning("topic %s: meta file rebuilt from %d block(s): offsets %d..%d; group cursors were lost",
+                topic, len(run), run[0][4], next_offset - 1)
+    return meta

@@ -70,6 +70,10 @@ class TopicMeta:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.ftruncate(fd, L.META_SIZE)
+            # The file stays sparse, but every page anyone will store to is
+            # reserved first: a store to a hole on a full filesystem is a SIGBUS,
+            # not an error.  Chain pages are reserved as slots are handed out.
+            os.posix_fallocate(fd, 0, L.CHAIN_AT + L.PAGE)
             with mmap.mmap(fd, L.PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
                 words = memoryview(mm).cast("Q")
                 words[L.H_VERSION // _Q] = L.META_VERSION
@@ -91,6 +95,17 @@ class TopicMeta:
         os.rename(tmp, path)
         _fsync_dir(os.path.dirname(path))
         return cls(path, name)
+
+    def reserve_chain_slot(self, index: int) -> None:
+        """Make sure the page holding chain slot ``index`` has storage (broker, before handing it out)."""
+        page = L.chain_slot_at(index) // L.PAGE * L.PAGE
+        if page < L.CHAIN_AT + L.PAGE:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.posix_fallocate(fd, page, L.PAGE)
+        finally:
+            os.close(fd)
 
     def reinit_mutexes(self) -> None:
         """After a reboot: every mutex word may name a TID of the old boot. Broker start only."""
