@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -94,6 +95,19 @@ def make_private_dir(path: str) -> None:
         raise ShmwalError(f"{path} belongs to uid {st.st_uid}, not to this user")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+class chain_mutex:
+    """``with chain_mutex(meta):`` holds the topic's chain mutex (see layout.H_CHAIN_MUTEX)."""
+
+    def __init__(self, meta):
+        self.address = meta.base + L.H_CHAIN_MUTEX
+
+    def __enter__(self):
+        sync.lock(self.address)   # a dead holder left at most a slot with capacity 0: nothing to repair
+
+    def __exit__(self, *exc):
+        sync.unlock(self.address)
 
 
 # ----------------------------------------------------------------------------- per-topic state
@@ -230,8 +244,9 @@ class BrokerServer:
         if report["truncated_from"] is not None or report["damaged"]:
             log.warning("topic %s recovered: %s", name, report)
         for index in range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)):
-            file_id, file_offset, _cap, _first = meta.chain(index)
-            self.allocator.adopt(file_id, file_offset)
+            file_id, file_offset, capacity, _first = meta.chain(index)
+            if capacity:   # 0: a slot whose writing was cut short
+                self.allocator.adopt(file_id, file_offset)
         self._next_topic_id = max(self._next_topic_id, meta.topic_id + 1)
         self.topics[name] = TopicState(meta, f"{self.prefix}_t{meta.topic_id}")
 
@@ -398,7 +413,7 @@ class BrokerServer:
                 return {"slot": slot}
         raise ShmwalError(f"topic {topic} has no room for more than {L.GROUP_SLOTS} groups")
 
-    def op_alloc_block(self, topic, chain_index, min_capacity, **_):
+    def op_alloc_block(self, topic, chain_index, min_capacity, tid=None, **_):
         """Give chain slot ``chain_index`` of ``topic`` a block of at least ``min_capacity``.
 
         The caller holds the topic's writer mutex and waits for the answer, so
@@ -410,19 +425,25 @@ class BrokerServer:
             raise ShmwalError(f"no topic {topic}")
         meta = state.meta
         chain_index, min_capacity = int(chain_index), int(min_capacity)
-        allocated = meta.get(L.H_ALLOCATED_BLOCKS)
-        if not meta.get(L.H_PUBLISHED_BLOCKS) <= chain_index <= allocated:
-            raise ShmwalError(f"chain slot {chain_index} is not the topic's next")
         if chain_index >= L.CHAIN_SLOTS:
             raise ShmwalError(f"topic {topic} has used all {L.CHAIN_SLOTS} chain slots")
         if not 0 < min_capacity <= L.MAX_BATCH_BYTES + L.BLOCK_HEADER_SIZE + (1 << 20):
             raise ValueError("implausible block capacity")
-        if chain_index < allocated:
-            old_file, old_offset, capacity, _ = meta.chain(chain_index)
-            if capacity >= min_capacity:
-                return {"reused": True}
-            self.allocator.free(old_file, old_offset)  # a pending block too small: replace it
-        return {"file_id": self._allocate_slot(meta, chain_index, min_capacity)}
+        with chain_mutex(meta):
+            # The request may come from an appender that died after sending it:
+            # act only for the one holding the writer mutex now (the slots are its).
+            if tid is None or meta.writer_tid() != int(tid):
+                raise ShmwalError("the requester no longer holds the topic's writer mutex")
+            allocated = meta.get(L.H_ALLOCATED_BLOCKS)
+            if not meta.get(L.H_PUBLISHED_BLOCKS) <= chain_index <= allocated:
+                raise ShmwalError(f"chain slot {chain_index} is not the topic's next")
+            if chain_index < allocated:
+                old_file, old_offset, capacity, _ = meta.chain(chain_index)
+                if capacity >= min_capacity:
+                    return {"reused": True}
+                if capacity:
+                    self.allocator.free(old_file, old_offset)  # a pending block too small: replace it
+            return {"file_id": self._allocate_slot(meta, chain_index, min_capacity)}
 
     def op_topics(self, **_):
         return sorted(name for name, t in self.topics.items() if t.meta.get(L.H_VISIBLE))
@@ -449,25 +470,27 @@ class BrokerServer:
             state.seen_tail = tail
             if tail == 2**64 - 1:
                 continue
-            while meta.get(L.H_ALLOCATED_BLOCKS) < min(tail + 1 + SPARE_BLOCKS, L.CHAIN_SLOTS):
-                try:
-                    self._allocate_slot(meta, meta.get(L.H_ALLOCATED_BLOCKS), L.BLOCK_HEADER_SIZE)
-                except OSError as exc:
-                    log.warning("could not provision a block for %s: %s", meta.name, exc)
-                    break
+            fresh = []
+            with chain_mutex(meta):
+                while meta.get(L.H_ALLOCATED_BLOCKS) < min(tail + 1 + SPARE_BLOCKS, L.CHAIN_SLOTS):
+                    index = meta.get(L.H_ALLOCATED_BLOCKS)
+                    try:
+                        self._allocate_slot(meta, index, L.BLOCK_HEADER_SIZE)
+                    except OSError as exc:
+                        log.warning("could not provision a block for %s: %s", meta.name, exc)
+                        break
+                    fresh.append(meta.chain(index)[:3])
+            for file_id, file_offset, capacity in fresh:   # outside the mutex: it takes a while
+                self._populate(file_id, file_offset, capacity)
 
     def _allocate_slot(self, meta, chain_index: int, min_capacity: int) -> int:
+        """Give chain slot ``chain_index`` a fresh block. Caller holds the topic's chain mutex."""
         if chain_index % (L.PAGE // L.CHAIN_SLOT) == 0:
             meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
         file_id, file_offset, capacity = self.allocator.alloc(min_capacity)
-        w = L.chain_slot_at(chain_index)
-        meta.set(w + L.C_FILE_ID, file_id)
-        meta.set(w + L.C_FILE_OFFSET, file_offset)
-        meta.set(w + L.C_CAPACITY, capacity)
-        meta.set(w + L.C_FIRST_OFFSET, 2**64 - 1)
+        meta.set_chain_slot(chain_index, file_id, file_offset, capacity)
         if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):
             meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)
-        self._populate(file_id, file_offset, capacity)
         return file_id
 
     def _populate(self, file_id: int, file_offset: int, capacity: int) -> None:
@@ -710,8 +733,9 @@ def _read_ready(fd: int, timeout: float) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        ready, _, _ = selectors.select.select([fd], [], [], remaining)
-        if not ready:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(remaining * 1000):
             break
         chunk = os.read(fd, 4096)
         if not chunk:

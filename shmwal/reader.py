@@ -175,24 +175,33 @@ class GroupReader:
         return max(self.words[self.w_cursor], self.words[_W_FIRST_OFFSET])
 
     # ------------------------------------------------------------------ under the group mutex
-    def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool):
+    def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool,
+              resume: tuple | None = None):
+        """Take entries from the cursor on, through the mapped files.
+
+        ``resume`` = (next_offset, offset, block, position, entries, total)
+        continues a batch that ``_take_uring`` started (same caps, same cursor rules).
+        """
         words = self.words
-        cursor = words[self.w_cursor]
-        next_offset = words[_W_NEXT]   # loaded before the chain: see writer.py's publish order
-        first_offset = words[_W_FIRST_OFFSET]
-        hinted = not died and words[self.w_hint_offset] == cursor
-        if cursor < first_offset:
-            cursor, hinted = first_offset, False
-        if cursor >= next_offset:
-            return [], next_offset
-        published = words[_W_PUBLISHED]
-        if hinted:
-            block, pos = words[self.w_hint_chain], words[self.w_hint_pos]
+        if resume is None:
+            cursor = words[self.w_cursor]
+            next_offset = words[_W_NEXT]   # loaded before the chain: see writer.py's publish order
+            first_offset = words[_W_FIRST_OFFSET]
+            hinted = not died and words[self.w_hint_offset] == cursor
+            if cursor < first_offset:
+                cursor, hinted = first_offset, False
+            if cursor >= next_offset:
+                return [], next_offset
+            if hinted:
+                block, pos = words[self.w_hint_chain], words[self.w_hint_pos]
+            else:
+                block, pos = -1, -1
+            out = []
+            total = 0
         else:
-            block, pos = -1, -1
+            next_offset, cursor, block, pos, out, total = resume
+        published = words[_W_PUBLISHED]
         topic = self.topic
-        out = []
-        total = 0
         c = cursor
         record = None
         index = 0
@@ -225,7 +234,7 @@ class GroupReader:
                     total += length
                     c += 1
                     index += 1
-                    if len(out) >= max_entries or total >= max_bytes or c >= next_offset:
+                    if len(out) >= max_entries or c >= next_offset:
                         return out, next_offset
                 pos += record.size
         except BadRecord as exc:
@@ -306,15 +315,24 @@ class GroupReader:
         c = cursor
         hint_block, hint_pos = block, pos
         full = False
-        for (b, _file_id, p, _n, at), length_read in zip(plan, got):
+        for (b, file_id, p, _n, at), length_read in zip(plan, got):
             if full or c >= next_offset or (b != block and meta.chain(b)[3] != c):
                 break
-            rpos, limit = at, at + length_read
+            _f, file_offset, capacity, _first = meta.chain(b)
+            block_end = file_offset + capacity
+            # Positions are file positions; ``delta`` maps them into ``source``:
+            # the arena while the planned range lasts, then the mapping itself
+            # for a record the plan cut short (decoded alike, so batches match).
+            source, delta, limit = view, at - p, at + length_read
+            fpos = p
             while c < next_offset and not full:
                 try:
-                    record = read_record(view, rpos, limit)
+                    record = read_record(source, fpos + delta, limit)
                 except BadRecord:
-                    break   # the block's records end here, or the plan cut one off (or it is damaged: _take reports that)
+                    if source is view and length_read < block_end - p:
+                        source, delta, limit = files.map(file_id), 0, block_end
+                        continue
+                    break   # the block's records end here (or it is damaged: _take reports that)
                 if not record.first_offset <= c < record.end_offset:
                     break
                 index = c - record.first_offset
@@ -323,7 +341,7 @@ class GroupReader:
                     if out and total + length > max_bytes:
                         full = True
                         break
-                    data = entry_bytes(view, record, index)
+                    data = entry_bytes(source, record, index)
                     if data is None:
                         if not out:
                             raise CorruptEntry(topic, c)
@@ -333,14 +351,19 @@ class GroupReader:
                     total += length
                     c += 1
                     index += 1
-                    if len(out) >= max_entries or total >= max_bytes:
+                    if len(out) >= max_entries:
                         full = True
                         break
                 hint_block = b
-                hint_pos = p + (rpos - at) + (record.size if index >= record.count else 0)
-                rpos += record.size
+                hint_pos = fpos + (record.size if index >= record.count else 0)
+                fpos += record.size
         if not out:
             return None
+        if not full and c < next_offset:
+            # The planned ranges ran out before the caps did: the mapping finishes
+            # the batch, so its boundaries are exactly those of an mmap read.
+            return self._take(max_entries, max_bytes, checkpoint, False,
+                              (next_offset, c, hint_block, hint_pos, out, total))
         if checkpoint:
             _hint_pack(self.meta.mm, self.at_cursor + 8, c, hint_block, hint_pos)
             words[self.w_cursor] = c

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 from . import sync
 from .blocks import layout as L
 from .blocks.chain import find_block, walk_to, write_block_header
 from .blocks.codec import encode_record, xxh
-from .errors import BatchTooLarge, EntryTooLarge
+from .errors import BatchTooLarge, EntryTooLarge, ShmwalError
 
 NO_BLOCK = 2**64 - 1
 _W_NEXT = L.H_NEXT_OFFSET // 8
@@ -215,17 +216,37 @@ class Appender:
         self._block = block
 
     def _next_block(self, offset: int, record_bytes: int) -> tuple[int, int]:
-        """Move the tail to the next chain slot (asking the broker for a block if need be)."""
+        """Move the tail to the next chain slot (asking the broker for a block if need be).
+
+        Pending slots (>= H_PUBLISHED_BLOCKS) are read and claimed under the
+        chain mutex, which the broker holds while it fills or replaces one; it
+        does that only for the current holder of the writer mutex (us), so a
+        request from an appender that died meanwhile cannot pull a block from
+        under us.
+        """
         words = self.words
+        meta = self.meta
         current = words[_W_TAIL_CHAIN]
         block = 0 if current == NO_BLOCK else current + 1
         need = L.BLOCK_HEADER_SIZE + record_bytes
-        if block >= self.meta.get(L.H_ALLOCATED_BLOCKS) or self.meta.chain(block)[2] < need:
-            self.client._rpc("alloc_block", topic=self.topic, chain_index=block, min_capacity=need)
-        self._load_block(block)
-        file_id, file_offset, capacity, _ = self.meta.chain(block)
-        write_block_header(self._buf, file_offset, block, offset, capacity, self.topic)
-        self.meta.set(L.chain_slot_at(block) + L.C_FIRST_OFFSET, offset)
+        chain = meta.base + L.H_CHAIN_MUTEX
+        for attempt in range(3):
+            sync.lock(chain)
+            try:
+                usable = block < meta.get(L.H_ALLOCATED_BLOCKS) and meta.chain(block)[2] >= need
+                if usable:
+                    self._load_block(block)
+                    file_id, file_offset, capacity, _ = meta.chain(block)
+                    write_block_header(self._buf, file_offset, block, offset, capacity, self.topic)
+                    meta.set(L.chain_slot_at(block) + L.C_FIRST_OFFSET, offset)
+            finally:
+                sync.unlock(chain)
+            if usable:
+                break
+            self.client._rpc("alloc_block", topic=self.topic, chain_index=block, min_capacity=need,
+                             tid=threading.get_native_id())
+        else:
+            raise ShmwalError(f"no block for {self.topic} after {attempt + 1} requests")
         # The tail words are re-set on publish; until then the new block is only ours.
         words[_W_TAIL_CHAIN] = block
         words[_W_TAIL_POS] = file_offset + L.BLOCK_HEADER_SIZE

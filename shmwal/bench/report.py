@@ -202,7 +202,7 @@ def _panels(rows: list[Row]):
         sizes = sorted({r.size for r in lat})
         yield ("One-way latency, paced (bar: p50, tick: p99)", [size_label(s) for s in sizes],
                _series(lat, sizes, lambda r: r.size, lambda r: r.p50_us),
-               _series(lat, sizes, lambda r: r.size, lambda r: r.p99_us), "us", False)
+               _series(lat, sizes, lambda r: r.size, lambda r: r.p99_us), "us", True)
     scl = [r for r in rows if r.kind == "scaling"]
     if scl:
         shapes = list(dict.fromkeys(r.scenario for r in scl))

@@ -120,6 +120,8 @@ H_GROUPS = 224           # group slots in use
 H_DAMAGE = 232           # damaged records found at recovery (stats)
 H_NAME_LEN = 256
 H_NAME = 264             # topic name, up to 255 bytes
+H_CHAIN_MUTEX = 576      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
+                         # the appender that moves to a new block); robust
 
 GROUP_SLOTS = 256
 GROUP_SLOT = 512
@@ -139,12 +141,12 @@ CHAIN_SLOT = 32
 CHAIN_AT = GROUPS_AT + GROUP_SLOTS * GROUP_SLOT
 C_FILE_ID = 0
 C_FILE_OFFSET = 8        # where the block starts in its file
-C_CAPACITY = 16          # bytes in the block, header included
+C_CAPACITY = 16          # bytes in the block, header included; 0 = no usable block (stored last)
 C_FIRST_OFFSET = 24      # offset of the block's first record (set when the writer moves in)
 
 META_SIZE = CHAIN_AT + CHAIN_SLOTS * CHAIN_SLOT
 
-assert CHAIN_AT % PAGE == 0 and G_READS + 8 <= GROUP_SLOT and H_NAME + 255 <= PAGE
+assert CHAIN_AT % PAGE == 0 and G_READS + 8 <= GROUP_SLOT and H_NAME + 255 <= H_CHAIN_MUTEX
 
 
 def chain_slot_at(index: int) -> int:

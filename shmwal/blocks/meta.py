@@ -85,6 +85,7 @@ class TopicMeta:
                 mm[L.H_NAME:L.H_NAME + len(raw)] = raw
                 base, pin = sync.buffer_address(mm)
                 sync.mutex_init(base + L.H_WRITER_MUTEX)
+                sync.mutex_init(base + L.H_CHAIN_MUTEX)
                 del pin
                 words[L.H_MAGIC // _Q] = L.META_MAGIC  # last: a half-made file is never taken for a topic
                 words.release()
@@ -110,6 +111,7 @@ class TopicMeta:
     def reinit_mutexes(self) -> None:
         """After a reboot: every mutex word may name a TID of the old boot. Broker start only."""
         sync.mutex_init(self.base + L.H_WRITER_MUTEX)
+        sync.mutex_init(self.base + L.H_CHAIN_MUTEX)
         for slot in range(L.GROUP_SLOTS):
             at = L.group_slot_at(slot)
             if self.words[(at + L.G_USED) // _Q]:
@@ -122,6 +124,24 @@ class TopicMeta:
 
     def set(self, at: int, value: int) -> None:
         self.words[at // _Q] = value
+
+    def writer_tid(self) -> int:
+        """The thread id holding the writer mutex, 0 if none (glibc robust mutex: the futex word)."""
+        return self.words[L.H_WRITER_MUTEX // _Q] & 0x3FFFFFFF
+
+    def set_chain_slot(self, index: int, file_id: int, file_offset: int, capacity: int) -> None:
+        """Point chain slot ``index`` at a block. Caller holds H_CHAIN_MUTEX.
+
+        Capacity is zeroed first and stored last: a slot half-written by a
+        holder that died reads as "no usable block".
+        """
+        w = (L.CHAIN_AT + index * L.CHAIN_SLOT) // _Q
+        words = self.words
+        words[w + 2] = 0
+        words[w] = file_id
+        words[w + 1] = file_offset
+        words[w + 3] = 2**64 - 1   # first offset: set by the appender that moves in
+        words[w + 2] = capacity
 
     def chain(self, index: int) -> tuple[int, int, int, int]:
         """(file_id, file_offset, capacity, first_offset) of chain slot ``index``."""
