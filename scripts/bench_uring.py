@@ -31,7 +31,7 @@ Reports payload MB/s and entries/s per cell, uring/mmap, what "auto" got, and
 the share of batch_read calls that went through the ring (``ring%``).  Writes
 ``results.json``, ``results.md`` and ``bench_uring.png`` to ``--out``.  Single
 This VM's speed (CPU and disk) wanders by 2x from one second to the next:
-each cell runs ``--repeat`` times (default 5; rounds alternate the order of
+each cell runs ``--repeat`` times (default 7; rounds alternate the order of
 the passes) and reports the median; "uring/mmap" is the median of the
 per-round ratios (each round's uring and mmap passes ran back to back), with
 their min..max.
@@ -394,7 +394,7 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=int, default=MIB, help="batch_read max_bytes (default 1 MiB)")
     ap.add_argument("--block-mb", type=int, default=10, help="broker block size, MiB (default 10)")
     ap.add_argument("--blocks-per-file", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=5, help="runs per cell, median reported (default 5)")
+    ap.add_argument("--repeat", type=int, default=7, help="runs per cell, median reported (default 7)")
     ap.add_argument("--quick", action="store_true", help="32 MiB per size (well under 40 s)")
     args = ap.parse_args()
     if args.quick:

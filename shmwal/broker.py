@@ -49,7 +49,7 @@ from .errors import BrokerAlreadyRunning, ShmwalError
 from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach,
                       consistency_from_wire, fsync_from_wire, parse_consistency, parse_fsync)
 from .inspect import topic_stats
-from .recovery import rebuild_meta, recover_topic
+from .recovery import check_meta, rebuild_meta, recover_topic
 
 log = logging.getLogger("shmwal.broker")
 
@@ -219,12 +219,21 @@ class BrokerServer:
                 pass
             path = os.path.join(tdir, "meta")
             try:
-                self._adopt_topic(TopicMeta(path, name), current_boot)
+                meta = TopicMeta(path, name)
             except (OSError, ValueError) as exc:
                 log.error("topic %s: meta file unusable (%s); rebuilding it from the block files", name, exc)
-                damaged.append((name, path))
-        for name, path in damaged:   # after the healthy ones: their topic ids are taken by then
-            meta = rebuild_meta(path, name, self._next_topic_id, self.blocks_dir, self.files)
+                damaged.append((name, path, {}))
+                continue
+            problem = check_meta(meta)
+            if problem is not None:
+                log.error("topic %s: meta file damaged (%s); rebuilding it from the block files", name, problem)
+                groups = {g: meta.get(L.group_slot_at(slot) + L.G_CURSOR) for g, slot in meta.group_names().items()}
+                meta.close()
+                damaged.append((name, path, groups))
+                continue
+            self._adopt_topic(meta, current_boot)
+        for name, path, groups in damaged:   # after the healthy ones: their topic ids are taken by then
+            meta = rebuild_meta(path, name, self._next_topic_id, self.blocks_dir, self.files, groups)
             if meta is None:
                 log.error("topic %s: no block names it; nothing to recover", name)
                 continue

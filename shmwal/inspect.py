@@ -11,7 +11,7 @@ import os
 
 from . import names
 from .blocks import layout as L
-from .blocks.codec import BadRecord, entry_bytes, read_record
+from .blocks.codec import BadRecord, entry_bytes, find_next_record, read_record
 from .blocks.files import BlockFiles
 from .blocks.meta import TopicMeta
 from .errors import ShmwalError
@@ -66,8 +66,9 @@ def verify_topic(meta: TopicMeta, files: BlockFiles) -> list[tuple[int, str]]:
             continue
         try:
             buf = files.map(file_id)
-        except OSError as exc:
-            damage.append((block_first, f"block file {L.block_file_name(file_id)} unreadable: {exc.strerror}"))
+        except (OSError, ValueError) as exc:
+            damage.append((block_first, f"block file {L.block_file_name(file_id)} unreadable ({exc}): "
+                                        f"offsets {block_first}..{block_end - 1}"))
             continue
         if len(buf) < file_offset + capacity:
             damage.append((block_first, f"block file {L.block_file_name(file_id)} is truncated"))
@@ -79,8 +80,13 @@ def verify_topic(meta: TopicMeta, files: BlockFiles) -> list[tuple[int, str]]:
                 if record.first_offset != off:
                     raise BadRecord(f"holds offset {record.first_offset}")
             except BadRecord as exc:
-                damage.append((off, f"unreadable record ({exc}); offsets {off}..{block_end - 1} unreachable"))
-                break
+                found = find_next_record(buf, pos + L.ALIGN, file_offset + capacity, off, block_end)
+                lost_to = (found.first_offset if found else block_end) - 1
+                damage.append((off, f"damaged record ({exc}): offsets {off}..{lost_to} unreadable"))
+                if found is None:
+                    break
+                off, pos = found.first_offset, found.pos
+                continue
             for i in range(record.count):
                 if entry_bytes(buf, record, i) is None:
                     damage.append((off + i, "checksum mismatch"))

@@ -241,13 +241,14 @@ class GroupReader:
             if out:
                 return out, next_offset
             raise CorruptEntry(topic, c, str(exc)) from None
-        except FileNotFoundError:
-            # The block's file was reclaimed under a stalled reader: the cursor is
-            # below the oldest kept entry; the next look clamps it.
+        except OSError as exc:
             if out:
                 return out, next_offset
-            words[self.w_hint_offset] = NO_HINT
-            return [], next_offset
+            if resume is None and c < words[_W_FIRST_OFFSET]:
+                # Reclaimed under a reader that stalled below the oldest kept
+                # entry: look again from there (the top clamps the cursor).
+                return self._take(max_entries, max_bytes, checkpoint, True)
+            raise CorruptEntry(topic, c, f"block file unreadable: {exc}") from None
         finally:
             if checkpoint and out:
                 if record is not None and index < record.count:

@@ -17,17 +17,50 @@ import os
 from . import sync
 from .blocks import layout as L
 from .blocks.chain import find_block, read_block_header
-from .blocks.codec import BadRecord, entry_bytes, read_record, scan_block
+from .blocks.codec import BadRecord, entry_bytes, find_next_record, read_record, scan_block
 from .blocks.meta import TopicMeta
 
 log = logging.getLogger("shmwal.broker")
 NO_BLOCK = 2**64 - 1
 
 
+def check_meta(meta) -> str | None:
+    """What is wrong with a meta file's words, or None: run before trusting any of them."""
+    get = meta.get
+    if get(L.H_VERSION) != L.META_VERSION:
+        return f"unknown version {get(L.H_VERSION)}"
+    if get(L.H_TOPIC_ID) >= 1 << 31:
+        return "implausible topic id"
+    first, published, allocated = get(L.H_FIRST_BLOCK), get(L.H_PUBLISHED_BLOCKS), get(L.H_ALLOCATED_BLOCKS)
+    if not first <= published <= allocated <= L.CHAIN_SLOTS:
+        return f"chain counters out of order: first {first}, published {published}, allocated {allocated}"
+    next_offset, first_offset = get(L.H_NEXT_OFFSET), get(L.H_FIRST_OFFSET)
+    if first_offset > next_offset:
+        return f"oldest offset {first_offset} past the end {next_offset}"
+    previous = -1
+    for index in range(first, published):
+        file_id, file_offset, capacity, block_first = meta.chain(index)
+        if not capacity or capacity % L.PAGE or file_offset % L.PAGE or block_first > next_offset \
+                or block_first < previous:
+            return f"chain slot {index} is damaged"
+        previous = block_first
+    if published > first and meta.chain(first)[3] != first_offset:
+        return "oldest offset does not match the oldest block"
+    return None
+
+
 def recover_topic(meta, files) -> dict:
     """Verify and repair one topic's tail; return what was found (for the log and stats)."""
     report = {"topic": meta.name, "truncated_from": None, "damaged": 0}
-    sync.lock(meta.base + L.H_WRITER_MUTEX)
+    try:
+        sync.lock(meta.base + L.H_WRITER_MUTEX)
+    except sync.LockError as exc:
+        # A mutex with garbage in it can be taken by no one: make it new (any
+        # process that "held" it was not holding a working lock either).
+        log.error("topic %s: writer mutex damaged (%s); re-initialised", meta.name, exc)
+        meta.reinit_mutexes()
+        report["damaged"] += 1
+        sync.lock(meta.base + L.H_WRITER_MUTEX)
     try:
         _recover_locked(meta, files, report)
     finally:
@@ -53,6 +86,11 @@ def _recover_locked(meta, files, report) -> None:
         meta.set(L.H_DAMAGE, meta.get(L.H_DAMAGE) + 1)
         return
     limit = file_offset + capacity
+    truncated = len(buf) < limit
+    if truncated:
+        log.error("topic %s: block file %d is truncated (%d of %d bytes)", meta.name, file_id, len(buf), limit)
+        report["damaged"] += 1
+        meta.set(L.H_DAMAGE, meta.get(L.H_DAMAGE) + 1)
     pos = file_offset + L.BLOCK_HEADER_SIZE
     off = block_first
     # The tail ends after the last record whose header checks out and that closes
@@ -64,12 +102,17 @@ def _recover_locked(meta, files, report) -> None:
     while off < next_offset:
         try:
             record = read_record(buf, pos, limit)
+            if record.first_offset != off or record.end_offset > next_offset:
+                raise BadRecord(f"record at {pos} holds {record.first_offset}..{record.end_offset - 1}")
         except BadRecord:
             damaged += 1
-            break
-        if record.first_offset != off or record.end_offset > next_offset:
-            damaged += 1
-            break
+            # Intact records after the damaged one stay (a flipped header byte must not
+            # cost every later entry); with none after it, this is a torn tail: cut.
+            record = find_next_record(buf, pos + L.ALIGN, limit, off, next_offset)
+            if record is None or record.end_offset > next_offset:
+                break
+            log.warning("topic %s: offsets %d..%d lost to a damaged record", meta.name, off, record.first_offset - 1)
+            off, pos = record.first_offset, record.pos
         payload_ok = all(entry_bytes(buf, record, i) is not None for i in range(record.count))
         off = record.end_offset
         pos += record.size
@@ -85,10 +128,30 @@ def _recover_locked(meta, files, report) -> None:
     if damaged:
         report["damaged"] = damaged
         meta.set(L.H_DAMAGE, meta.get(L.H_DAMAGE) + damaged)
-    meta.set(L.H_TAIL_POS, tail_pos)
+    _drop_short_pending_blocks(meta, files, k + 1)
+    # Appends go on in a new block when this one lost its end (its file was cut short).
+    meta.set(L.H_TAIL_POS, limit if truncated else tail_pos)
     meta.set(L.H_TAIL_CHAIN, k)
     meta.set(L.H_PUBLISHED_BLOCKS, k + 1)
     meta.set(L.H_TAIL_OFFSET, meta.get(L.H_NEXT_OFFSET))
+
+
+def _drop_short_pending_blocks(meta, files, start: int) -> None:
+    """Pending blocks whose file is shorter than they are cannot take appends: void them."""
+    sync.lock(meta.base + L.H_CHAIN_MUTEX)
+    try:
+        for index in range(start, meta.get(L.H_ALLOCATED_BLOCKS)):
+            file_id, file_offset, capacity, _ = meta.chain(index)
+            if not capacity:
+                continue
+            try:
+                size = len(files.map(file_id))
+            except (OSError, ValueError):
+                size = 0
+            if size < file_offset + capacity:
+                meta.set(L.chain_slot_at(index) + L.C_CAPACITY, 0)   # the broker replaces it on request
+    finally:
+        sync.unlock(meta.base + L.H_CHAIN_MUTEX)
 
 
 def _clamp_cursors(meta, end: int) -> None:
@@ -136,7 +199,8 @@ def find_topic_blocks(blocks_dir: str, topic: str) -> list[tuple[int, int, int, 
     return sorted(found)
 
 
-def rebuild_meta(meta_path: str, topic: str, topic_id: int, blocks_dir: str, files) -> TopicMeta | None:
+def rebuild_meta(meta_path: str, topic: str, topic_id: int, blocks_dir: str, files,
+                 groups: dict | None = None) -> TopicMeta | None:
     """Make a new meta file for ``topic`` from its blocks alone; None if no block names it.
 
     Entries come back (from the oldest block still on disk, so reclaimed ones
@@ -175,6 +239,9 @@ def rebuild_meta(meta_path: str, topic: str, topic_id: int, blocks_dir: str, fil
     meta.set(L.H_TAIL_OFFSET, next_offset + 1)   # not current: the next lock holder recomputes it
     meta.set(L.H_VISIBLE, 1)
     meta.set(L.H_DAMAGE, 1)
-    log.warning("topic %s: meta file rebuilt from %d block(s): offsets %d..%d; group cursors were lost",
-                topic, len(run), run[0][4], next_offset - 1)
+    for slot, (group, cursor) in enumerate(sorted((groups or {}).items())[:L.GROUP_SLOTS]):
+        meta.init_group(slot, group, min(max(cursor, run[0][4]), next_offset))
+    log.warning("topic %s: meta file rebuilt from %d block(s): offsets %d..%d; %s",
+                topic, len(run), run[0][4], next_offset - 1,
+                f"{len(groups)} group cursor(s) carried over" if groups else "group cursors were lost")
     return meta

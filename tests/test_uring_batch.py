@@ -15,6 +15,7 @@ import collections
 import os
 import random
 import sys
+import time
 
 import pytest
 
@@ -23,10 +24,12 @@ from shmwal import uring
 from shmwal.blocks import layout as L
 from shmwal.blocks.chain import find_block, walk_to
 from shmwal.blocks.meta import TopicMeta
+from shmwal.reader import GroupReader
 from shmwal.uring import resident_fraction
 from shmwal.uring import ring as ring_mod
 from shmwal.uring.fetch import UringFetcher
 
+from conftest import wait_until
 from helpers import Workers, no_resource_tracker_left  # noqa: F401  (autouse fixture)
 
 pytestmark = [
@@ -146,18 +149,31 @@ def read_batches(client, topic: str, group: str, max_bytes_seq, **kw) -> list[li
 
 @pytest.fixture
 def fetches(monkeypatch):
-    """Counts of UringFetcher.read calls (by the fetcher's mode), ranges and bytes planned."""
+    """Counts of UringFetcher.read calls ("reads", and by the fetcher's mode), ranges and bytes
+    planned, "served": batches that GroupReader._take_uring returned (not handed to _take), and
+    "raised": CorruptEntry raised from _take_uring itself."""
     counts: collections.Counter = collections.Counter()
-    original = UringFetcher.read
+    original_read = UringFetcher.read
+    original_take = GroupReader._take_uring
 
     def counting_read(self, files, plan, total):
         counts["reads"] += 1
         counts[self.mode] += 1
         counts["ranges"] += len(plan)
         counts["bytes"] += total
-        return original(self, files, plan, total)
+        return original_read(self, files, plan, total)
+
+    def counting_take(self, *args):
+        try:
+            taken = original_take(self, *args)
+        except shmwal.CorruptEntry:
+            counts["raised"] += 1
+            raise
+        counts["served"] += taken is not None
+        return taken
 
     monkeypatch.setattr(UringFetcher, "read", counting_read)
+    monkeypatch.setattr(GroupReader, "_take_uring", counting_take)
     return counts
 
 
@@ -209,21 +225,21 @@ def test_modes_return_identical_batches_over_many_blocks_and_files(start_broker,
     assert any(len(b) == L.MAX_READ_ENTRIES for b in expected_offsets)   # the cap is exercised
     results = {}
     for mode in MODES:
-        before = dict(fetches)
+        fetches.clear()
         with shmwal.connect(broker.data_dir, key=broker.key, io=mode) as client:
             assert client.io == mode
             got = read_batches(client, "t", f"g-{mode}", seq)
-        results[mode] = (got, fetches["reads"] - before.get("reads", 0))
+        results[mode] = (got, fetches["reads"], fetches["served"])
 
-    for mode, (got, _reads) in results.items():
+    for mode, (got, _reads, _served) in results.items():
         assert [[o for o, _ in b] for b in got] == expected_offsets, f"{mode}: batch boundaries"
         assert [d for b in got for _, d in b] == written, f"{mode}: payloads"
     assert results["uring"][0] == results["mmap"][0] == results["auto"][0]
     # io="uring" served most batches through the ring (the first read of a group, which has
     # no hint yet, and entries larger than max_bytes go through the mapping).
-    assert results["uring"][1] >= len(expected_offsets) // 2, (results["uring"][1], len(expected_offsets))
-    assert results["mmap"][1] == 0
-    assert results["auto"][1] == 0        # everything was just written: resident, so mmap
+    assert results["uring"][2] >= len(expected_offsets) // 2, (results["uring"], len(expected_offsets))
+    assert results["mmap"][1] == results["mmap"][2] == 0
+    assert results["auto"][1] == results["auto"][2] == 0   # all just written: resident, so mmap
 
 
 @needs_uring
@@ -258,7 +274,7 @@ def test_modes_agree_with_seeks_and_peeks(start_broker, fetches):
                         assert e.data == written[e.offset]
         outcomes[mode] = log
     assert outcomes["uring"] == outcomes["mmap"] == outcomes["auto"]
-    assert fetches["uring"] > 50
+    assert fetches["uring"] > 50 and fetches["served"] > 50
 
 
 # ----------------------------------------------------------------------------- live tail
@@ -287,7 +303,6 @@ def _live_writer(client, topic: str, tag: int, n: int, seed: int, go) -> list[tu
 
 def _read_live(client, topic: str, group: str, total: int, seed: int, limit: float = 60.0):
     """batch_read until ``total`` entries arrived; checks order and the max_bytes rule per batch."""
-    import time
     rng = random.Random(seed)
     got: list[tuple[int, bytes]] = []
     deadline = time.monotonic() + limit
@@ -337,9 +352,9 @@ def test_live_tail_with_concurrent_writer_processes(start_broker, fetches, tmp_p
     bad = [o for o, d in got if d != expected[o]]
     assert not bad, f"{len(bad)} entries differ, first at {bad[0]}"
     if mode == "uring":
-        assert fetches["uring"] > 0
+        assert fetches["served"] > 0
     elif mode == "mmap":
-        assert fetches["reads"] == 0
+        assert fetches["reads"] == fetches["served"] == 0
 
 
 @needs_uring
@@ -398,8 +413,8 @@ def test_io_uring_mode_really_uses_the_ring(start_broker, fetches):
         assert client._io_uring._ring is not None and not client._io_uring._ring.closed
     assert [d for b in got for _, d in b] == written
     # Every batch after the first (no hint yet) that does not start with an entry larger than
-    # max_bytes goes through the ring.
-    assert fetches["uring"] >= len(got) - 3, (dict(fetches), len(got))
+    # max_bytes comes through the ring.
+    assert fetches["served"] >= len(got) - 3, (dict(fetches), len(got))
     assert fetches["bytes"] >= sum(map(len, written)) // 2
 
 
@@ -443,11 +458,56 @@ def test_auto_reads_cold_data_through_io_uring(start_broker, fetches):
     with shmwal.connect(broker.data_dir, key=broker.key, io="auto") as client:
         assert client._io_uring is not None and client._io_uring.mode == "auto"
         first = client.batch_read("t", 1 << 20, group="g")
-        assert fetches["auto"] == 1, dict(fetches)      # cold: the first batch came through the ring
+        # cold: the first batch came through the ring
+        assert fetches["auto"] == 1 and fetches["served"] == 1, dict(fetches)
         rest = read_batches(client, "t", "g", [1 << 20] * 10_000)
     got = head + [[(e.offset, e.data) for e in first]] + rest
     assert [d for b in got for _, d in b] == payloads
     assert [o for b in got for o, _ in b] == list(range(len(payloads)))
+
+
+# ----------------------------------------------------------------------------- reclaimed files
+
+def held_deleted(files) -> tuple[int, int]:
+    """(mappings, descriptors) a client's BlockFiles still holds of block files that are gone."""
+    maps = sum(not os.path.exists(files.path(f)) for f in files.mapped())
+    fds = sum(not os.path.exists(files.path(f)) for f in list(files._fds))
+    return maps, fds
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["mmap", pytest.param("uring", marks=needs_uring)])
+def test_reader_lets_go_of_reclaimed_block_files(start_broker, fetches, mode):
+    """A deleted block file's disk space is freed only once no process maps it or holds it open
+    (files.py): a reader must let go of the files it read past, whichever path read them."""
+    broker = start_broker()
+    payload = os.urandom(1000)
+    with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as writer:
+        for _ in range(40):
+            writer.batch_append("t", [payload] * 50)           # ~2 MB: ~32 blocks, ~8 files
+    files_before = len(block_files(broker.root))
+    with shmwal.connect(broker.data_dir, key=broker.key, io=mode) as reader:
+        reader.batch_read("t", 0, group="g")                    # the group's first read sets its hint
+        while reader.batch_read("t", 20_000, group="g"):        # full batches, through the ring
+            pass
+        # Only this group reads the topic: every block it read past is reclaimed and deleted.
+        assert wait_until(lambda: len(block_files(broker.root)) <= files_before // 2, 20)
+        time.sleep(1.2)                                          # BlockFiles.SWEEP_EVERY
+        # The mapping path looks for deleted files when it moves to another block: give it some.
+        with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as writer:
+            for _ in range(4):
+                writer.batch_append("t", [payload] * 50)
+        got = 0
+        while True:
+            n = len(reader.batch_read("t", 20_000, group="g"))
+            if not n:
+                break
+            got += n
+        assert got == 200
+        held = held_deleted(reader._files)
+    if mode == "uring":
+        assert fetches["served"] > 50
+    assert held == (0, 0), f"io={mode!r} reader still maps / holds open {held} deleted block files"
 
 
 # ----------------------------------------------------------------------------- fallbacks
@@ -533,11 +593,11 @@ def _drive_with_corruption(client, topic: str, group: str, max_bytes: int, fetch
     """Read everything; on CorruptEntry check the cursor stays, that it raises again, step over it."""
     events = []
     while True:
-        before = fetches["reads"]
+        before = fetches["raised"]
         try:
             entries = client.batch_read(topic, max_bytes, group=group)
         except shmwal.CorruptEntry as exc:
-            through_ring = fetches["reads"] > before
+            through_ring = fetches["raised"] > before
             assert exc.topic == topic
             assert client.position(topic, group=group) == exc.offset
             with pytest.raises(shmwal.CorruptEntry) as again:
@@ -574,7 +634,7 @@ def test_corrupt_entry_is_raised_the_same_way_on_both_paths(start_broker, fetche
     assert strip(outcomes["uring"]) == strip(outcomes["mmap"]) == strip(outcomes["auto"])
     corrupt = [e for e in outcomes["uring"] if e[0] == "corrupt"]
     assert [e[1] for e in corrupt] == list(bad)
-    assert all(e[3] for e in corrupt), "io='uring' should have met the damage through the ring"
+    assert all(e[3] for e in corrupt), "io='uring' should have raised from the io_uring path"
     assert not any(e[3] for e in outcomes["mmap"] if e[0] == "corrupt")
     good = [(o, d) for e in outcomes["mmap"] if e[0] == "batch" for o, d in e[1]]
     assert good == [(i, p) for i, p in enumerate(payloads) if i not in bad]

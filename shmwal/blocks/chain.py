@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 
 from . import layout as L
-from .codec import BadRecord, Record, read_record
+from .codec import BadRecord, Record, find_next_record, read_record
 
 
 def find_block(meta, offset: int, lo: int, hi: int) -> int:
@@ -45,9 +45,18 @@ def walk_to(buf, block_start: int, capacity: int, block_first: int, target: int,
             if off == target:
                 return pos, None
             raise BadRecord(f"offset {target} is not in the block starting at {block_first}")
-        record = read_record(buf, pos, limit)
-        if record.first_offset != off:
-            raise BadRecord(f"record at {pos} holds offset {record.first_offset}, expected {off}")
+        try:
+            record = read_record(buf, pos, limit)
+            if record.first_offset != off:
+                raise BadRecord(f"record at {pos} holds offset {record.first_offset}, expected {off}")
+        except BadRecord as exc:
+            # A damaged record: what it held is lost, but the records after it
+            # are intact and findable.  ``target`` inside the damage stays bad.
+            record = find_next_record(buf, pos + L.ALIGN, limit, off, target + 1)
+            if record is None:
+                raise BadRecord(f"offset {target}: {exc}") from None
+            pos, off = record.pos, record.first_offset
+            continue
         if target < record.end_offset and not append_position:
             return pos, record
         off = record.end_offset

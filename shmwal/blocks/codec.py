@@ -92,6 +92,7 @@ def read_record(buf, pos: int, limit: int) -> Record:
     ``limit`` is where the block (or the valid part of the buffer) ends.
     Raises BadRecord if anything about the header or table is off.
     """
+    limit = min(limit, len(buf))   # a truncated file maps shorter than its block says
     if pos < 0 or pos + L.RECORD_HEADER_SIZE > limit:
         raise BadRecord(f"record header at {pos} runs past {limit}")
     try:
@@ -132,6 +133,34 @@ def entry_bytes(buf, record: Record, index: int) -> bytes | None:
     if xxh(data, L.entry_seed(record.first_offset + index)) != record.sums[index]:
         return None
     return data
+
+
+def find_next_record(buf, start: int, limit: int, after_offset: int, max_offset: int) -> Record | None:
+    """The first valid record at or after ``start`` whose first offset lies in (after_offset, max_offset).
+
+    Used past a damaged record: its length cannot be trusted, so the next
+    record is found by looking at every 8-byte boundary.  numpy picks the
+    candidates (a plausible count and first offset) and ``read_record``
+    confirms them, so damage costs a vector scan, not a Python loop.
+    """
+    start = L.align(start)
+    end = limit - L.RECORD_HEADER_SIZE
+    if end < start:
+        return None
+    try:
+        words = np.frombuffer(buf, dtype="<u8", count=(end - start) // 8 + 2, offset=start)
+    except (ValueError, TypeError):
+        return None
+    low = words[:-1] & 0xFFFFFFFF                  # count (u32) | batch_left (u32) at +0
+    firsts = words[1:]                             # first_offset at +8
+    candidates = np.nonzero((low >= 1) & (low <= L.MAX_BATCH_ENTRIES)
+                            & (firsts > after_offset) & (firsts < max_offset))[0]
+    for index in candidates.tolist():
+        try:
+            return read_record(buf, start + index * 8, limit)
+        except BadRecord:
+            continue
+    return None
 
 
 def scan_block(buf, start: int, limit: int, expect_offset: int | None = None):

@@ -8,6 +8,7 @@ reclaimed under it; ``drop`` releases them once the topic moved past.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import time
@@ -59,6 +60,8 @@ class BlockFiles:
         if mm is None:
             fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
+                if os.fstat(fd).st_size == 0:   # mmap refuses empty files: a damaged (truncated) one
+                    raise OSError(errno.ENODATA, f"block file {L.block_file_name(file_id)} is empty")
                 mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             finally:
                 os.close(fd)
