@@ -181,23 +181,34 @@ class BrokerServer:
             self._syncer.start()
 
     def _sweep_previous_run(self) -> None:
-        """Remove what a broker killed on this directory left behind."""
+        """Remove what a broker killed on this directory left behind.
+
+        Its semaphores are found by their name prefix (derived from this
+        directory) in /dev/shm, and by broker.run where that is readable; a
+        damaged broker.run must not stop a broker from starting.
+        """
+        stale = set()
         try:
             with open(os.path.join(self.root, "broker.run"), "rb") as f:
                 previous = json.load(f)
-            for name in previous.get("semaphores", []):
-                if isinstance(name, str) and name.startswith(self.prefix):
-                    try:
-                        posix_ipc.unlink_semaphore(name)
-                    except posix_ipc.ExistentialError:
-                        pass
+            if isinstance(previous, dict) and isinstance(previous.get("semaphores"), list):
+                stale.update(n for n in previous["semaphores"] if isinstance(n, str) and n.startswith(self.prefix + "_"))
         except (OSError, ValueError):
             pass
-        for leftover in ("broker.sock",):
+        try:
+            shm_prefix = "sem." + self.prefix.lstrip("/") + "_"
+            stale.update("/" + n[4:] for n in os.listdir("/dev/shm") if n.startswith(shm_prefix))
+        except OSError:
+            pass
+        for name in stale:
             try:
-                os.unlink(os.path.join(self.root, leftover))
-            except FileNotFoundError:
+                posix_ipc.unlink_semaphore(name)
+            except posix_ipc.ExistentialError:
                 pass
+        try:
+            os.unlink(os.path.join(self.root, "broker.sock"))
+        except FileNotFoundError:
+            pass
 
     def _recover(self) -> None:
         current_boot = boot_hash()
@@ -224,32 +235,37 @@ class BrokerServer:
                 log.error("topic %s: meta file unusable (%s); rebuilding it from the block files", name, exc)
                 damaged.append((name, path, {}))
                 continue
-            problem = check_meta(meta)
+            problem = self._adopt_topic(meta, current_boot)
             if problem is not None:
                 log.error("topic %s: meta file damaged (%s); rebuilding it from the block files", name, problem)
                 groups = {g: meta.get(L.group_slot_at(slot) + L.G_CURSOR) for g, slot in meta.group_names().items()}
                 meta.close()
                 damaged.append((name, path, groups))
-                continue
-            self._adopt_topic(meta, current_boot)
         for name, path, groups in damaged:   # after the healthy ones: their topic ids are taken by then
             meta = rebuild_meta(path, name, self._next_topic_id, self.blocks_dir, self.files, groups)
             if meta is None:
                 log.error("topic %s: no block names it; nothing to recover", name)
                 continue
-            self._adopt_topic(meta, current_boot)
+            problem = self._adopt_topic(meta, current_boot)
+            if problem is not None:
+                log.error("topic %s: the rebuilt meta file is unusable too (%s)", name, problem)
         # Files no chain refers to hold nothing anyone can read (their blocks were never handed out).
         for file_id in self.allocator.existing_files():
             if file_id not in self.allocator.live:
                 log.info("deleting unreferenced block file %d", file_id)
                 self._unlink_block_file(file_id)
 
-    def _adopt_topic(self, meta: TopicMeta, current_boot: int) -> None:
-        """Bring one topic's meta file into this broker: mutexes, tail, blocks, semaphore."""
+    def _adopt_topic(self, meta: TopicMeta, current_boot: int) -> str | None:
+        """Bring one topic's meta file into this broker: mutexes, tail, blocks, semaphore.
+
+        Returns what is wrong with the meta file if it cannot be used (then nothing was adopted).
+        """
         name = meta.name
         if meta.get(L.H_BOOT) != current_boot:
             meta.reinit_mutexes()
         report = recover_topic(meta, self.files)
+        if report["problem"] is not None:
+            return report["problem"]
         if report["truncated_from"] is not None or report["damaged"]:
             log.warning("topic %s recovered: %s", name, report)
         for index in range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)):
@@ -258,6 +274,7 @@ class BrokerServer:
                 self.allocator.adopt(file_id, file_offset)
         self._next_topic_id = max(self._next_topic_id, meta.topic_id + 1)
         self.topics[name] = TopicState(meta, f"{self.prefix}_t{meta.topic_id}")
+        return None
 
     def _listen(self) -> None:
         self._dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -65,9 +65,11 @@ def check_timeout(timeout):
 class GroupReader:
     """Reads one topic for one group from this process."""
 
-    def __init__(self, client, topic: str, meta, files, sem, slot: int):
+    def __init__(self, client, topic: str, group: str, meta, files, sem, slot: int):
         self.client = client
         self.topic = topic
+        self.group = group
+        self.stale = False      # set by the client when it drops its handles (a new broker)
         self.meta = meta
         self.files = files
         self.sem = sem
@@ -82,21 +84,22 @@ class GroupReader:
         self.w_reads = (at + L.G_READS) // 8
         self.at_cursor = at + L.G_CURSOR
         self.waiters = meta.base + L.H_WAITERS
-        self._blocks: dict[int, tuple] = {}   # chain slot -> (buf, file_offset, capacity, first_offset, limit)
+        self._blocks: dict[int, tuple] = {}   # chain slot -> (mmap, file_offset, capacity, first_offset, limit, read-only view)
         self._record_key = None               # (chain slot, position) of the cached parsed record
         self._generation = files.generation   # of files' mappings that _blocks was filled from
         self._record = None
 
     # ------------------------------------------------------------------ public
-    def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout) -> list:
+    def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             died = sync.lock(self.mutex)
             try:
                 taken = None
-                if self.client._io_uring is not None and not died:
+                if self.client._io_uring is not None and not died and not zero_copy:
                     taken = self._take_uring(max_entries, max_bytes, checkpoint)
-                entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died)
+                entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died,
+                                                         zero_copy=zero_copy)
             finally:
                 sync.unlock(self.mutex)
             if entries or timeout == 0:
@@ -105,6 +108,12 @@ class GroupReader:
                 continue
             if not self._sleep(seen_next, deadline):
                 return entries
+            if self.stale:
+                # The client reconnected to a new broker meanwhile: go on with
+                # fresh handles (the meta file may have been rebuilt).
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                fresh = self.client._reader(self.topic, self.group, create=True)
+                return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy)
 
     def read_one(self, checkpoint: bool, timeout):
         """read_next: the fast path for a one-entry record at a valid hint, else ``_take``.
@@ -176,7 +185,7 @@ class GroupReader:
 
     # ------------------------------------------------------------------ under the group mutex
     def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool,
-              resume: tuple | None = None):
+              resume: tuple | None = None, zero_copy: bool = False):
         """Take entries from the cursor on, through the mapped files.
 
         ``resume`` = (next_offset, offset, block, position, entries, total)
@@ -210,7 +219,9 @@ class GroupReader:
                 if block < 0 or (block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= c):
                     block = find_block(self.meta, c, words[_W_FIRST_BLOCK], published)
                     pos = -1
-                buf, file_offset, capacity, block_first, _limit = self._block(block)
+                buf, file_offset, capacity, block_first, _limit, view = self._block(block)
+                if zero_copy:
+                    buf = view   # read-only: a view must not let anyone write into the log
                 if pos < 0:
                     pos, record = walk_to(buf, file_offset, capacity, block_first, c)
                 else:
@@ -225,7 +236,7 @@ class GroupReader:
                     length = lengths[index]
                     if out and total + length > max_bytes:
                         return out, next_offset
-                    data = entry_bytes(buf, record, index)
+                    data = entry_bytes(buf, record, index, not zero_copy)
                     if data is None:
                         if out:
                             return out, next_offset
@@ -267,9 +278,9 @@ class GroupReader:
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool):
         """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
 
-        Returns None to let ``_take`` (mmap) do the read: when "auto" finds the
-        data resident, when there is no valid hint (after a seek), and when
-        the first record does not fit the planned ranges.  Decoding goes
+        Returns None to let ``_take`` (mmap) do the read: when there is no
+        valid hint (after a seek) and when the first record does not fit the
+        planned ranges.  Decoding goes
         through the same codec functions as ``_take``.
         """
         words = self.words
@@ -303,10 +314,8 @@ class GroupReader:
             p = meta.chain(b)[1] + L.BLOCK_HEADER_SIZE
         fetcher = self.client._io_uring
         files = self.files
+        self._sweep()   # a reader the ring serves alone never reaches _block's sweep
         try:
-            first_map = files.map(plan[0][1])
-            if not fetcher.worth_it(first_map, plan[0][2], plan[0][3]):
-                return None
             view, got = fetcher.read(files, plan, arena_at)
         except OSError:
             return None   # e.g. a reclaimed file: _take knows what to do
@@ -373,17 +382,23 @@ class GroupReader:
                 self.meta.mm.flush(self.group_page, L.PAGE)
         return out, next_offset
 
+    def _sweep(self) -> None:
+        """Let go of files the broker deleted (rate-limited), and of cached blocks in them."""
+        files = self.files
+        files.maybe_sweep()
+        if files.generation != self._generation:
+            self._blocks.clear()
+            self._record_key = self._record = None
+            self._generation = files.generation
+
     def _block(self, block: int) -> tuple:
         found = self._blocks.get(block)
         if found is None:
-            files = self.files
-            files.maybe_sweep()
-            if files.generation != self._generation:
-                self._blocks.clear()
-                self._record_key = self._record = None
-                self._generation = files.generation
+            self._sweep()
             file_id, file_offset, capacity, first = self.meta.chain(block)
-            found = (self.files.map(file_id), file_offset, capacity, first, file_offset + capacity)
+            mapping = self.files.map(file_id)
+            found = (mapping, file_offset, capacity, first, file_offset + capacity,
+                     memoryview(mapping).toreadonly())
             if len(self._blocks) > 64:
                 self._blocks.clear()
             self._blocks[block] = found

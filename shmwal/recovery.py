@@ -51,7 +51,7 @@ def check_meta(meta) -> str | None:
 
 def recover_topic(meta, files) -> dict:
     """Verify and repair one topic's tail; return what was found (for the log and stats)."""
-    report = {"topic": meta.name, "truncated_from": None, "damaged": 0}
+    report = {"topic": meta.name, "truncated_from": None, "damaged": 0, "problem": None}
     try:
         sync.lock(meta.base + L.H_WRITER_MUTEX)
     except sync.LockError as exc:
@@ -62,7 +62,11 @@ def recover_topic(meta, files) -> dict:
         report["damaged"] += 1
         sync.lock(meta.base + L.H_WRITER_MUTEX)
     try:
-        _recover_locked(meta, files, report)
+        # Checked under the mutex: appenders of the previous broker's clients
+        # may still be publishing, and mid-publish words are not damage.
+        report["problem"] = check_meta(meta)
+        if report["problem"] is None:
+            _recover_locked(meta, files, report)
     finally:
         sync.unlock(meta.base + L.H_WRITER_MUTEX)
     return report

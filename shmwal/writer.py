@@ -61,6 +61,8 @@ def as_payload(data) -> memoryview:
     if not view.c_contiguous:
         raise TypeError("data must be C-contiguous")
     if view.ndim != 1 or view.itemsize != 1:
+        if view.nbytes == 0:
+            return memoryview(b"")   # cast() refuses shapes with a zero in them
         view = view.cast("B")
     return view
 
@@ -230,6 +232,7 @@ class Appender:
         block = 0 if current == NO_BLOCK else current + 1
         need = L.BLOCK_HEADER_SIZE + record_bytes
         chain = meta.base + L.H_CHAIN_MUTEX
+        self.files.maybe_sweep()   # once a block: a writer too must let go of reclaimed files
         for attempt in range(3):
             sync.lock(chain)
             try:

@@ -435,10 +435,29 @@ sizes = st.one_of(st.integers(-10, 400), st.just(-2**70), st.just(2**70), st.jus
                   st.booleans(), st.none(), st.sampled_from(["10", b"10", [10], 10.0, np.int64(10), 1j]))
 
 
+@pytest.fixture(params=["mmap", "uring"])
+def reader_world(request, world, data_dir):
+    """``world`` with its client reading through mmap or io_uring (batch_read's two paths)."""
+    if request.param == "mmap":
+        yield world
+        return
+    try:
+        uring = shmwal.connect(data_dir, io="uring")
+    except shmwal.BrokerUnavailable:
+        raise
+    except shmwal.ShmwalError as exc:
+        pytest.skip(f"io_uring is not available here: {exc}")
+    plain, world.client = world.client, uring
+    yield world
+    world.client = plain
+    uring.close()
+
+
 @pytest.mark.timeout(120)
 @PROPS
 @given(max_bytes=sizes, start=st.integers(0, 2999))
-def test_batch_read_max_bytes(world, max_bytes, start):
+def test_batch_read_max_bytes(reader_world, max_bytes, start):
+    world = reader_world
     c = world.client
     lengths = [(i * 7) % 45 for i in range(3000)]
     if world.state("mb")["next"] == 0:

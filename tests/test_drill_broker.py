@@ -34,7 +34,7 @@ from drill_helpers import (Children, decode_payload, make_payload, open_report, 
 
 TOPIC = "drill-broker"
 GROUP = "g"
-CYCLES = 4
+CYCLES = 6
 DEATH_SEEN_WITHIN = 2.0       # API.md: BrokerUnavailable from 2 s after the death at the latest
 SLOW_CALL = 2.0               # no call, failing or not, may take longer than this (+ its own timeout)
 CTX = multiprocessing.get_context("spawn")
@@ -199,9 +199,13 @@ def test_broker_killed_under_load_recovers_everything_and_clients_carry_on(start
         open(stop_path, "w").close()
         for name in ("producer-single", "producer-batch"):
             procs[name].join(20)
-        # Wake the consumer that waits without a timeout, so that it sees the stop file.
-        wake = [make_payload(99, 0, 0, i, 3, 8, random.Random(1)) for i in range(3)]
-        wake_at = own.batch_append(TOPIC, wake).start
+        # Wake the consumer that waits without a timeout (the others may take what wakes it), so
+        # that it sees the stop file.
+        wakes = {}
+        while procs["consumer-wait"].is_alive() and len(wakes) < 200:
+            wake = make_payload(99, 0, len(wakes), 0, 1, 8, random.Random(1))
+            wakes[99, len(wakes)] = (own.append(TOPIC, wake), 1, payloads_digest([wake]))
+            procs["consumer-wait"].join(0.05)
         for name, p in procs.items():
             p.join(20)
             assert p.exitcode == 0, f"{name} exited with {p.exitcode}: {read_report(reports[name])[-3:]}"
@@ -218,7 +222,7 @@ def test_broker_killed_under_load_recovers_everything_and_clients_carry_on(start
     for i, name in enumerate(workers):
         for _, seq, first, count, digest, _t in _lines(reports[name], "A"):
             returned[i, int(seq)] = (int(first), int(count), digest)
-    returned[99, 0] = (wake_at, 3, payloads_digest(wake))
+    returned.update(wakes)
     entries = []
     while True:
         got = own.batch_read(TOPIC, 8 << 20, group="verify")
@@ -262,3 +266,133 @@ def test_broker_killed_under_load_recovers_everything_and_clients_carry_on(start
           f"{len(received)} deliveries, death seen after {min(outage_seen):.3f}..{max(outage_seen):.3f}s, "
           f"{time.monotonic() - started:.1f}s")
     assert next_offset >= 2000, f"only {next_offset} entries: too little work for the drill"
+
+
+# ----------------------------------------------------------------------------- killed while an appender waits on it
+
+def _jumbo_appender(client, go_path, report_path):
+    fd = open_report(report_path)
+    client.append("mid-rpc", b"warm-up")                  # connected, topic open, before the broker is stopped
+    _line(fd, "ready")
+    while not os.path.exists(go_path):
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    try:
+        client.append("mid-rpc", b"J" * (3 * 64 * 1024))  # larger than a block: it must ask the broker
+        _line(fd, f"appended {t0:.6f} {time.monotonic():.6f}")
+    except shmwal.BrokerUnavailable:
+        _line(fd, f"U {t0:.6f} {time.monotonic():.6f}")
+    except BaseException as exc:
+        _line(fd, f"E {type(exc).__name__}: {exc}")
+
+
+@pytest.mark.timeout(60)
+def test_broker_killed_while_an_appender_holds_the_writer_mutex_waiting_for_it(start_broker, data_dir, tmp_path):
+    """The worst instant: an appender holds the topic's writer mutex and waits for a block from the broker."""
+    from drill_helpers import MetaView, meta_path
+
+    broker = start_broker()
+    go, report = str(tmp_path / "go"), str(tmp_path / "appender.log")
+    own = shmwal.connect(data_dir)
+    with Children() as children:
+        child = children.add(multiprocessing.get_context("fork").Process(
+            target=_jumbo_appender, args=(own, go, report)))
+        child.start()
+        assert poll(lambda: "ready" in read_report(report), 15), read_report(report)
+        os.kill(broker.pid, signal.SIGSTOP)
+        open(go, "w").close()
+        view = MetaView(meta_path(broker.root, "mid-rpc"))
+        try:
+            assert poll(lambda: view.writer_mutex_owner() == child.pid, 5), \
+                "the appender never held the writer mutex waiting for the (stopped) broker"
+            t_kill = time.monotonic()
+            os.kill(broker.pid, signal.SIGKILL)
+            broker.stop()
+            assert poll(lambda: read_report(report)[1:], 5), "the appender hangs after the broker's death"
+            kind, t0, t1 = read_report(report)[1].split()
+            assert kind == "U", read_report(report)
+            assert float(t1) - t_kill <= DEATH_SEEN_WITHIN
+            assert poll(lambda: view.writer_mutex_owner() == 0, 5), "the writer mutex is still held"
+        finally:
+            view.close()
+        child.join(10)
+        assert child.exitcode == 0
+    start_broker()
+    assert own.append("mid-rpc", b"after") == 1, "the failed append left something behind"
+    own.seek("mid-rpc", 0, group="v")
+    assert [e.data for e in own.batch_read("mid-rpc", 1 << 20, group="v")] == [b"warm-up", b"after"]
+    own.close()
+
+
+# ----------------------------------------------------------------------------- what a killed broker leaves
+
+def _stale_run_garbage(root):
+    with open(os.path.join(root, "broker.run"), "wb") as f:
+        f.write(os.urandom(64))
+
+
+def _stale_run_wrong_shape(root):
+    with open(os.path.join(root, "broker.run"), "w") as f:
+        f.write('{"pid": "x", "semaphores": 5, "prefix": []}')
+
+
+def _stale_run_list(root):
+    with open(os.path.join(root, "broker.run"), "w") as f:
+        f.write("[1, 2, 3]")
+
+
+def _stale_run_missing(root):
+    os.unlink(os.path.join(root, "broker.run"))
+
+
+def _stale_socket_is_a_file(root):
+    os.unlink(os.path.join(root, "broker.sock"))
+    with open(os.path.join(root, "broker.sock"), "w") as f:
+        f.write("not a socket")
+
+
+def _stale_half_made_files(root):
+    with open(os.path.join(root, f"broker.run.{os.getpid()}.tmp"), "w") as f:
+        f.write("{")
+    os.makedirs(os.path.join(root, "topics", "half"), exist_ok=True)
+    with open(os.path.join(root, "topics", "half", "meta.new"), "wb") as f:
+        f.write(b"\0" * 4096)
+
+
+STALE = {"as-left": lambda root: None, "run-garbage": _stale_run_garbage, "run-wrong-shape": _stale_run_wrong_shape,
+         "run-list": _stale_run_list, "run-missing": _stale_run_missing, "socket-is-a-file": _stale_socket_is_a_file,
+         "half-made-files": _stale_half_made_files}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stale", sorted(STALE))
+def test_what_a_killed_broker_leaves_does_not_stop_the_next(start_broker, data_dir, stale):
+    broker = start_broker()
+    root = broker.root
+    client = shmwal.connect(data_dir)
+    client.batch_append("kept", [b"%d" % i for i in range(10)])
+    assert [e.offset for e in client.batch_read("kept", 40, group="g")][-1] >= 0
+    position = client.position("kept", group="g")
+    os.kill(broker.pid, signal.SIGKILL)
+    broker.stop()
+    assert ipc_leftovers(root) and os.path.exists(os.path.join(root, "broker.sock"))
+    STALE[stale](root)
+    broker = start_broker()            # must start, whatever was left
+    assert poll(lambda: _ok(client), 5), "the same Client does not work with the new broker"
+    assert client.position("kept", group="g") == position
+    client.seek("kept", 0, group="all")
+    assert [e.data for e in client.batch_read("kept", 1 << 20, group="all")] == [b"%d" % i for i in range(10)]
+    assert client.append("kept", b"more") == 10
+    client.close()
+    broker.stop()
+    assert not ipc_leftovers(root), f"the clean stop left IPC objects: {ipc_leftovers(root)}"
+    assert not os.path.exists(os.path.join(root, "broker.sock"))
+    assert not os.path.exists(os.path.join(root, "topics", "half", "meta.new"))
+
+
+def _ok(client):
+    try:
+        client.topics()
+        return True
+    except shmwal.BrokerUnavailable:
+        return False

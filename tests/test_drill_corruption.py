@@ -440,8 +440,20 @@ def test_broker_starts_on_damaged_files_and_never_returns_wrong_data(damaged_nam
 
 
 @pytest.mark.timeout(30)
-def test_corrupt_payload_while_the_broker_runs(client, broker):
+@pytest.mark.parametrize("io", ["mmap", "uring"])
+def test_corrupt_payload_while_the_broker_runs(broker, data_dir, io):
     """A payload damaged under a running broker: CorruptEntry, batch_read stops before it, seek steps over."""
+    try:
+        client = shmwal.connect(data_dir, io=io)
+    except shmwal.BrokerUnavailable:
+        raise
+    except shmwal.ShmwalError as exc:
+        pytest.skip(f"io={io!r} is not available here: {exc}")
+    with client:
+        _corrupt_payload_live(client, broker)
+
+
+def _corrupt_payload_live(client, broker):
     rng = random.Random(12)
     ps = [make_payload(1, 0, i, 0, 1, 500, rng) for i in range(20)]
     for p in ps:

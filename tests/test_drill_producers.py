@@ -129,7 +129,11 @@ def test_producers_killed_at_random_instants_lose_nothing_and_expose_nothing(sta
                 f"producer {w} never appended: {read_report(producers.report(w))[-3:]}"
         view = MetaView(meta_path(broker.root, TOPIC))
         try:
-            while kills < KILLS:
+            def recovered():
+                return sum(line == "D" for w in range(PRODUCERS) for line in read_report(producers.report(w)))
+
+            # KILLS kills, and more (up to 2 x KILLS) until 3 have landed inside the writer mutex.
+            while kills < KILLS or (kills < 2 * KILLS and recovered() < 3):
                 time.sleep(rng.uniform(0.02, 0.2))   # a random instant in the producers' work
                 victim = None
                 if kills % 2 == 0:

@@ -330,7 +330,6 @@ class ZmqReceiver:
 
 # ---------------------------------------------------------------- shmwal
 
-ZERO_COPY_METHODS = ("read_view", "batch_read_view")   # whichever shmwal grows first
 TOPIC = "bench"
 
 
@@ -370,13 +369,7 @@ class ShmwalContender(Contender):
 
     def unavailable(self):
         missing = _shmwal_missing()
-        if missing or not self.zero_copy:
-            return missing
-        import shmwal
-
-        if not any(hasattr(shmwal.Client, m) for m in ZERO_COPY_METHODS):
-            return f"shmwal.Client has no zero-copy read ({' / '.join(ZERO_COPY_METHODS)})"
-        return None
+        return missing
 
     def open(self, spec, ctx, workdir):
         return ShmwalSession(self, spec, workdir)
@@ -399,8 +392,8 @@ class ShmwalSession(BatonSession):
         except BaseException:
             self.close()
             raise
-        zero_copy = next((m for m in ZERO_COPY_METHODS if hasattr(shmwal.Client, m)), None) if contender.zero_copy else None
-        super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups, BATCH * spec.size, zero_copy))
+        super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups, BATCH * spec.size,
+                                       contender.zero_copy))
 
     def send_baton(self):
         import shmwal
@@ -421,7 +414,7 @@ class ShmwalChannel:
         self.data_dir, self.key = data_dir, key
         self.separate_groups = separate_groups
         self.max_bytes = max_bytes          # per batch_read: about BATCH messages
-        self.zero_copy = zero_copy          # name of the zero-copy read method, or None
+        self.zero_copy = zero_copy          # batch_read(zero_copy=True): entries' data are views
 
     def _connect(self):
         import shmwal
@@ -460,8 +453,8 @@ class ShmwalReceiver:
         self.client, self.group = client, group
         self.max_bytes = channel.max_bytes
         self.pass_baton = not channel.separate_groups
-        self.view = getattr(client, channel.zero_copy) if channel.zero_copy else None
-        self.views = self.view is not None   # buffers may be reused: the consumer copies prefixes
+        self.zero_copy = channel.zero_copy
+        self.views = self.zero_copy   # the consumer copies what it keeps of each message
         if channel.separate_groups:
             # Make the group exist before any producer writes: a group born later starts
             # at the oldest entry *kept*, and blocks all older groups read past may be gone.
@@ -471,12 +464,8 @@ class ShmwalReceiver:
         return self.client.read_next(TOPIC, group=self.group, timeout=None).data
 
     def recv_many(self):
-        if self.view is not None:
-            # Zero-copy hook: assumed to take batch_read's arguments and give entries
-            # (with .data) or buffers; adjust here once shmwal's method exists.
-            items = self.view(TOPIC, self.max_bytes, group=self.group, timeout=None)
-            return [getattr(item, "data", item) for item in items]
-        entries = self.client.batch_read(TOPIC, self.max_bytes, group=self.group, timeout=None)
+        entries = self.client.batch_read(TOPIC, self.max_bytes, group=self.group, timeout=None,
+                                         zero_copy=self.zero_copy)
         return [e.data for e in entries]
 
     def on_token(self, msg) -> bool:

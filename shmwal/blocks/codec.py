@@ -124,11 +124,15 @@ def read_record(buf, pos: int, limit: int) -> Record:
                   lengths, parsed["sum"].tolist(), starts)
 
 
-def entry_bytes(buf, record: Record, index: int) -> bytes | None:
-    """The payload of entry ``index`` of ``record``, or None if its checksum fails."""
+def entry_bytes(buf, record: Record, index: int, copy: bool = True):
+    """The payload of entry ``index`` of ``record``, or None if its checksum fails.
+
+    ``copy=False`` returns a slice of ``buf`` itself (zero-copy: a memoryview
+    when ``buf`` is one), checked all the same.
+    """
     start = record.starts[index]
     data = buf[start:start + record.lengths[index]]
-    if type(data) is not bytes:
+    if copy and type(data) is not bytes:
         data = bytes(data)
     if xxh(data, L.entry_seed(record.first_offset + index)) != record.sums[index]:
         return None

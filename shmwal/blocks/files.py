@@ -99,7 +99,8 @@ class BlockFiles:
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.SWEEP_EVERY
-        gone = [f for f in self._maps if not os.path.exists(self.path(f))]
+        # Descriptors too: io_uring reads and fsyncs open files they may never map.
+        gone = [f for f in {**self._maps, **self._fds} if not os.path.exists(self.path(f))]
         for file_id in gone:
             self.drop(file_id)
         if gone:

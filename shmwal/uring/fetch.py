@@ -2,33 +2,21 @@
 
 The reader plans the byte ranges exactly as it walks them with mmap and
 decodes the result with the same codec; this object only owns the ring and
-the page-aligned arena, and answers "auto"'s question: is this range in
-memory already (then copying from the mapping is cheaper than any kernel
-read) or not (then io_uring fetches it with all reads in flight at once)?
+the page-aligned arena (one per process: a ring cannot cross fork()).
 """
 
 from __future__ import annotations
 
 import os
 
-from .residency import resident_fraction
 from .ring import ReadArena, Ring
-
-RESIDENT_ENOUGH = 0.5     # "auto" reads through the mapping at or above this fraction
-PROBE_BYTES = 1 << 20     # how much of the first range "auto" asks mincore about
 
 
 class UringFetcher:
-    def __init__(self, mode: str):
-        self.mode = mode      # "uring": always; "auto": only for data not in memory
+    def __init__(self):
         self._pid = -1
         self._ring = None
         self._arena = None
-
-    def worth_it(self, mapping, position: int, length: int) -> bool:
-        if self.mode == "uring":
-            return True
-        return resident_fraction(mapping, position, min(length, PROBE_BYTES)) < RESIDENT_ENOUGH
 
     def read(self, files, plan, total: int):
         """Read every (block, file_id, position, length, arena offset) of ``plan``; return (view, bytes read each)."""
