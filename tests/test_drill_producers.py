@@ -23,6 +23,7 @@ import collections
 import multiprocessing
 import os
 import random
+import signal
 import time
 
 import pytest
@@ -288,3 +289,89 @@ def test_appender_killed_holding_the_writer_mutex_does_not_block_the_next(client
     assert time.monotonic() - t0 < 2.0
     assert [e.data for e in client.batch_read(TOPIC, 1 << 20, group="check")] == before + after
     assert client.stats()["topics"][TOPIC]["next_offset"] == 8
+
+
+# ----------------------------------------------------------------------------- a dead appender's pending request
+
+def _appender_stuck_in_block_request(data_dir, ready_path, go_path):
+    client = shmwal.connect(data_dir)
+    client.append(TOPIC, b"warm-up")
+    open(ready_path, "w").close()
+    while not os.path.exists(go_path):
+        time.sleep(0.005)
+    client.append(TOPIC, b"J" * (3 * BLOCK))   # larger than a block: asks the (stopped) broker, and is killed
+
+
+def _thread_state(tid: int) -> str:
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_appenders_block_request_does_not_take_the_block_the_next_appender_filled(
+        start_broker, data_dir, tmp_path):
+    """An appender killed while its request for a (jumbo) block waits in the broker's socket.
+
+    The next appender takes over the writer mutex, fills the spare block the
+    dead one asked for, and waits for the broker itself (its batch ends with a
+    jumbo entry).  When the broker runs again it finds both requests: the dead
+    one's must not replace the block the live one has filled but not yet
+    published.  Every entry of the live one's batch reads back.
+    """
+    import threading
+
+    from shmwal.blocks import layout as L
+
+    broker = start_broker(block_size=BLOCK, blocks_per_file=4)
+    client = shmwal.connect(data_dir)
+    rng = random.Random(8)
+    before = [make_payload(1, 0, i, 0, 1, 500, rng) for i in range(40)]
+    for p in before:
+        client.append(TOPIC, p)
+    view = MetaView(meta_path(broker.root, TOPIC))
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    result = {}
+    try:
+        tail = view.word(L.H_TAIL_CHAIN)
+        assert poll(lambda: view.word(L.H_ALLOCATED_BLOCKS) >= tail + 3, 10), \
+            "the broker keeps no spare blocks: this drill needs them (see broker.SPARE_BLOCKS)"
+        with Children() as children:
+            dead = children.add(CTX.Process(target=_appender_stuck_in_block_request, args=(data_dir, ready, go)))
+            dead.start()
+            assert poll(lambda: os.path.exists(ready), 15)
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                open(go, "w").close()
+                assert poll(lambda: view.writer_mutex_owner() == dead.pid, 5), "the appender never asked for a block"
+                kill_and_reap(dead)
+                batch = [make_payload(2, 0, 0, i, 160, 500, rng) for i in range(159)]
+                batch.append(make_payload(2, 0, 0, 159, 160, 2 * BLOCK, rng))
+
+                def live():
+                    result["native_id"] = threading.get_native_id()
+                    result["range"] = client.batch_append(TOPIC, batch)
+
+                thread = threading.Thread(target=live, daemon=True)
+                thread.start()
+                assert poll(lambda: "native_id" in result, 5)
+                tid = result["native_id"]
+                # It holds the mutex, has filled the block after the old tail, and sleeps in its request.
+                assert poll(lambda: view.writer_mutex_owner() == tid and view.word(L.H_TAIL_CHAIN) == tail + 1
+                            and _thread_state(tid) in "SD", 10), "the live appender never waited for the broker"
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            thread.join(15)
+            assert not thread.is_alive(), "the live appender hangs"
+        assert len(result["range"]) == len(batch), result
+        client.seek(TOPIC, 0, group="check")
+        got = []
+        while chunk := client.batch_read(TOPIC, 1 << 30, group="check"):
+            got.extend(chunk)
+        assert [e.data for e in got[:len(before)]] == before
+        assert [e.offset for e in got] == list(range(len(got)))
+        assert [e.data for e in got[result["range"].start:]] == batch, \
+            "the live appender's batch was damaged by the dead appender's request"
+        assert b"J" * (3 * BLOCK) not in [e.data for e in got]
+    finally:
+        view.close()
+        client.close()

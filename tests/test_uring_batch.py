@@ -396,7 +396,7 @@ def _fetch_count_in_child() -> int:
     # The fixture's counting wrapper (and its Counter, a closure cell) came through fork.
     for cell in UringFetcher.read.__closure__:
         if isinstance(cell.cell_contents, collections.Counter):
-            return cell.cell_contents["uring"]
+            return cell.cell_contents["reads"]
     raise AssertionError("the counting wrapper is not installed")
 
 
