@@ -83,6 +83,7 @@ class GroupReader:
         self.w_hint_pos = (at + L.G_HINT_POS) // 8
         self.w_reads = (at + L.G_READS) // 8
         self.at_cursor = at + L.G_CURSOR
+        self._strict_sync = client._strict_sync   # handles are rebuilt when the broker changes
         self.waiters = meta.base + L.H_WAITERS
         self._blocks: dict[int, tuple] = {}   # chain slot -> (mmap, file_offset, capacity, first_offset, limit, read-only view)
         self._record_key = None               # (chain slot, position) of the cached parsed record
@@ -164,7 +165,7 @@ class GroupReader:
         if checkpoint:
             _hint_pack(mm, self.at_cursor + 8, cursor + 1, block, (end + 7) & ~7)
             words[self.w_cursor] = cursor + 1
-            if self.client._strict_sync:
+            if self._strict_sync:
                 self.meta.mm.flush(self.group_page, L.PAGE)
         return make_entry(Entry, (self.topic, cursor, data))
 
@@ -272,7 +273,7 @@ class GroupReader:
                 words[self.w_hint_offset] = c
                 words[self.w_cursor] = c
                 words[self.w_reads] += len(out)
-                if self.client._strict_sync:
+                if self._strict_sync:
                     self.meta.mm.flush(self.group_page, L.PAGE)
 
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool):
@@ -378,7 +379,7 @@ class GroupReader:
             _hint_pack(self.meta.mm, self.at_cursor + 8, c, hint_block, hint_pos)
             words[self.w_cursor] = c
             words[self.w_reads] += len(out)
-            if self.client._strict_sync:
+            if self._strict_sync:
                 self.meta.mm.flush(self.group_page, L.PAGE)
         return out, next_offset
 
@@ -413,7 +414,7 @@ class GroupReader:
         return record
 
     def _flush_if_strict(self) -> None:
-        if self.client._strict_sync:
+        if self._strict_sync:
             self.meta.mm.flush(self.group_page, L.PAGE)
 
     # ------------------------------------------------------------------ sleeping

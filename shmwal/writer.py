@@ -80,6 +80,8 @@ class Appender:
         self.mutex = meta.base + L.H_WRITER_MUTEX
         self._block = NO_BLOCK      # chain slot the cached buffer/limit belong to
         self._first_append = not meta.get(L.H_VISIBLE)
+        self._sync_each = client._sync_each     # handles are rebuilt when the broker (and so this) changes
+        self._meta_mm = meta.mm
         self._buf = None
         self._limit = 0
 
@@ -101,10 +103,10 @@ class Appender:
         died = rc and sync.lock_contended(mutex, rc)
         try:
             offset = words[_W_NEXT]
-            pos, block, tail_offset = _tail_unpack(self.meta.mm, L.H_TAIL_POS)
+            pos, block, tail_offset = _tail_unpack(self._meta_mm, L.H_TAIL_POS)
             if died or tail_offset != offset:
                 self._recompute_tail()
-                pos, block, tail_offset = _tail_unpack(self.meta.mm, L.H_TAIL_POS)
+                pos, block, tail_offset = _tail_unpack(self._meta_mm, L.H_TAIL_POS)
             if block != self._block:
                 self._load_block(block)
             end = pos + ((_SINGLE + 7 + length) & ~7)
@@ -132,7 +134,7 @@ class Appender:
             self.wake()
         if self._first_append:
             self._mark_visible()
-        if self.client._sync_each:
+        if self._sync_each:
             self._sync(block)
         return offset
 
@@ -182,7 +184,7 @@ class Appender:
             self.wake()
         if self._first_append:
             self._mark_visible()
-        if self.client._sync_each:
+        if self._sync_each:
             for b in range(first_block if first_block != NO_BLOCK else 0, block + 1):
                 self._sync(b)
         return range(first, offset)

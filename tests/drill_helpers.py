@@ -325,7 +325,7 @@ def locate_entries(root: str, topic: str) -> list[EntryLoc]:
                 at += length
             off += count
             pos += size
-    assert [e.offset for e in found] == list(range(len(found))) or found[0].offset > 0
+    assert not found or [e.offset for e in found] == list(range(found[0].offset, found[0].offset + len(found)))
     return found
 
 

@@ -21,7 +21,6 @@ import ctypes
 import os
 import socket
 import stat
-import struct
 
 import numpy as np
 import pytest

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmwal
@@ -494,3 +494,42 @@ def test_batch_read_max_bytes(reader_world, max_bytes, start):
     assert [e.offset for e in got] == want
     assert all(e.data == bytes([e.offset % 256]) * lengths[e.offset] for e in got)
     assert c.position("mb", group="m") == start + len(want)
+
+
+# ----------------------------------------------------------------------------- keys and io modes
+
+KEYS = ["../../evil", "/abs/path", "..", ".", "", "a/b", "é", "x" * 300, "\x00", "_", ".hidden", "ok-key.1"]
+
+
+@pytest.mark.timeout(120)
+def test_keys_never_leave_the_data_directory(start_broker, data_dir, tmp_path):
+    os.makedirs(data_dir, mode=0o700)
+    before = set(os.listdir(tmp_path))
+    roots = set()
+    for key in KEYS:
+        broker = start_broker(key=key)
+        root = os.path.realpath(broker.root)
+        assert os.path.dirname(root) == os.path.realpath(data_dir), f"key {key!r} puts its namespace at {root}"
+        assert root not in roots, f"key {key!r} shares a namespace with another key"
+        roots.add(root)
+        with shmwal.connect(data_dir, key=key) as c:
+            c.append("t", key.encode("utf-8", "surrogatepass"))
+            assert c.read_next("t").data == key.encode("utf-8", "surrogatepass")
+        broker.stop()
+    assert set(os.listdir(tmp_path)) == before, "a key created something beside the data directory"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("io", ["bogus", None, 5, "MMAP", b"mmap"])
+def test_connect_rejects_bad_io_modes(data_dir, broker, io):
+    with pytest.raises(DOCUMENTED):
+        shmwal.connect(data_dir, io=io)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key", [5, b"k", ["k"]])
+def test_non_str_keys_are_refused(data_dir, key):
+    with pytest.raises(DOCUMENTED):
+        shmwal.Broker(data_dir, key=key)
+    with pytest.raises(DOCUMENTED):
+        shmwal.connect(data_dir, key=key, timeout=0.1)

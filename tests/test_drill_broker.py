@@ -396,3 +396,46 @@ def _ok(client):
         return True
     except shmwal.BrokerUnavailable:
         return False
+
+
+# ----------------------------------------------------------------------------- killed inside a reclamation
+
+@pytest.mark.timeout(60)
+def test_broker_killed_between_the_two_stores_of_a_reclamation(start_broker, data_dir):
+    """reclaim() moves H_FIRST_OFFSET, then H_FIRST_BLOCK (broker.py says why): a SIGKILL between
+    the two stores leaves a state the broker itself makes, which is no damage.  The next broker
+    must take it as it is: nothing reported damaged, every cursor and entry as they were."""
+    from shmwal.blocks import layout as L
+    from drill_helpers import MetaView, meta_path, write_word
+
+    broker = start_broker()
+    client = shmwal.connect(data_dir)
+    for i in range(10):
+        client.batch_append("r", [b"%06d" % (i * 100 + j) + b"x" * 600 for j in range(100)])
+    while client.batch_read("r", 1 << 20, group="g"):
+        pass
+    client.seek("r", 500, group="h")
+    os.kill(broker.pid, signal.SIGKILL)
+    broker.stop()
+    path = meta_path(broker.root, "r")
+    view = MetaView(path)
+    first = view.word(L.H_FIRST_BLOCK)
+    assert view.word(L.H_PUBLISHED_BLOCKS) >= first + 3, "the drill needs a topic of several blocks"
+    moved_to = view.chain(first + 1)[3]
+    view.close()
+    assert 0 < moved_to <= 500, "both groups have read past the first block: it is reclaimable"
+    write_word(path, L.H_FIRST_OFFSET, moved_to)      # the first store done, the second not
+    start_broker()
+    assert poll(lambda: _ok(client), 5)
+    stats = client.stats()["topics"]["r"]
+    assert not stats.get("damaged"), f"a state the broker itself leaves is reported as damage: {stats}"
+    assert stats["next_offset"] == 1000 and stats["first_offset"] in (0, moved_to), stats
+    assert client.position("r", group="g") == 1000 and client.position("r", group="h") == 500
+    start = client.position("r", group="new")
+    got = []
+    while chunk := client.batch_read("r", 1 << 20, group="new"):
+        got.extend(chunk)
+    assert [e.offset for e in got] == list(range(start, 1000))
+    assert all(e.data == b"%06d" % e.offset + b"x" * 600 for e in got)
+    assert client.append("r", b"next") == 1000
+    client.close()

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 import shmwal
 from shmwal.blocks import codec
 from shmwal.blocks import layout as L
-from drill_helpers import (EntryLoc, block_path, flip_byte, locate_entries, make_payload, meta_path,
+from drill_helpers import (EntryLoc, flip_byte, locate_entries, make_payload, meta_path,
                            read_word, write_word, zero_range)
 
 TOPICS = ("a", "b")
@@ -571,6 +571,7 @@ def _checked_decode(buf, pos, limit):
     return out
 
 
+@pytest.mark.timeout(120)
 @FUZZ
 @given(raw=st.binary(max_size=600), pos=st.integers(-8, 640), extra=st.integers(-64, 4096))
 def test_decoder_on_arbitrary_bytes_returns_checked_records_or_bad_record(raw, pos, extra):
@@ -592,6 +593,7 @@ def encoded_records(draw):
     return buf, lead, first, payloads
 
 
+@pytest.mark.timeout(120)
 @FUZZ
 @given(case=encoded_records(), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 7)), max_size=3),
        cut=st.one_of(st.none(), st.integers(0, 10_000)))
@@ -612,6 +614,7 @@ def test_decoder_on_damaged_records_never_returns_a_wrong_payload(case, flips, c
             assert data is None or data == p
 
 
+@pytest.mark.timeout(120)
 @FUZZ
 @given(case=encoded_records())
 def test_decoder_reads_intact_records_exactly(case):
