@@ -698,7 +698,8 @@ class Broker:
         if self.key is not None:
             argv += ["--key", self.key]
         make_private_dir(self.data_dir)
-        log_path = os.path.join(self.data_dir, f"{names.sanitize_key(self.key)}.broker.log")
+        make_private_dir(self.root)
+        log_path = os.path.join(self.root, "broker.log")
         with open(log_path, "ab", buffering=0) as log_file:
             os.chmod(log_path, 0o600)
             try:

@@ -45,8 +45,22 @@ def check_meta(meta) -> str | None:
             return f"chain slot {index} is damaged"
         previous = block_first
     if published > first and meta.chain(first)[3] != first_offset:
-        return "oldest offset does not match the oldest block"
+        # Reclamation stores H_FIRST_OFFSET, then H_FIRST_BLOCK: a broker killed
+        # between the two leaves the offset one or more blocks ahead.  That is
+        # no damage (recovery finishes the move), anything else is.
+        k = find_block(meta, first_offset, first, published)
+        if meta.chain(k)[3] != first_offset:
+            return "oldest offset does not match the oldest block"
     return None
+
+
+def finish_reclamation(meta) -> None:
+    """Move H_FIRST_BLOCK up to H_FIRST_OFFSET (see check_meta). Under the writer mutex."""
+    first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+    if published > first:
+        k = find_block(meta, meta.get(L.H_FIRST_OFFSET), first, published)
+        if k != first:
+            meta.set(L.H_FIRST_BLOCK, k)
 
 
 def recover_topic(meta, files) -> dict:
@@ -66,6 +80,7 @@ def recover_topic(meta, files) -> dict:
         # may still be publishing, and mid-publish words are not damage.
         report["problem"] = check_meta(meta)
         if report["problem"] is None:
+            finish_reclamation(meta)
             _recover_locked(meta, files, report)
     finally:
         sync.unlock(meta.base + L.H_WRITER_MUTEX)

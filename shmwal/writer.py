@@ -40,6 +40,7 @@ _W_WAITERS = L.H_WAITERS // 8
 _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
 _SINGLE = 48  # record header + one table entry
+_ALIGN_MASK = L.ALIGN - 1
 # Shared words are stored one by one through the memoryview (one aligned
 # 8-byte move each), never with struct.pack_into: it zeroes the field before
 # writing it, and the broker reads H_TAIL_CHAIN without the writer mutex.
@@ -109,10 +110,11 @@ class Appender:
                 pos, block, tail_offset = _tail_unpack(self._meta_mm, L.H_TAIL_POS)
             if block != self._block:
                 self._load_block(block)
-            end = pos + ((_SINGLE + 7 + length) & ~7)
+            size = (_SINGLE + _ALIGN_MASK + length) & ~_ALIGN_MASK   # L.record_size(1, length)
+            end = pos + size
             if end > self._limit:
-                block, pos = self._next_block(offset, (_SINGLE + 7 + length) & ~7)
-                end = pos + ((_SINGLE + 7 + length) & ~7)
+                block, pos = self._next_block(offset, size)
+                end = pos + size
             seed = (offset * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
             digest = _xxh(data, seed)
             buf = self._buf

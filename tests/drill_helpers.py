@@ -362,3 +362,14 @@ def tree(path: str) -> set[str]:
 def private_mode(path: str) -> int:
     """The group/other permission bits of ``path`` (0 when private)."""
     return os.stat(path, follow_symlinks=False).st_mode & 0o077
+
+
+def broker_log(root: str) -> str:
+    """The text of the broker log of namespace ``root`` (``<root>/broker.log``, or the older
+    ``<data_dir>/<key>.broker.log``)."""
+    for path in (os.path.join(root, "broker.log"),
+                 os.path.join(os.path.dirname(root), os.path.basename(root) + ".broker.log")):
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                return f.read()
+    raise AssertionError(f"no broker log found for {root}")

@@ -20,6 +20,7 @@ seconds.
 from __future__ import annotations
 
 import collections
+import faulthandler
 import multiprocessing
 import os
 import random
@@ -44,6 +45,8 @@ CTX = multiprocessing.get_context("fork")
 
 def _producer(data_dir, writer, incarnation, report_path, stop_path, seed):
     fd = open_report(report_path)
+    # SIGUSR1 dumps this producer's Python stack beside its report (see _stuck_state).
+    faulthandler.register(signal.SIGUSR1, file=open(report_path + ".stack", "w"), all_threads=True)
     try:
         instrument_lock_recovery(fd)
         rng = random.Random(seed)
@@ -82,6 +85,47 @@ def _producer(data_dir, writer, incarnation, report_path, stop_path, seed):
     except BaseException as exc:  # reported to the test, which fails on it
         os.write(fd, f"E {type(exc).__name__}: {exc}\n".replace("\n", " ").encode() + b"\n")
         os._exit(1)
+
+
+def _stuck_state(view, producers, broker_pid) -> str:
+    """What a stuck drill looks like: the writer mutex's owner and where each producer sleeps."""
+    import psutil
+
+    from shmwal.blocks import layout as L
+    owner = view.writer_mutex_owner()
+    out = [f"writer mutex word {view.u32(L.H_WRITER_MUTEX):#x} (owner {owner}, "
+           f"{'alive' if psutil.pid_exists(owner) else 'gone'})",
+           f"next_offset {view.word(L.H_NEXT_OFFSET)}, tail offset {view.word(L.H_TAIL_OFFSET)}"]
+    if hasattr(L, "H_CHAIN_MUTEX"):
+        out.append(f"chain mutex word {view.u32(L.H_CHAIN_MUTEX):#x}")
+    for w, p in producers.procs.items():
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGUSR1)
+            stack = producers.report(w) + ".stack"
+            if poll(lambda: report_size(stack) > 0, 2):
+                time.sleep(0.2)   # let faulthandler finish writing
+                with open(stack) as f:
+                    text = f.read()
+                main = text[text.rfind("Current thread"):] if "Current thread" in text else text
+                out.append(f"stack of producer {w} (pid {p.pid}):\n{main[:1500]}")
+        try:
+            with open(f"/proc/{p.pid}/wchan") as f:
+                wchan = f.read()
+            out.append(f"producer {w} pid {p.pid} {psutil.Process(p.pid).status()} in {wchan}")
+        except (OSError, psutil.Error) as exc:
+            out.append(f"producer {w} pid {p.pid}: {exc}")
+    import shutil
+    import subprocess
+    if shutil.which("py-spy"):    # optional: the broker's own stacks, when py-spy is installed
+        dump = subprocess.run(["py-spy", "dump", "--pid", str(broker_pid)], capture_output=True, text=True)
+        out.append("broker stacks:\n" + dump.stdout[-4000:])
+    for task in sorted(os.listdir(f"/proc/{broker_pid}/task")):
+        try:
+            with open(f"/proc/{broker_pid}/task/{task}/wchan") as f:
+                out.append(f"broker thread {task} in {f.read()}")
+        except OSError:
+            pass
+    return "; ".join(out)
 
 
 class Producers:
@@ -157,7 +201,8 @@ def test_producers_killed_at_random_instants_lose_nothing_and_expose_nothing(sta
                 for w, size in survivors.items():
                     moved = poll(lambda: report_size(producers.report(w)) > size, PROGRESS_WITHIN)
                     assert moved, (f"kill {kills}: producer {w} made no progress within {PROGRESS_WITHIN}s "
-                                   f"after producer {victim} was killed: {read_report(producers.report(w))[-3:]}")
+                                   f"after producer {victim} was killed: {read_report(producers.report(w))[-3:]}; "
+                                   + _stuck_state(view, producers, broker.pid))
                 progress_waits.append(time.monotonic() - t0)
                 new_inc = producers.incarnation[victim]
                 producers.start(victim)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 
 PAGE = 4096
-ALIGN = 8
+ALIGN = 64   # records start on cache lines: a reader of the newest record never shares a line with the appender writing the next
 
 # ---- API limits (API.md "Writing" / "Reading")
 MAX_ENTRY = 1 << 30                 # one payload
@@ -95,32 +95,39 @@ def record_seed(count: int, batch_left: int, first_offset: int, data_bytes: int)
 
 # ---- topic meta file
 META_MAGIC = 0x3150_4F54_4C57_4D53           # b"SMWLTOP1"
-META_VERSION = 1
+META_VERSION = 2
 MUTEX_BYTES = 64                             # pthread_mutex_t is 40 on x86-64 glibc; room to spare
 
-# topic header words (byte offsets in page 0); each 8-byte aligned u64
+# topic header words (byte offsets in page 0); each 8-byte aligned u64.
+# Cache lines (64 B) are assigned by who writes and who polls: a reader
+# spinning on H_NEXT_OFFSET must not sit on the line an appender stores its
+# bookkeeping to on every append, or each of those stores waits for the line
+# to come back from the reader's core.
 H_MAGIC = 0
 H_VERSION = 8
 H_BOOT = 16              # hash of the boot id that initialised the mutexes (reboot -> re-init)
 H_TOPIC_ID = 24          # small integer the broker gave the topic (names its semaphore)
+H_VISIBLE = 32           # 1 once the first append landed (a reader may create an empty topic)
+H_GROUPS = 40            # group slots in use
+H_DAMAGE = 48            # damaged records found at recovery (stats)
+H_RECLAIMED_BYTES = 56   # payload bytes in reclaimed blocks (stats)
 H_WRITER_MUTEX = 64      # serialises appends; robust: a dead holder is detected by the next locker
+# line 128: what readers poll; the appender stores here once per append (the publish)
 H_NEXT_OFFSET = 128      # THE publish word: entries below it are complete and readable
 H_PUBLISHED_BLOCKS = 136 # chain slots readers may use (stored before H_NEXT_OFFSET)
 H_ALLOCATED_BLOCKS = 144 # chain slots the broker has handed out (>= published)
 H_FIRST_BLOCK = 152      # oldest kept chain slot (reclamation moves it)
 H_FIRST_OFFSET = 160     # oldest kept entry
-H_TAIL_POS = 168         # writer bookkeeping: byte position of the next record in the tail block
-H_TAIL_CHAIN = 176       # writer bookkeeping: chain slot of the tail block
-H_TAIL_OFFSET = 184      # offset H_TAIL_POS belongs to; == H_NEXT_OFFSET iff the bookkeeping is current
-H_WAITERS = 192          # readers asleep on the topic semaphore (atomic add)
-H_BYTES = 200            # payload bytes ever published (stats)
-H_VISIBLE = 208          # 1 once the first append landed (a reader may create an empty topic)
-H_RECLAIMED_BYTES = 216  # payload bytes in reclaimed blocks (stats)
-H_GROUPS = 224           # group slots in use
-H_DAMAGE = 232           # damaged records found at recovery (stats)
-H_NAME_LEN = 256
-H_NAME = 264             # topic name, up to 255 bytes
-H_CHAIN_MUTEX = 576      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
+# line 192: the appender's own bookkeeping, under the writer mutex
+H_TAIL_POS = 192         # byte position of the next record in the tail block
+H_TAIL_CHAIN = 200       # chain slot of the tail block
+H_TAIL_OFFSET = 208      # offset H_TAIL_POS belongs to; == H_NEXT_OFFSET iff the bookkeeping is current
+H_BYTES = 216            # payload bytes ever published (stats)
+# line 256: written by readers going to sleep, read by the appender after each publish
+H_WAITERS = 256          # readers asleep on the topic semaphore (atomic add)
+H_NAME_LEN = 320
+H_NAME = 328             # topic name, up to 255 bytes
+H_CHAIN_MUTEX = 640      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
                          # the appender that moves to a new block); robust
 
 GROUP_SLOTS = 256
