@@ -38,6 +38,7 @@ _W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
 NO_HINT = 2**64 - 1
 _ALIGN_MASK = L.ALIGN - 1
+_SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
 _group_unpack = struct.Struct("<QQQQ").unpack_from   # G_CURSOR, G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
 # One pack_into for the three hint words: it zeroes them before writing
 # (unlike a memoryview store), which is fine only because hints are read
@@ -161,7 +162,7 @@ class GroupReader:
         seed = (cursor * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
         data = buf[pos + 48:end]
         if _xxh(data, seed) != digest or length != data_bytes or \
-                digest ^ seed ^ (1 << 40) ^ (batch_left << 20) ^ length ^ 0x5EED != check:
+                digest ^ seed ^ _SINGLE_SALT ^ (batch_left << 20) ^ length != check:
             return None   # the general path reports it
         if checkpoint:
             _hint_pack(mm, self.at_cursor + 8, cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK)

@@ -41,6 +41,8 @@ _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
 _SINGLE = 48  # record header + one table entry
 _ALIGN_MASK = L.ALIGN - 1
+_SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
+assert L.record_seed(1, 0, 5, 7) == (5 * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) ^ _SINGLE_SALT ^ 7
 # Shared words are stored one by one through the memoryview (one aligned
 # 8-byte move each), never with struct.pack_into: it zeroes the field before
 # writing it, and the broker reads H_TAIL_CHAIN without the writer mutex.
@@ -119,7 +121,7 @@ class Appender:
             digest = _xxh(data, seed)
             buf = self._buf
             # check = digest ^ L.record_seed(1, 0, offset, length)
-            _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ (1 << 40) ^ length ^ 0x5EED,
+            _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
                          length, digest)
             buf[pos + _SINGLE:pos + _SINGLE + length] = data
             # Publish: bookkeeping first, the offset last (see the module docstring).
