@@ -433,13 +433,14 @@ def test_auto_reads_resident_data_through_the_mapping(start_broker, fetches):
     assert fetches["reads"] == 0, dict(fetches)
 
 
-@pytest.mark.timeout(120)
-def test_auto_reads_a_cold_backlog_through_the_mapping(start_broker, fetches):
-    """A consumer catching up on a cold backlog after a restart.
+def cold_backlog(start_broker):
+    """A backlog whose block files are out of the page cache, behind a freshly started broker.
 
-    "auto" is the faster path, and scripts/bench_uring.py measured the mapping
-    ahead of io_uring on cold sequential backlogs too (README): so "auto" reads
-    it through the mapping, and gets every entry.
+    The group "g" has read a little first: its slot holds a read hint (a group's
+    very first read goes through the mapping on every path).  The broker keeps
+    the files it touches mapped, and mapped pages are not evicted: it is
+    stopped, the files evicted, and a new one started (recovery reads only
+    the tail block).
     """
     broker = start_broker()
     payloads = [random.Random(i).randbytes(3000 + i % 2000) for i in range(2500)]
@@ -455,6 +456,18 @@ def test_auto_reads_a_cold_backlog_through_the_mapping(start_broker, fetches):
     assert cold < 0.05, f"block files still {cold:.0%} resident after DONTNEED"
     broker = start_broker()
     assert resident_share(files) < 0.1
+    return broker, payloads, head
+
+
+@pytest.mark.timeout(120)
+def test_auto_reads_a_cold_backlog_through_the_mapping(start_broker, fetches):
+    """A consumer catching up on a cold backlog after a restart.
+
+    "auto" is the faster path, and scripts/bench_uring.py measured the mapping
+    ahead of io_uring on cold sequential backlogs too (README): so "auto" reads
+    it through the mapping, and gets every entry.
+    """
+    broker, payloads, head = cold_backlog(start_broker)
     with shmwal.connect(broker.data_dir, key=broker.key, io="auto") as client:
         assert client._io_uring is None
         rest = read_batches(client, "t", "g", [1 << 20] * 10_000)
@@ -468,17 +481,7 @@ def test_auto_reads_a_cold_backlog_through_the_mapping(start_broker, fetches):
 @pytest.mark.timeout(120)
 def test_uring_reads_a_cold_backlog_through_the_ring(start_broker, fetches):
     """The same cold backlog with io="uring": fetched through the ring, entries identical."""
-    broker = start_broker()
-    payloads = [random.Random(i).randbytes(3000 + i % 2000) for i in range(2500)]
-    with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as client:
-        for i in range(0, len(payloads), 25):
-            client.batch_append("t", payloads[i:i + 25])
-        head = [[(e.offset, e.data) for e in client.batch_read("t", 1, group="g")] for _ in range(3)]
-    broker.stop()
-    files = block_files(broker.root)
-    evict(files)
-    assert resident_share(files) < 0.05
-    broker = start_broker()
+    broker, payloads, head = cold_backlog(start_broker)
     with shmwal.connect(broker.data_dir, key=broker.key, io="uring") as client:
         first = client.batch_read("t", 1 << 20, group="g")
         assert fetches["reads"] == 1 and fetches["served"] == 1, dict(fetches)

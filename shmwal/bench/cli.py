@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=tempfile.gettempdir(),
                    help="where each run makes its fresh shmwal data directory and zmq sockets "
                         "(default: the temp dir, a real disk, so fsync costs what it costs; /dev/shm: tmpfs)")
-    p.add_argument("--consistency", default="at-least-once:1000",
-                   help="shmwal delivery mode: strict | at-least-once:N (default at-least-once:1000)")
+    p.add_argument("--consistency", default="strict",
+                   help="shmwal delivery mode: strict | at-least-once:N (default strict, as the API)")
     p.add_argument("--repeat", type=int, help="runs per cell, median kept (default 3; quick 1): "
                                               "figures on a shared VM vary by 1.5x from run to run")
     p.add_argument("--timeout", type=float, help="seconds before a run is killed as TIMEOUT (default 120; quick 30)")

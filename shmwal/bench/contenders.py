@@ -358,7 +358,7 @@ class ShmwalContender(Contender):
     family = "shmwal"
     pubsub = True
 
-    def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="at-least-once:1000"):
+    def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="strict"):
         self.fsync_ms = fsync_ms            # None: NoFsync()
         self.batched = batched or zero_copy
         self.zero_copy = zero_copy
@@ -477,7 +477,7 @@ class ShmwalReceiver:
         self.client.close()
 
 
-def all_contenders(consistency: str = "at-least-once:1000") -> list[Contender]:
+def all_contenders(consistency: str = "strict") -> list[Contender]:
     """Every contender, peers first (the report's 'best peer' is taken among family 'peer')."""
     shmwal_rows = [
         ShmwalContender(fsync_ms, batched=batched, consistency=consistency)
