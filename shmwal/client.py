@@ -95,7 +95,7 @@ class Client:
         return appender.batch_append(items)
 
     def read_next(self, topic, *, group="default", checkpoint=True, timeout=0.0):
-        if timeout != 0.0 or type(timeout) is not float:
+        if timeout is not None and (timeout != 0.0 or type(timeout) is not float):
             timeout = check_timeout(timeout)
         if not self._alive:
             self._revive()

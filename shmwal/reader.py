@@ -99,7 +99,13 @@ class GroupReader:
             died = sync.lock(self.mutex)
             try:
                 taken = None
-                if self.client._io_uring is not None and not died and not zero_copy:
+                if died or zero_copy:
+                    pass
+                elif max_entries == 1:   # read_next after a wait: the common case is the fast one
+                    found = self._fast(checkpoint)
+                    if found is not None:
+                        taken = [found], 0
+                elif self.client._io_uring is not None:
                     taken = self._take_uring(max_entries, max_bytes, checkpoint)
                 entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died,
                                                          zero_copy=zero_copy)

@@ -94,7 +94,7 @@ def test_consumers_killed_mid_read(start_broker, data_dir, tmp_path, mode):
         except shmwal.ShmwalError as exc:
             pytest.skip(f"io_uring is not available here: {exc}")
     consistency = shmwal.AtLeastOnce(persist_every=persist_every) if mode == "at-least-once" else shmwal.StrictlyAtOnce()
-    broker = start_broker(consistency=consistency)
+    broker = start_broker(consistency=consistency, fsync=shmwal.NoFsync())   # process kills: NoFsync survives them
     started = time.monotonic()
     with shmwal.connect(data_dir) as client:
         for start in range(0, PREFILL, 2000):

@@ -55,17 +55,17 @@ def _producer(data_dir, writer, incarnation, report_path, stop_path, seed):
         seq = 0
         while not os.path.exists(stop_path):
             r = rng.random()
-            if r < 0.02:
+            if r < 0.005:
                 count, single = 1, True
                 lengths = [rng.randint(*JUMBO)]
             elif r < 0.45:
                 count, single = 1, True
-                lengths = [rng.randint(0, 400)]
+                lengths = [rng.randint(0, 300)]
             else:
                 count, single = rng.randint(1, 60), False
-                lengths = [rng.randint(0, 400) if rng.random() < 0.97 else rng.randint(400, 6000)
+                lengths = [rng.randint(0, 300) if rng.random() < 0.98 else rng.randint(300, 6000)
                            for _ in range(count)]
-                if rng.random() < 0.01:
+                if rng.random() < 0.005:
                     lengths[rng.randrange(count)] = rng.randint(*JUMBO)
             payloads = [make_payload(writer, incarnation, seq, i, count, n, rng)
                         for i, n in enumerate(lengths)]
@@ -160,7 +160,9 @@ class Producers:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_producers_killed_at_random_instants_lose_nothing_and_expose_nothing(start_broker, data_dir, tmp_path):
-    broker = start_broker(block_size=BLOCK, blocks_per_file=4)
+    # NoFsync: these are process kills, which NoFsync survives (API.md); an fsync schedule would
+    # only make the progress deadline depend on how fast this machine's disk writes back.
+    broker = start_broker(block_size=BLOCK, blocks_per_file=4, fsync=shmwal.NoFsync())
     started = time.monotonic()
     rng = random.Random(20240603)
     kills = targeted_in_lock = 0
@@ -271,7 +273,8 @@ def test_producers_killed_at_random_instants_lose_nothing_and_expose_nothing(sta
     elapsed = time.monotonic() - started
     print(f"\nproducer drill: {kills} kills ({targeted_in_lock} aimed at the writer-mutex holder), "
           f"{recoveries} dead-holder recoveries seen by survivors, {len(returned)} returned appends, "
-          f"{next_offset} entries, {len(unreported)} landed appends of killed producers, "
+          f"{next_offset} entries ({sum(len(e.data) for e in entries) >> 20} MiB), "
+          f"{len(unreported)} landed appends of killed producers, "
           f"slowest progress after a kill {max(progress_waits):.3f}s, {elapsed:.1f}s")
     assert kills >= KILLS
     assert recoveries >= 3, (f"only {recoveries} of {kills} kills landed while the victim held the writer mutex: "
