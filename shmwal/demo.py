@@ -31,7 +31,9 @@ def payload(producer: int, seq: int, size: int) -> bytes:
     return _ID.pack(producer, seq) + body
 
 
-def produce(client, producer: int, count: int, size: int, batch: int) -> None:
+def produce(client, producer: int, count: int, size: int, batch: int, start) -> None:
+    client.topics()          # connected before the start line: the clock measures the log, not start-up
+    start.wait()
     if batch <= 1:
         append = client.append
         for seq in range(count):
@@ -41,8 +43,10 @@ def produce(client, producer: int, count: int, size: int, batch: int) -> None:
         client.batch_append(TOPIC, [payload(producer, seq, size) for seq in range(start, min(count, start + batch))])
 
 
-def consume(client, group: int, total: int, out: str) -> None:
+def consume(client, group: int, total: int, out: str, start) -> None:
     """Read until the group has taken all ``total`` entries; save what this process got."""
+    client.topics()
+    start.wait()
     ids = []
     bad = 0
     while True:
@@ -82,17 +86,21 @@ def main(argv=None) -> int:
         with shmwal.Broker(data_dir, fsync=shmwal.FsyncEvery(milliseconds=200)) as broker:
             client = shmwal.connect(data_dir)
             outs = {}
-            started = time.perf_counter()
+            start = ctx.Barrier(sum(groups.values()) + len(producers) + 1)
             for group, n in groups.items():
                 for i in range(n):
                     out = os.path.join(data_dir, f"{group}-{i}.npy")
                     outs.setdefault(group, []).append(out)
-                    workers.append(ctx.Process(target=consume, args=(client, group, total, out), name=f"{group}-{i}"))
+                    workers.append(ctx.Process(target=consume, args=(client, group, total, out, start),
+                                               name=f"{group}-{i}"))
             for producer, batch in producers:
-                workers.append(ctx.Process(target=produce, args=(client, producer, args.entries, args.size, batch),
-                                           name=f"producer-{producer}"))
+                workers.append(ctx.Process(target=produce, args=(client, producer, args.entries, args.size, batch,
+                                                                 start), name=f"producer-{producer}"))
             for w in workers:
                 w.start()
+            print(f"starting {len(workers)} worker processes ...", flush=True)
+            start.wait(timeout=120)   # every worker is up and connected: the clock starts now
+            started = time.perf_counter()
             last_line = 0.0
             while any(w.is_alive() for w in workers):
                 time.sleep(0.05)
