@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import logging
+import mmap
 import os
 import select
 import selectors
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import posix_ipc
 
@@ -154,6 +156,11 @@ class BrokerServer:
         self._sync_wakeup = threading.Event()
         self._next_topic_id = 1
         self._populate_broken = False
+        # Disk work an appender must not wait for: the next block file, and
+        # faulting in blocks handed out ahead (one thread each, so a long
+        # populate never delays a file switch).
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-files")
+        self._faulting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-populate")
 
     # ------------------------------------------------------------------ start
     def open(self) -> None:
@@ -215,7 +222,8 @@ class BrokerServer:
         next_file = 1
         for file_id in BlockAllocator(self.blocks_dir, 1, 1).existing_files():
             next_file = max(next_file, file_id + 1)
-        self.allocator = BlockAllocator(self.blocks_dir, self.block_size, self.blocks_per_file, next_file)
+        self.allocator = BlockAllocator(self.blocks_dir, self.block_size, self.blocks_per_file, next_file,
+                                        submit=self._disk.submit)
         damaged = []
         for name in sorted(os.listdir(self.topics_dir)):
             tdir = os.path.join(self.topics_dir, name)
@@ -520,12 +528,22 @@ class BrokerServer:
         return file_id
 
     def _populate(self, file_id: int, file_offset: int, capacity: int) -> None:
-        if self._populate_broken:
-            return
+        if not self._populate_broken:
+            self._faulting.submit(self._populate_now, file_id, file_offset, capacity)
+
+    def _populate_now(self, file_id: int, file_offset: int, capacity: int) -> None:
+        """(populate thread) Fault a block's pages in through a mapping of its own."""
         try:
-            self.files.map(file_id).madvise(MADV_POPULATE_WRITE, file_offset, capacity)
+            fd = os.open(self.files.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
+            return   # reclaimed meanwhile
+        try:
+            with mmap.mmap(fd, file_offset + capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+                mm.madvise(MADV_POPULATE_WRITE, file_offset, capacity)
+        except (OSError, ValueError):
             self._populate_broken = True  # not supported here: writers fault pages in themselves
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ reclamation
     def reclaim(self) -> None:
@@ -629,6 +647,10 @@ class BrokerServer:
         self._sync_wakeup.set()
         if self._syncer is not None:
             self._syncer.join(timeout=10)
+        self._faulting.shutdown(wait=True, cancel_futures=True)
+        if self.allocator is not None:
+            self.allocator.discard_spare()
+        self._disk.shutdown(wait=True)
         try:
             if self.allocator is not None:
                 self.sync_all(force=True)
@@ -696,7 +718,7 @@ class Broker:
                 "--block-size", str(self.block_size), "--blocks-per-file", str(self.blocks_per_file),
                 "--ready-fd", str(write_fd), "--die-with-parent", str(os.getpid())]
         if self.key is not None:
-            argv += ["--key", self.key]
+            argv += ["--key", names.sanitize_key(self.key)]   # the same namespace, and no NUL in argv
         make_private_dir(self.data_dir)
         make_private_dir(self.root)
         log_path = os.path.join(self.root, "broker.log")

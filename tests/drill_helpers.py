@@ -373,3 +373,63 @@ def broker_log(root: str) -> str:
             with open(path, errors="replace") as f:
                 return f.read()
     raise AssertionError(f"no broker log found for {root}")
+
+
+def kill_inside_lock(lock_owner, victims: dict, timeout: float = 2.0):
+    """SIGKILL one of ``victims`` (pid -> key) at an instant it holds a lock; return its key, or None.
+
+    ``lock_owner()`` reads the TID in the lock's futex word (single-threaded victims: TID == pid).
+    The owner is stopped (SIGSTOP) and the word read again: if it still names the owner, the
+    owner is frozen inside its critical section and the SIGKILL lands there; otherwise it is
+    let go (SIGCONT) and the next owner is tried.
+    """
+    deadline = Deadline(timeout)
+    while not deadline.expired():
+        pid = lock_owner()
+        if pid not in victims:
+            continue
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        if _stopped(pid) and lock_owner() == pid:
+            os.kill(pid, signal.SIGKILL)
+            return victims[pid]
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
+def _stopped(pid: int, timeout: float = 1.0) -> bool:
+    """Wait until ``pid`` is really stopped (SIGSTOP is delivered asynchronously)."""
+    deadline = Deadline(timeout)
+    while not deadline.expired():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in "Tt":
+                    return True
+        except OSError:
+            return False
+    return False
+
+
+def dump_stacks_on_sigusr1(report_path: str) -> None:
+    """In a drill child: SIGUSR1 writes its Python stacks to ``<report_path>.stack``."""
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1, file=open(report_path + ".stack", "w"), all_threads=True)
+
+
+def stacks_of(pid: int, report_path: str) -> str:
+    """Ask a child set up with dump_stacks_on_sigusr1 for its stacks; return them (or why not)."""
+    stack = report_path + ".stack"
+    try:
+        wchan = open(f"/proc/{pid}/wchan").read()
+        os.kill(pid, signal.SIGUSR1)
+    except OSError as exc:
+        return f"pid {pid}: {exc}"
+    if poll(lambda: report_size(stack) > 0, 2):
+        time.sleep(0.2)   # let faulthandler finish writing
+        with open(stack) as f:
+            text = f.read()
+        main = text[text.rfind("Current thread"):] if "Current thread" in text else text
+        return f"pid {pid} in {wchan}:\n{main[:1500]}"
+    return f"pid {pid} in {wchan}: no stack dumped"

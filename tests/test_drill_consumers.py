@@ -33,9 +33,9 @@ import pytest
 
 import shmwal
 from shmwal.blocks import layout as L
-from drill_helpers import (Children, Deadline, MetaView, instrument_lock_recovery, kill_and_reap,
-                           meta_path, offset_payload, offset_payload_ok, open_report, poll,
-                           read_report)
+from drill_helpers import (Children, MetaView, dump_stacks_on_sigusr1, instrument_lock_recovery, kill_and_reap,
+                           kill_inside_lock, meta_path, offset_payload, offset_payload_ok, open_report, poll,
+                           read_report, stacks_of)
 
 TOPIC = "drill-consumers"
 GROUP = "g"
@@ -50,6 +50,7 @@ CTX = multiprocessing.get_context("fork")
 
 def _consumer(data_dir, report_path, stop_path, seed, io):
     fd = open_report(report_path)
+    dump_stacks_on_sigusr1(report_path)
     try:
         instrument_lock_recovery(fd)
         rng = random.Random(seed)
@@ -130,10 +131,9 @@ def test_consumers_killed_mid_read(start_broker, data_dir, tmp_path, mode):
                 time.sleep(rng.uniform(0.01, 0.1))
                 victim = None
                 if kills % 2 == 0:
-                    pids = {p.pid: slot for slot, (p, _) in procs.items()}
-                    deadline = Deadline(1.0)
-                    while victim is None and not deadline.expired():
-                        victim = pids.get(view.group_mutex_owner(gslot))
+                    # Inside the group mutex: freeze its holder, check it still holds it, kill it.
+                    victim = kill_inside_lock(lambda: view.group_mutex_owner(gslot),
+                                              {p.pid: slot for slot, (p, _) in procs.items()})
                     aimed += victim is not None
                 if victim is None:
                     victim = rng.randrange(CONSUMERS)
@@ -147,6 +147,12 @@ def test_consumers_killed_mid_read(start_broker, data_dir, tmp_path, mode):
         open(stop_path, "w").close()
         for slot, (p, path) in procs.items():
             p.join(20)
+            if p.exitcode is None:
+                view = MetaView(meta_path(broker.root, TOPIC))
+                word = view.u32(L.group_slot_at(gslot) + L.G_MUTEX)
+                view.close()
+                pytest.fail(f"consumer {slot} does not stop: {read_report(path)[-3:]}; group mutex word {word:#x}; "
+                            + "; ".join(stacks_of(q.pid, qpath) for q, qpath in procs.values() if q.is_alive()))
             assert p.exitcode == 0, f"consumer {slot} exited with {p.exitcode}: {read_report(path)[-3:]}"
 
     # The rest is read by this process, as one more consumer of the group.
@@ -196,7 +202,7 @@ def test_consumers_killed_mid_read(start_broker, data_dir, tmp_path, mode):
     assert len(gaps) <= kills and all(b - a <= MAX_PER_READ for a, b in gaps), \
         (f"offsets skipped beyond what {kills} kills can explain (one read of <= {MAX_PER_READ} each): "
          f"{len(missing)} missing in {len(gaps)} runs, e.g. {gaps[:5]}")
-    print(f"\nconsumer drill ({mode}): {kills} kills ({aimed} aimed at the group-mutex holder), "
+    print(f"\nconsumer drill ({mode}): {kills} kills ({aimed} inside the group mutex), "
           f"{recoveries} dead-holder recoveries, {by_drill} entries received by killed/killable consumers, "
           f"{len(missing)} in flight at kills ({len(gaps)} runs), {len(twice)} re-delivered, "
           f"{time.monotonic() - started:.1f}s")

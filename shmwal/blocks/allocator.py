@@ -4,6 +4,11 @@ Blocks are carved from pre-allocated files in order and never reused: a file
 is deleted once every block it handed out has been reclaimed and it will
 hand out no more (Walrus's scheme).  An entry larger than a block gets a
 "jumbo" file holding one block of its own size.
+
+Creating a file (fallocate, fsync, fsync of the directory) can take long on
+a real disk, and an appender asking for a block waits holding its topic's
+writer mutex.  So, given a ``submit`` (an executor's), the allocator keeps
+the next file prepared in the background: a file switch then costs nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from .files import create_block_file
 
 
 class BlockAllocator:
-    def __init__(self, directory: str, block_size: int, blocks_per_file: int, next_file_id: int = 1):
+    def __init__(self, directory: str, block_size: int, blocks_per_file: int, next_file_id: int = 1,
+                 submit=None):
         self.directory = directory
+        self._submit = submit                # fn(callable, *args) -> Future, or None: all synchronous
+        self._spare = None                   # (file_id, Future) of the next file being prepared
         self.block_size = block_size
         self.blocks_per_file = blocks_per_file
         self.next_file_id = max(1, next_file_id)
@@ -46,10 +54,43 @@ class BlockAllocator:
         return self._current, file_offset, self.block_size
 
     def _new_file(self, size: int) -> int:
+        regular = size == self.block_size * self.blocks_per_file
+        if regular and self._spare is not None:
+            file_id, future = self._spare
+            self._spare = None
+            try:
+                future.result()          # usually long done
+            except OSError:
+                pass                     # e.g. ENOSPC then: try again now, and let it raise
+            else:
+                self._prepare_spare()
+                return file_id
         file_id = self.next_file_id
-        create_block_file(self.directory, file_id, size)
         self.next_file_id += 1
+        create_block_file(self.directory, file_id, size)
+        if regular:
+            self._prepare_spare()
         return file_id
+
+    def _prepare_spare(self) -> None:
+        if self._submit is None:
+            return
+        file_id = self.next_file_id
+        self.next_file_id += 1
+        self._spare = (file_id, self._submit(create_block_file, self.directory, file_id,
+                                             self.block_size * self.blocks_per_file))
+
+    def discard_spare(self) -> None:
+        """At shutdown: the prepared file holds nothing; remove it."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        file_id, future = spare
+        try:
+            future.result()
+            os.unlink(os.path.join(self.directory, L.block_file_name(file_id)))
+        except OSError:
+            pass
 
     def free(self, file_id: int, file_offset: int) -> None:
         self.live.get(file_id, set()).discard(file_offset)
