@@ -90,7 +90,10 @@ def block_files(root: str) -> list[str]:
 def resident_share(paths) -> float:
     total = resident = 0
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue   # the broker's prepared spare file, removed at its stop: nothing to evict
         try:
             size = os.fstat(fd).st_size
             resident += resident_fraction(fd, 0, size) * size
@@ -103,7 +106,10 @@ def resident_share(paths) -> float:
 def warm(paths) -> float:
     chunk = 8 * MIB
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue   # the broker's prepared spare file, removed at its stop: nothing to evict
         try:
             size = os.fstat(fd).st_size
             for off in range(0, size, chunk):
@@ -116,7 +122,10 @@ def warm(paths) -> float:
 def evict(paths) -> None:
     os.sync()
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue   # the broker's prepared spare file, removed at its stop: nothing to evict
         try:
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

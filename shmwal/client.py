@@ -369,9 +369,10 @@ def _make_fetcher(io: str):
         # is the mapping, cold backlog included: a backlog read is sequential
         # (one range a batch, nothing to overlap), kernel readahead serves page
         # faults as well as it serves io_uring, and decoding, not I/O, bounds
-        # small entries.  scripts/bench_uring.py: io_uring/mmap 0.73-0.94x warm,
-        # 0.86-0.94x cold (README).  The mincore check "auto" would need cost
-        # up to 45 us a batch on top.  Re-measure before changing this.
+        # small entries.  scripts/bench_uring.py (two runs): io_uring/mmap
+        # 0.73-0.95x warm, 0.86-0.94x cold, 64 KiB cold once 1.10x inside a
+        # 0.50-1.56x spread (README).  The mincore check "auto" would need
+        # costs up to 45 us a batch on top.  Re-measure before changing this.
         return None
     from .uring import probe
     from .uring.fetch import UringFetcher
