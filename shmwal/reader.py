@@ -86,6 +86,11 @@ class GroupReader:
         self.w_reads = (at + L.G_READS) // 8
         self.at_cursor = at + L.G_CURSOR
         self._strict_sync = client._strict_sync   # handles are rebuilt when the broker changes
+        self._mm = meta.mm
+        self._fast_block = -1          # _fast's cache: the hint's block, its mapping and limit,
+        self._fast_buf = None          # and the first offset of the block after it once that
+        self._fast_limit = 0           # is published (NO_HINT until then)
+        self._fast_next_first = NO_HINT
         self.waiters = meta.base + L.H_WAITERS
         self._blocks: dict[int, tuple] = {}   # chain slot -> (mmap, file_offset, capacity, first_offset, limit, read-only view)
         self._record_key = None               # (chain slot, position) of the cached parsed record
@@ -150,20 +155,26 @@ class GroupReader:
 
     def _fast(self, checkpoint: bool):
         words = self.words
-        mm = self.meta.mm
+        mm = self._mm
         cursor, hint_offset, block, pos = _group_unpack(mm, self.at_cursor)
         if cursor != hint_offset or cursor >= words[_W_NEXT]:
             return None
-        published = words[_W_PUBLISHED]
-        if block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= cursor:
-            return None
-        found = self._blocks.get(block)
-        if found is None:
-            return None
-        buf = found[0]
+        if block != self._fast_block:
+            found = self._blocks.get(block)
+            if found is None:
+                return None
+            self._fast_block, self._fast_buf, self._fast_limit = block, found[0], found[4]
+            self._fast_next_first = NO_HINT
+        next_first = self._fast_next_first
+        if next_first == NO_HINT and block + 1 < words[_W_PUBLISHED]:
+            # Published once, a block's first offset never changes: look it up once.
+            next_first = self._fast_next_first = words[_W_CHAIN_FIRST + (block + 1) * 4]
+        if cursor >= next_first:
+            return None   # the entry is in a later block
+        buf = self._fast_buf
         count, batch_left, first, data_bytes, check, length, digest = _single_unpack(buf, pos)
         end = pos + 48 + length
-        if count != 1 or first != cursor or end > found[4]:
+        if count != 1 or first != cursor or end > self._fast_limit:
             return None
         seed = (cursor * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
         data = buf[pos + 48:end]
@@ -174,7 +185,7 @@ class GroupReader:
             _hint_pack(mm, self.at_cursor + 8, cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK)
             words[self.w_cursor] = cursor + 1
             if self._strict_sync:
-                self.meta.mm.flush(self.group_page, L.PAGE)
+                mm.flush(self.group_page, L.PAGE)
         return make_entry(Entry, (self.topic, cursor, data))
 
     def seek(self, offset: int) -> None:
@@ -403,6 +414,7 @@ class GroupReader:
         if files.generation != self._generation:
             self._blocks.clear()
             self._record_key = self._record = None
+            self._fast_block = -1
             self._generation = files.generation
 
     def _block(self, block: int) -> tuple:

@@ -13,10 +13,10 @@ Block file
     sized for an entry larger than a block.  Each block starts with a
     BLOCK_HEADER naming its topic, its index in the topic's chain and the
     offset of its first entry, so that chains can be rebuilt from blocks
-    alone.  Records follow, 8-byte aligned, back to back.
+    alone.  Records follow back to back, each starting on a 64-byte cache line (ALIGN).
 
 Record (one append, or the part of a batch that fits in one block)
-    RECORD_HEADER (32 B) | table: count x (length u64, digest u64) | payloads | pad to 8
+    RECORD_HEADER (32 B) | table: count x (length u64, digest u64) | payloads | pad to ALIGN
     header = count u32, batch_left u32, first_offset u64, data_bytes u64, check u64
     digest = xxh3_64(payload, seed=entry_seed(offset)): binds a payload to its offset.
     ``check`` binds the header fields to the table (see record_seed), so a
