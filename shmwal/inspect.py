@@ -43,7 +43,8 @@ def topic_stats(meta: TopicMeta) -> dict:
         groups[group] = {"position": position, "lag": max(0, next_offset - position)}
     return {
         "entries": next_offset - first_offset,
-        "bytes": meta.get(L.H_BYTES) - meta.get(L.H_RECLAIMED_BYTES),
+        # A meta file rebuilt from blocks starts its byte count afresh: never below 0.
+        "bytes": max(0, meta.get(L.H_BYTES) - meta.get(L.H_RECLAIMED_BYTES)),
         "first_offset": first_offset,
         "next_offset": next_offset,
         "files": len(files),
