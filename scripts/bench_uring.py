@@ -54,7 +54,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import shmwal  # noqa: E402
-from shmwal.uring import ReadArena, Ring, probe, resident_fraction  # noqa: E402
+from shmwal.uring import ReadArena, Ring, probe  # noqa: E402
+from shmwal.uring.residency import evict_files as evict  # noqa: E402
+from shmwal.uring.residency import files_resident_fraction as resident_share  # noqa: E402
 from shmwal.uring.fetch import UringFetcher  # noqa: E402
 
 MIB = 1 << 20
@@ -87,29 +89,13 @@ def block_files(root: str) -> list[str]:
     return sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".blk"))
 
 
-def resident_share(paths) -> float:
-    total = resident = 0
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue   # the broker's prepared spare file, removed at its stop: nothing to evict
-        try:
-            size = os.fstat(fd).st_size
-            resident += resident_fraction(fd, 0, size) * size
-            total += size
-        finally:
-            os.close(fd)
-    return resident / total if total else 1.0
-
-
 def warm(paths) -> float:
     chunk = 8 * MIB
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            continue   # the broker's prepared spare file, removed at its stop: nothing to evict
+            continue   # the broker's prepared spare file, removed at its stop
         try:
             size = os.fstat(fd).st_size
             for off in range(0, size, chunk):
@@ -117,20 +103,6 @@ def warm(paths) -> float:
         finally:
             os.close(fd)
     return resident_share(paths)
-
-
-def evict(paths) -> None:
-    os.sync()
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue   # the broker's prepared spare file, removed at its stop: nothing to evict
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def readahead_kb(path: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
 import fcntl
 import json
 import logging
@@ -43,15 +42,14 @@ import posix_ipc
 from . import control, names, sync
 from .blocks import layout as L
 from .blocks.allocator import BlockAllocator
-from .blocks.chain import read_block_header
 from .blocks.codec import BadRecord, read_record
 from .blocks.files import BlockFiles
 from .blocks.meta import TopicMeta, boot_hash
 from .errors import BrokerAlreadyRunning, ShmwalError
-from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach,
-                      consistency_from_wire, fsync_from_wire, parse_consistency, parse_fsync)
+from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach, parse_consistency,
+                      parse_fsync)
 from .inspect import topic_stats
-from .recovery import check_meta, rebuild_meta, recover_topic
+from .recovery import rebuild_meta, recover_topic
 
 log = logging.getLogger("shmwal.broker")
 

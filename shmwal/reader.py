@@ -189,7 +189,7 @@ class GroupReader:
         return make_entry(Entry, (self.topic, cursor, data))
 
     def seek(self, offset: int) -> None:
-        died = sync.lock(self.mutex)
+        sync.lock(self.mutex)   # a dead holder's hint is voided below anyway
         try:
             words = self.words
             offset = max(offset, words[_W_FIRST_OFFSET])

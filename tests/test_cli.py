@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import shmwal
-from conftest import ipc_leftovers, wait_until
+from conftest import ipc_leftovers
 
 
 def shmwal_cli(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_foreground_broker_stops_cleanly_on_a_signal_and_keeps_the_data(data_dir
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    with shmwal.Broker(data_dir, key="cli") as broker, shmwal.connect(data_dir, key="cli") as client:
+    with shmwal.Broker(data_dir, key="cli"), shmwal.connect(data_dir, key="cli") as client:
         assert [e.data for e in client.batch_read("t", 100, group="g")] == [b"b", b"c"]
 
 

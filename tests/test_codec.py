@@ -2,7 +2,6 @@
 
 import pytest
 
-import shmwal
 from shmwal.blocks import codec, layout as L
 from shmwal.blocks.chain import walk_to
 

@@ -26,7 +26,8 @@ from shmwal.blocks import layout as L
 from shmwal.blocks.chain import find_block, walk_to
 from shmwal.blocks.meta import TopicMeta
 from shmwal.reader import GroupReader
-from shmwal.uring import resident_fraction
+from shmwal.uring.residency import evict_files as evict
+from shmwal.uring.residency import files_resident_fraction as resident_share
 from shmwal.uring import ring as ring_mod
 from shmwal.uring.fetch import UringFetcher
 
@@ -181,31 +182,6 @@ def fetches(monkeypatch):
 def block_files(root: str) -> list[str]:
     directory = os.path.join(root, "blocks")
     return sorted(os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".blk"))
-
-
-def resident_share(paths) -> float:
-    """Fraction of the bytes of ``paths`` in the page cache (mincore)."""
-    total = resident = 0
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            resident += resident_fraction(fd, 0, size) * size
-            total += size
-        finally:
-            os.close(fd)
-    return resident / total if total else 1.0
-
-
-def evict(paths) -> None:
-    os.sync()
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------- identical entries

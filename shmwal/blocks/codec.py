@@ -12,9 +12,11 @@ nothing in the record can be trusted) or yield a per-entry ``bad`` mark
 
 from __future__ import annotations
 
+import sys
+from array import array
+from itertools import accumulate
 from typing import NamedTuple, Sequence
 
-import numpy as np
 import xxhash
 
 from . import layout as L
@@ -23,7 +25,10 @@ xxh = xxhash.xxh3_64_intdigest
 _header_unpack = L.RECORD_HEADER.unpack_from
 _single_pack = L.SINGLE_RECORD.pack_into
 _table_pack = L.TABLE_ENTRY.pack
-_TABLE_DTYPE = np.dtype([("length", "<u8"), ("sum", "<u8")])
+# Tables are (length, digest) pairs of little-endian u64: an array("Q") on this
+# (little-endian, x86-64) machine, so no numpy on the data path: importing it
+# starts an OpenBLAS thread that spins on a CPU for ~50 ms in every process.
+assert sys.byteorder == "little" and array("Q").itemsize == 8
 
 
 class BadRecord(Exception):
@@ -69,9 +74,9 @@ def encode_record(buf, pos: int, first_offset: int, batch_left: int,
         return encode_single(buf, pos, first_offset, payloads[0], lengths[0], batch_left)
     data_bytes = sum(lengths)
     seed = L.entry_seed
-    table = np.empty(count, dtype=_TABLE_DTYPE)
-    table["length"] = lengths
-    table["sum"] = [xxh(p, seed(first_offset + i)) for i, p in enumerate(payloads)]
+    table = array("Q", bytes(16 * count))
+    table[0::2] = array("Q", lengths)
+    table[1::2] = array("Q", [xxh(p, seed(first_offset + i)) for i, p in enumerate(payloads)])
     table_bytes = table.tobytes()
     check = xxh(table_bytes, L.record_seed(count, batch_left, first_offset, data_bytes))
     L.RECORD_HEADER.pack_into(buf, pos, count, batch_left, first_offset, data_bytes, check)
@@ -115,13 +120,14 @@ def read_record(buf, pos: int, limit: int) -> Record:
         return Record(pos, 1, batch_left, first_offset, size, data_at, [length], [digest], [data_at])
     if xxh(table, seed) != check:
         raise BadRecord(f"record at {pos}: header check mismatch")
-    parsed = np.frombuffer(table, dtype=_TABLE_DTYPE)
-    lengths = parsed["length"].tolist()
+    parsed = array("Q")
+    parsed.frombytes(table)
+    lengths = parsed[0::2].tolist()
     if sum(lengths) != data_bytes:
         raise BadRecord(f"record at {pos}: lengths do not add up to {data_bytes}")
-    starts = (np.cumsum(parsed["length"]) - parsed["length"] + data_at).tolist()
+    starts = list(accumulate(lengths[:-1], initial=data_at))
     return Record(pos, count, batch_left, first_offset, size, data_at,
-                  lengths, parsed["sum"].tolist(), starts)
+                  lengths, parsed[1::2].tolist(), starts)
 
 
 def entry_bytes(buf, record: Record, index: int, copy: bool = True):
@@ -147,6 +153,7 @@ def find_next_record(buf, start: int, limit: int, after_offset: int, max_offset:
     candidates (a plausible count and first offset) and ``read_record``
     confirms them, so damage costs a vector scan, not a Python loop.
     """
+    import numpy as np   # here only: damage is rare, and numpy costs every process a spinning thread
     start = L.align(start)
     end = limit - L.RECORD_HEADER_SIZE
     if end < start:
