@@ -9,7 +9,7 @@ store of ``H_NEXT_OFFSET``.  So:
 * a writer killed anywhere leaves nothing visible: its records lie beyond
   ``H_NEXT_OFFSET``, and the next locker (told by EOWNERDEAD) recomputes the
   tail from published state and overwrites them;
-* the broker is asked only for a new block (once per block, not per entry).
+* the broker is asked at most for a new block (it keeps spare blocks ready, so rarely).
 
 Readers are woken after the mutex is released: the release is a locked
 instruction, a full barrier, so the load of ``H_WAITERS`` after it cannot be
@@ -73,7 +73,7 @@ def as_payload(data) -> memoryview:
 
 
 class Appender:
-    """Appends to one topic from this process. Built by Client; not thread-safe on its own caches."""
+    """Appends to one topic from this process (built by Client). Its caches change only under the writer mutex."""
 
     def __init__(self, client, topic: str, meta, files, sem):
         self.client = client
