@@ -98,36 +98,43 @@ class GroupReader:
         self._record = None
 
     # ------------------------------------------------------------------ public
-    def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False) -> list:
+    def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False,
+             seen_next: int | None = None) -> list:
+        """Take entries as batch_read does, waiting up to ``timeout`` for the first.
+
+        ``seen_next``: the caller has just looked and found nothing below this
+        next offset, so the first thing to do is wait, not look again.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            died = sync.lock(self.mutex)
-            try:
-                taken = None
-                if died or zero_copy:
-                    pass
-                elif max_entries == 1:   # read_next after a wait: the common case is the fast one
-                    found = self._fast(checkpoint)
-                    if found is not None:
-                        taken = [found], 0
-                elif self.client._io_uring is not None:
-                    taken = self._take_uring(max_entries, max_bytes, checkpoint)
-                entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died,
-                                                         zero_copy=zero_copy)
-            finally:
-                sync.unlock(self.mutex)
-            if entries or timeout == 0:
-                return entries
-            if self._spin(seen_next):
-                continue
-            if not self._sleep(seen_next, deadline):
-                return entries
-            if self.stale:
-                # The client reconnected to a new broker meanwhile: go on with
-                # fresh handles (the meta file may have been rebuilt).
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                fresh = self.client._reader(self.topic, self.group, create=True)
-                return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy)
+            if seen_next is None:
+                died = sync.lock(self.mutex)
+                try:
+                    taken = None
+                    if died or zero_copy:
+                        pass
+                    elif max_entries == 1:   # read_next after a wait: the common case is the fast one
+                        found = self._fast(checkpoint)
+                        if found is not None:
+                            taken = [found], 0
+                    elif self.client._io_uring is not None:
+                        taken = self._take_uring(max_entries, max_bytes, checkpoint)
+                    entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died,
+                                                             zero_copy=zero_copy)
+                finally:
+                    sync.unlock(self.mutex)
+                if entries or timeout == 0:
+                    return entries
+            if not self._spin(seen_next):
+                if not self._sleep(seen_next, deadline):
+                    return []
+                if self.stale:
+                    # The client reconnected to a new broker meanwhile: go on with
+                    # fresh handles (the meta file may have been rebuilt).
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    fresh = self.client._reader(self.topic, self.group, create=True)
+                    return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy)
+            seen_next = None
 
     def read_one(self, checkpoint: bool, timeout):
         """read_next: the fast path for a one-entry record at a valid hint, else ``_take``.
@@ -143,14 +150,14 @@ class GroupReader:
             found = None if died else self._fast(checkpoint)
             if found is not None:
                 return found
-            entries, _ = self._take(1, L.MAX_ENTRY, checkpoint, died)
+            entries, seen_next = self._take(1, L.MAX_ENTRY, checkpoint, died)
         finally:
             _unlock(mutex)
         if entries:
             return entries[0]
         if timeout == 0:
             return None
-        entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout)
+        entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout, seen_next=seen_next)
         return entries[0] if entries else None
 
     def _fast(self, checkpoint: bool):
@@ -339,7 +346,7 @@ class GroupReader:
             p = meta.chain(b)[1] + L.BLOCK_HEADER_SIZE
         fetcher = self.client._io_uring
         files = self.files
-        self._sweep()   # a reader the ring serves alone never reaches _block's sweep
+        self._forget_dropped_files()   # the ring's reads sweep files (files.fd) without _block
         try:
             view, got = fetcher.read(files, plan, arena_at)
         except OSError:
@@ -407,10 +414,9 @@ class GroupReader:
                 self.meta.mm.flush(self.group_page, L.PAGE)
         return out, next_offset
 
-    def _sweep(self) -> None:
-        """Let go of files the broker deleted (rate-limited), and of cached blocks in them."""
+    def _forget_dropped_files(self) -> None:
+        """Drop cached blocks whose files BlockFiles let go of (the broker deleted them)."""
         files = self.files
-        files.maybe_sweep()
         if files.generation != self._generation:
             self._blocks.clear()
             self._record_key = self._record = None
@@ -420,9 +426,9 @@ class GroupReader:
     def _block(self, block: int) -> tuple:
         found = self._blocks.get(block)
         if found is None:
-            self._sweep()
             file_id, file_offset, capacity, first = self.meta.chain(block)
-            mapping = self.files.map(file_id)
+            mapping = self.files.map(file_id)   # may sweep deleted files: forget them next
+            self._forget_dropped_files()
             found = (mapping, file_offset, capacity, first, file_offset + capacity,
                      memoryview(mapping).toreadonly())
             if len(self._blocks) > 64:

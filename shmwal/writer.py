@@ -240,7 +240,6 @@ class Appender:
         block = 0 if current == NO_BLOCK else current + 1
         need = L.BLOCK_HEADER_SIZE + record_bytes
         chain = meta.base + L.H_CHAIN_MUTEX
-        self.files.maybe_sweep()   # once a block: a writer too must let go of reclaimed files
         for attempt in range(3):
             sync.lock(chain)
             try:

@@ -279,3 +279,18 @@ def append_until_unavailable(client, topic: str, tag: int, limit: float = 30.0) 
         except shmwal.BrokerUnavailable:
             return {"calls": calls, "unavailable_at": time.monotonic()}
     raise AssertionError("the broker never became unavailable")
+
+
+def connect(broker, **kw):
+    """A client of ``broker``'s data directory and key."""
+    return shmwal.connect(broker.data_dir, key=broker.key, **kw)
+
+
+def read_all(client, topic, group="check", max_bytes=10**9):
+    """Every entry from the group's cursor on, through checkpointed batch reads."""
+    out = []
+    while True:
+        batch = client.batch_read(topic, max_bytes, group=group)
+        if not batch:
+            return out
+        out.extend(batch)

@@ -15,25 +15,11 @@ import pytest
 
 import shmwal
 from conftest import ipc_leftovers, wait_until
-from helpers import expected_batches
+from helpers import connect, expected_batches, read_all
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
-
-
-def connect(broker, **kw):
-    return shmwal.connect(broker.data_dir, key=broker.key, **kw)
-
-
-def read_all(client, topic, group="check", max_bytes=10**9):
-    """Every entry from the group's cursor on, through checkpointed batch reads."""
-    out = []
-    while True:
-        batch = client.batch_read(topic, max_bytes, group=group)
-        if not batch:
-            return out
-        out.extend(batch)
 
 
 def next_offset(client, topic):

@@ -14,8 +14,8 @@ import pytest
 
 import shmwal
 from conftest import ipc_leftovers, wait_until
-from helpers import (START_METHODS, Workers, append_until_unavailable, no_resource_tracker_left,  # noqa: F401
-                     parse_payload, payload, wait_for_entry)
+from helpers import (START_METHODS, Workers, append_until_unavailable, connect,  # noqa: F401
+                     no_resource_tracker_left, parse_payload, payload, read_all, wait_for_entry)
 
 KiB = 1024
 
@@ -23,19 +23,6 @@ CONSISTENCIES = {
     "strict": lambda: shmwal.StrictlyAtOnce(),
     "at-least-once-10": lambda: shmwal.AtLeastOnce(persist_every=10),
 }
-
-
-def connect(broker, **kw):
-    return shmwal.connect(broker.data_dir, key=broker.key, **kw)
-
-
-def read_all(client, topic, group, max_bytes=10**9):
-    out = []
-    while True:
-        batch = client.batch_read(topic, max_bytes, group=group)
-        if not batch:
-            return out
-        out.extend(batch)
 
 
 def kill_broker(broker) -> float:

@@ -58,6 +58,7 @@ class BlockFiles:
     def map(self, file_id: int) -> mmap.mmap:
         mm = self._maps.get(file_id)
         if mm is None:
+            self.maybe_sweep()   # a new file to map: a good moment to let go of deleted ones
             fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 if os.fstat(fd).st_size == 0:   # mmap refuses empty files: a damaged (truncated) one
@@ -71,6 +72,7 @@ class BlockFiles:
     def fd(self, file_id: int) -> int:
         fd = self._fds.get(file_id)
         if fd is None:
+            self.maybe_sweep()
             fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             self._fds[file_id] = fd
         return fd
@@ -90,10 +92,12 @@ class BlockFiles:
             os.close(fd)
 
     def maybe_sweep(self) -> None:
-        """Drop the mappings of files the broker deleted (rate-limited; called off the hot path).
+        """Drop the mappings of files the broker deleted (rate-limited).
 
         A deleted file's pages stay allocated while any process maps it, so a
-        long-lived client must let go of what reclamation removed.
+        long-lived client must let go of what reclamation removed.  Called on
+        every map/fd miss (a move to a new file), never on the hot path;
+        users holding mappings watch ``generation`` to drop their caches.
         """
         now = time.monotonic()
         if now < self._next_sweep:
