@@ -6,9 +6,19 @@ venv="${SHMWAL_VENV:-$(mktemp -d /tmp/shmwal-venv.XXXXXX)}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e ".[test,bench]"
+# The compiled hot path is optional for users (no compiler: pure Python), never for the tests.
+"$venv/bin/python" -c "from shmwal.hot import native; assert native, 'shmwal._hot was not built'"
 set +e
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
 status=$?
+if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
+  # The pure-Python hot path again, where it differs from the compiled one.
+  echo "--- again with SHMWAL_PURE_PYTHON=1 (the paths hot.c replaces)"
+  SHMWAL_PURE_PYTHON=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/test_api_basic.py tests/test_multiprocess.py tests/test_codec.py tests/test_bad_input.py \
+    tests/test_drill_producers.py tests/test_drill_consumers.py
+  status=$?
+fi
 set -e
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 if [ "$status" -eq 5 ]; then

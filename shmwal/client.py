@@ -26,6 +26,7 @@ from . import control, names
 from .blocks import layout as L
 from .blocks.files import BlockFiles
 from .blocks.meta import TopicMeta
+from .entry import Entry
 from .errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, InvalidTopic,
                      ShmwalError)
 from .options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
@@ -83,6 +84,9 @@ class Client:
             appender = self._appenders[topic]
         except (KeyError, TypeError):
             appender = self._appender(topic)
+        offset = appender.hot_append(data)   # hot.c, or -1: the general path below
+        if offset >= 0:
+            return offset
         return appender.append(data)
 
     def batch_append(self, topic, items) -> range:
@@ -105,7 +109,10 @@ class Client:
             reader = self._reader(topic, group, create=timeout != 0)
             if reader is None:
                 return None
-        return reader.read_one(checkpoint, timeout)
+        found = reader.hot_next(checkpoint)   # hot.c: an Entry, or what read_one needs to know
+        if found.__class__ is Entry:
+            return found
+        return reader.read_one(checkpoint, timeout, found)
 
     def batch_read(self, topic, max_bytes, *, group="default", checkpoint=True, timeout=0.0,
                    zero_copy: bool = False) -> list:

@@ -30,6 +30,7 @@ from .blocks.chain import find_block, walk_to
 from .blocks.codec import BadRecord, entry_bytes, read_record, xxh
 from .entry import Entry, make_entry
 from .errors import CorruptEntry
+from .hot import native
 
 _W_NEXT = L.H_NEXT_OFFSET // 8
 _W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
@@ -49,6 +50,9 @@ _trylock = sync.trylock
 _unlock = sync.unlock_raw
 _xxh = xxh
 assert (L.G_HINT_OFFSET, L.G_HINT_CHAIN, L.G_HINT_POS) == (L.G_CURSOR + 8, L.G_CURSOR + 16, L.G_CURSOR + 24)
+_decode = native.decode if native is not None else None
+_DONE = native.DONE if native is not None else 0
+_BLOCK_END = native.BLOCK_END if native is not None else 1
 WAIT_SLICE = 0.25   # a sleeping reader looks at the broker's liveness this often
 SPIN = 400          # publish-word loads before sleeping (~15 µs)
 
@@ -96,6 +100,20 @@ class GroupReader:
         self._record_key = None               # (chain slot, position) of the cached parsed record
         self._generation = files.generation   # of files' mappings that _blocks was filled from
         self._record = None
+        # The compiled read_next (hot.c) unless every read must also msync
+        # (SyncEach with StrictlyAtOnce).  ``hot_next(checkpoint)`` returns an
+        # Entry, an int (nothing below that next offset) or None (general path).
+        self._hot = None
+        self._hot_block = -1
+        self.hot_next = self._no_hot
+        if native is not None:
+            self._hot = native.Reader(meta.mm, slot, topic)
+            if not self._strict_sync:
+                self.hot_next = self._hot.next
+
+    @staticmethod
+    def _no_hot(checkpoint):
+        return None
 
     # ------------------------------------------------------------------ public
     def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False,
@@ -107,6 +125,14 @@ class GroupReader:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if seen_next is None and max_entries == 1 and not zero_copy:
+                found = self.hot_next(checkpoint)
+                if found.__class__ is Entry:
+                    return [found]
+                if found is not None:
+                    seen_next = found
+                    if timeout == 0:
+                        return []
             if seen_next is None:
                 died = sync.lock(self.mutex)
                 try:
@@ -136,13 +162,21 @@ class GroupReader:
                     return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy)
             seen_next = None
 
-    def read_one(self, checkpoint: bool, timeout):
+    def read_one(self, checkpoint: bool, timeout, found=None):
         """read_next: the fast path for a one-entry record at a valid hint, else ``_take``.
 
         ``_fast`` inlines what _take does for that case (see _take for the
         rules); any check that fails sends the read down the general path,
-        under the same lock.
+        under the same lock.  ``found`` is what ``hot_next`` returned, if the
+        caller asked it already: an int means nothing below it to read.
         """
+        if found is not None:
+            if found.__class__ is Entry:
+                return found
+            if timeout == 0:
+                return None
+            entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout, seen_next=found)
+            return entries[0] if entries else None
         mutex = self.mutex
         rc = _trylock(mutex)
         died = rc and sync.lock_contended(mutex, rc)
@@ -241,14 +275,27 @@ class GroupReader:
         c = cursor
         record = None
         index = 0
+        decode = _decode
         try:
             while True:
                 if block < 0 or (block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= c):
                     block = find_block(self.meta, c, words[_W_FIRST_BLOCK], published)
                     pos = -1
-                buf, file_offset, capacity, block_first, _limit, view = self._block(block)
+                buf, file_offset, capacity, block_first, limit, view = self._block(block)
                 if zero_copy:
                     buf = view   # read-only: a view must not let anyone write into the log
+                if pos >= 0 and decode is not None:
+                    # hot.c's loop over records; what it hands back goes through the code below.
+                    next_first = words[_W_CHAIN_FIRST + (block + 1) * 4] if block + 1 < published else NO_HINT
+                    status, c, pos, taken = decode(buf, pos, limit, c, next_offset, next_first,
+                                                   max_entries - len(out), max_bytes - total, bool(out),
+                                                   topic, out, zero_copy)
+                    total += taken
+                    record = None
+                    if status == _DONE:
+                        return out, next_offset
+                    if status == _BLOCK_END:
+                        continue
                 if pos < 0:
                     pos, record = walk_to(buf, file_offset, capacity, block_first, c)
                 else:
@@ -306,6 +353,12 @@ class GroupReader:
                 words[self.w_reads] += len(out)
                 if self._strict_sync:
                     self.meta.mm.flush(self.group_page, L.PAGE)
+                if block != self._hot_block and self._hot is not None:
+                    # read_next's compiled path serves the hint's block from now on.
+                    found = self._blocks.get(block)
+                    if found is not None:
+                        self._hot.set_block(block, found[0], found[4])
+                        self._hot_block = block
 
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool):
         """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
@@ -422,6 +475,9 @@ class GroupReader:
             self._record_key = self._record = None
             self._fast_block = -1
             self._generation = files.generation
+            if self._hot is not None:
+                self._hot.set_block(None)
+                self._hot_block = -1
 
     def _block(self, block: int) -> tuple:
         found = self._blocks.get(block)

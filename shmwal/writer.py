@@ -26,6 +26,7 @@ import threading
 
 from . import sync
 from .blocks import layout as L
+from .hot import native
 from .blocks.chain import find_block, walk_to, write_block_header
 from .blocks.codec import encode_record, xxh
 from .errors import BatchTooLarge, EntryTooLarge, ShmwalError
@@ -72,6 +73,18 @@ def as_payload(data) -> memoryview:
     return view
 
 
+class _Lengths:
+    """``lengths[i]`` of a batch checked by hot.c's measure, computed only where asked."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+    def __getitem__(self, i: int) -> int:
+        return memoryview(self.items[i]).nbytes
+
+
 class Appender:
     """Appends to one topic from this process (built by Client). Its caches change only under the writer mutex."""
 
@@ -89,6 +102,19 @@ class Appender:
         self._meta_mm = meta.mm
         self._buf = None
         self._limit = 0
+        # The compiled single-entry path (hot.c), unless every append must
+        # also fsync (SyncEach: the general path does that).  ``hot_append``
+        # returns the offset, or -1 to say "take append()".
+        self._hot = None
+        self.hot_append = self._no_hot
+        if native is not None:
+            self._hot = native.Appender(meta.mm, sem.name)
+            if not self._sync_each:
+                self.hot_append = self._hot.append
+
+    @staticmethod
+    def _no_hot(data) -> int:
+        return -1
 
     # ------------------------------------------------------------------ public paths
     def append(self, data) -> int:
@@ -161,21 +187,19 @@ class Appender:
                 self._load_block(block)
             first_block = block
             count = len(views)
+            hot = self._hot
             i = 0
             while i < count:
-                room = self._limit - pos
-                j, used = i, L.RECORD_HEADER_SIZE
-                while j < count:
-                    grown = used + L.TABLE_ENTRY_SIZE + lengths[j]
-                    if L.align(grown) > room:
-                        break
-                    used = grown
-                    j += 1
+                if hot is not None and self._buf is not None:
+                    pos, j = hot.encode_run(pos, offset, views, i)
+                else:
+                    j = self._encode_run(pos, offset, views, lengths, i)
+                    if j > i:
+                        pos = encode_record(self._buf, pos, offset, count - j, views[i:j], lengths[i:j])
                 if j == i:
                     # Not even one more entry fits here: the rest of the batch goes on in a new block.
                     block, pos = self._next_block(offset, L.record_size(1, lengths[i]))
                     continue
-                pos = encode_record(self._buf, pos, offset, count - j, views[i:j], lengths[i:j])
                 offset += j - i
                 i = j
             words[_W_TAIL_POS] = pos
@@ -195,6 +219,18 @@ class Appender:
                 self._sync(b)
         return range(first, offset)
 
+    def _encode_run(self, pos: int, offset: int, views, lengths, i: int) -> int:
+        """How many of views[i:] fit in one record at ``pos`` (what hot.c's encode_run computes)."""
+        room = self._limit - pos
+        j, used = i, L.RECORD_HEADER_SIZE
+        while j < len(views):
+            grown = used + L.TABLE_ENTRY_SIZE + lengths[j]
+            if L.align(grown) > room:
+                break
+            used = grown
+            j += 1
+        return j
+
     @staticmethod
     def _check_batch(items):
         if isinstance(items, (bytes, bytearray, memoryview, str)):
@@ -205,6 +241,14 @@ class Appender:
             raise TypeError(f"items must be an iterable of bytes-like objects, not {type(items).__name__}") from None
         if len(items) > L.MAX_BATCH_ENTRIES:
             raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_ENTRIES} entries, got {len(items)}")
+        if native is not None:
+            # One C pass checks every item; hot.c's encode_run reads them as they are.
+            total, longest = native.measure(items)
+            if longest > L.MAX_ENTRY:
+                raise EntryTooLarge(f"an entry holds at most {L.MAX_ENTRY} bytes, got {longest}")
+            if total > L.MAX_BATCH_BYTES:
+                raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_BYTES} bytes, got {total}")
+            return items, _Lengths(items), total
         views = [item if type(item) is bytes else as_payload(item) for item in items]
         lengths = list(map(len, views))  # as_payload's views are flat bytes: len == nbytes
         for n in lengths:
@@ -224,6 +268,8 @@ class Appender:
             self._buf = self.files.map(file_id)
             self._limit = file_offset + capacity
         self._block = block
+        if self._hot is not None:
+            self._hot.set_block(None if block == NO_BLOCK else block, self._buf, self._limit)
 
     def _next_block(self, offset: int, record_bytes: int) -> tuple[int, int]:
         """Move the tail to the next chain slot (asking the broker for a block if need be).
@@ -304,6 +350,8 @@ class Appender:
             words[_W_PUBLISHED] = block + 1
         words[_W_TAIL_OFFSET] = next_offset
         self._block = NO_BLOCK
+        if self._hot is not None:
+            self._hot.set_block(None)
 
     # ------------------------------------------------------------------ after publishing
     def _mark_visible(self) -> None:

@@ -1,0 +1,254 @@
+"""The compiled hot path (shmwal/_native/hot.c) against the Python one it replaces.
+
+Both write and read the same bytes under the same locks, so: the bytes it
+writes equal the codec's, its decoder never returns a wrong payload, and
+processes with and without it share one topic (the whole suite also runs
+with SHMWAL_PURE_PYTHON=1 in .ci/run for the Python path alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import xxhash
+from hypothesis import given, settings, strategies as st
+
+import shmwal
+from shmwal.blocks import codec, layout as L
+from shmwal.blocks.chain import walk_to
+from shmwal.hot import native
+
+pytestmark = pytest.mark.skipif(native is None, reason="shmwal._hot is not built (or SHMWAL_PURE_PYTHON is set)")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000), seed=st.integers(0, 2**64 - 1))
+def test_hash_is_xxhash_xxh3_64(data, seed):
+    assert native.xxh3_64(data, seed) == xxhash.xxh3_64_intdigest(data, seed)
+
+
+def test_layout_constants_are_layout_py():
+    assert {k: getattr(L, k) for k in native.LAYOUT} == native.LAYOUT
+
+
+def _records_from(buf, start: int, end: int) -> list:
+    out, pos = [], start
+    while pos < end:
+        record = codec.read_record(buf, pos, end)
+        out.append(record)
+        pos += record.size
+    return out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sizes", [[0], [100] * 7, [1, 0, 5000, 3, 64, 65], [2000] * 40])
+def test_batches_are_the_bytes_the_codec_writes(client, sizes):
+    """batch_append through encode_run: every record equals codec.encode_record's bytes."""
+    items = [bytes((i * 7 + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
+    offsets = client.batch_append("t", items)
+    meta = client._topic_handles["t"][0]
+    checked = 0
+    for block in range(meta.get(L.H_PUBLISHED_BLOCKS)):
+        file_id, file_offset, capacity, first = meta.chain(block)
+        mapping = client._files.map(file_id)
+        start = file_offset + L.BLOCK_HEADER_SIZE
+        end = meta.get(L.H_TAIL_POS) if block + 1 == meta.get(L.H_PUBLISHED_BLOCKS) else None
+        pos = start
+        while end is None or pos < end:
+            try:
+                record = codec.read_record(mapping, pos, file_offset + capacity)
+            except codec.BadRecord:
+                break
+            if record.first_offset < offsets.start or record.first_offset >= offsets.stop:
+                break
+            k = record.first_offset - offsets.start
+            payloads = items[k:k + record.count]
+            expected = bytearray(record.size)
+            codec.encode_record(expected, 0, record.first_offset, record.batch_left, payloads,
+                                [len(p) for p in payloads])
+            assert bytes(mapping[pos:pos + record.size]) == bytes(expected)
+            assert record.batch_left == len(items) - k - record.count
+            checked += record.count
+            pos += record.size
+    assert checked == len(items)
+
+
+def test_batch_items_of_every_buffer_kind(client):
+    import array
+    items = [b"ab", bytearray(b"cd"), memoryview(b"xxef")[2:], array.array("I", [1, 2]), b""]
+    offsets = client.batch_append("t", items)
+    got = [e.data for e in client.batch_read("t", 1000)]
+    assert got == [b"ab", b"cd", b"ef", array.array("I", [1, 2]).tobytes(), b""]
+    assert list(offsets) == [0, 1, 2, 3, 4]
+
+
+def test_bad_batch_items_are_typed_errors_and_write_nothing(client):
+    import array
+    client.append("t", b"before")
+    strided = memoryview(array.array("I", range(8)))[::2]
+    for bad in ([b"ok", "text"], [b"ok", 5], [b"ok", strided]):
+        with pytest.raises(TypeError):
+            client.batch_append("t", bad)
+    assert client.append("t", b"after") == 1
+    assert [e.data for e in client.batch_read("t", 1000)] == [b"before", b"after"]
+
+
+def _encode_block(payload_runs, first: int = 0) -> tuple[bytearray, list, int]:
+    buf = bytearray(1 << 15)
+    pos, offset, expected = 0, first, []
+    for run in payload_runs:
+        pos = codec.encode_record(buf, pos, offset, 0, run, [len(p) for p in run])
+        expected += [(offset + i, p) for i, p in enumerate(run)]
+        offset += len(run)
+    return buf, expected, pos
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs=st.lists(st.lists(st.binary(max_size=80), min_size=1, max_size=6), min_size=1, max_size=8),
+       flip=st.integers(0, 10**6), bit=st.integers(0, 7), max_entries=st.integers(1, 60),
+       max_bytes=st.integers(0, 400), zero_copy=st.booleans())
+def test_decode_never_returns_a_wrong_payload(runs, flip, bit, max_entries, max_bytes, zero_copy):
+    buf, expected, end = _encode_block(runs)
+    clean = bytes(buf)
+    buf[flip % end] ^= 1 << bit
+    source = memoryview(bytes(buf)) if zero_copy else bytes(buf)
+    out: list = []
+    status, c, pos, taken = native.decode(source, 0, end, 0, len(expected), 2**64 - 1, max_entries,
+                                          max_bytes, False, "t", out, zero_copy)
+    assert all(type(e) is shmwal.Entry and e.topic == "t" for e in out)
+    assert [(e.offset, bytes(e.data)) for e in out] == expected[:len(out)]
+    assert c == len(out) and taken == sum(len(e.data) for e in out)
+    assert len(out) <= max_entries
+    if len(out) > 1:
+        assert taken <= max_bytes
+    if status != native.HAND_BACK:
+        assert status == native.DONE and (len(out) == max_entries or c == len(expected)
+                                          or taken + len(expected[c][1]) > max_bytes)
+    if bytes(buf) == clean:
+        assert status == native.DONE
+
+
+def test_decode_stops_at_the_next_block_and_hands_back_foreign_records():
+    buf, expected, end = _encode_block([[b"a", b"b"], [b"c"], [b"d", b"e"]], first=10)
+    out: list = []
+    status, c, pos, _ = native.decode(bytes(buf), 0, end, 10, 100, 13, 100, 10**9, False, "t", out, False)
+    assert (status, c) == (native.BLOCK_END, 13)
+    assert [e.offset for e in out] == [10, 11, 12]
+    assert pos == _records_from(buf, 0, end)[2].pos
+    out = []   # the cursor (9) is not in the record at 0: Python walks
+    status, c, pos, _ = native.decode(bytes(buf), 0, end, 9, 100, 2**64 - 1, 100, 10**9, False, "t", out, False)
+    assert (status, c, pos, out) == (native.HAND_BACK, 9, 0, [])
+
+
+def test_decode_caps_mid_record_leave_the_hint_on_that_record():
+    buf, expected, end = _encode_block([[b"x" * 10] * 5])
+    out: list = []
+    status, c, pos, taken = native.decode(bytes(buf), 0, end, 1, 5, 2**64 - 1, 100, 25, False, "t", out, False)
+    assert (status, c, pos, taken) == (native.DONE, 3, 0, 20)
+    out = []
+    status, c, pos, taken = native.decode(bytes(buf), 0, end, 0, 5, 2**64 - 1, 100, 0, True, "t", out, False)
+    assert (status, c, pos, taken, out) == (native.DONE, 0, 0, 0, [])   # a cap of 0 with entries already taken
+
+
+# ----------------------------------------------------------------------------- mixed processes
+
+_WORKER = r"""
+import json, sys, shmwal
+from shmwal.hot import native
+data_dir, key, role, tag, n = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+with shmwal.connect(data_dir, key=key) as c:
+    if role == "produce":
+        for i in range(n):
+            if i % 3 == 2:
+                c.batch_append("mixed", [b"%d:%d" % (tag, i), b"%d:%d+" % (tag, i)])
+            else:
+                c.append("mixed", b"%d:%d" % (tag, i))
+        out = None
+    else:
+        out = []
+        while len(out) < n:   # a quarter each: both take part, whichever starts first; the test reads the rest
+            if len(out) % 2:
+                e = c.read_next("mixed", group="g", timeout=2)
+                got = [] if e is None else [e]
+            else:
+                got = c.batch_read("mixed", 40, group="g", timeout=2)
+            if not got:
+                break
+            out += [[e.offset, e.data.decode()] for e in got]
+print(json.dumps({"native": native is not None, "out": out}))
+"""
+
+
+def _spawn(broker, role: str, tag: int, n: int, pure: bool):
+    env = dict(os.environ)
+    if pure:
+        env["SHMWAL_PURE_PYTHON"] = "1"
+    else:
+        env.pop("SHMWAL_PURE_PYTHON", None)
+    return subprocess.Popen([sys.executable, "-c", _WORKER, broker.data_dir, broker.key or "", role, str(tag), str(n)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc) -> dict:
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.timeout(120)
+def test_compiled_and_pure_python_processes_share_a_topic(broker):
+    """Two producers of each kind append at once; one consumer of each kind splits the group."""
+    n = 3000
+    per_producer = n + n // 3                     # every third call appends two entries
+    total = 4 * per_producer
+    procs = []
+    try:
+        producers = [_spawn(broker, "produce", tag, n, pure=tag % 2 == 1) for tag in range(4)]
+        procs += producers
+        consumers = [_spawn(broker, "consume", 9, total // 4, pure=pure) for pure in (False, True)]
+        procs += consumers
+        for p in producers:
+            assert _finish(p)["out"] is None
+        results = [_finish(c) for c in consumers]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [r["native"] for r in results] == [True, False]
+    got = results[0]["out"] + results[1]["out"]
+    assert results[0]["out"] and results[1]["out"]
+    offsets = [o for o, _ in got]
+    assert len(offsets) == len(set(offsets))
+    with shmwal.connect(broker.data_dir, key=broker.key) as c:
+        rest = c.batch_read("mixed", 10**9, group="g")
+        while rest:
+            got += [[e.offset, e.data.decode()] for e in rest]
+            rest = c.batch_read("mixed", 10**9, group="g")
+    assert sorted(o for o, _ in got) == list(range(total))
+    for tag in range(4):
+        mine = [d for _, d in sorted(got) if d.split(":")[0] == str(tag)]
+        assert len(mine) == per_producer
+        seqs = [int(d.split(":")[1].rstrip("+")) for d in mine]
+        assert seqs == sorted(seqs)   # each producer's entries in its own order
+
+
+def test_appender_single_entry_bytes_match_the_codec(client):
+    """Appender.append (hot.c) writes codec.encode_single's bytes, for every buffer kind."""
+    payloads = [b"", b"a", bytearray(b"x" * 100), memoryview(bytes(range(200)))]
+    offsets = [client.append("t", p) for p in payloads]
+    assert offsets == [0, 1, 2, 3]
+    meta = client._topic_handles["t"][0]
+    file_id, file_offset, capacity, first = meta.chain(0)
+    mapping = client._files.map(file_id)
+    for offset, p in zip(offsets, payloads):
+        pos, record = walk_to(mapping, file_offset, capacity, first, offset)
+        expected = bytearray(record.size)
+        codec.encode_single(expected, 0, offset, bytes(p), len(p))
+        assert bytes(mapping[pos:pos + record.size]) == bytes(expected)
