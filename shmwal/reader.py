@@ -107,7 +107,7 @@ class GroupReader:
         self._hot_block = -1
         self.hot_next = self._no_hot
         if native is not None:
-            self._hot = native.Reader(meta.mm, slot, topic)
+            self._hot = native.Reader(meta.mm, slot, topic, sem.name)
             if not self._strict_sync:
                 self.hot_next = self._hot.next
 
@@ -175,6 +175,8 @@ class GroupReader:
                 return found
             if timeout == 0:
                 return None
+            if self.hot_next is not self._no_hot:
+                return self._read_wait(checkpoint, timeout)
             entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout, seen_next=found)
             return entries[0] if entries else None
         mutex = self.mutex
@@ -193,6 +195,29 @@ class GroupReader:
             return None
         entries = self.read(1, L.MAX_ENTRY, checkpoint, timeout, seen_next=seen_next)
         return entries[0] if entries else None
+
+    def _read_wait(self, checkpoint: bool, timeout):
+        """read_one's wait through hot.c: take, spin, sleep and take again without
+        coming back to Python in between (a wake-up costs ~3 us less), except
+        every WAIT_SLICE to look at the broker's liveness and the deadline."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = WAIT_SLICE if deadline is None else max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
+            found = self._hot.read_wait(checkpoint, wait)
+            if found.__class__ is Entry:
+                return found
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if found is None:   # the general path, for the time left
+                entries = self.read(1, L.MAX_ENTRY, checkpoint, left)
+                return entries[0] if entries else None
+            self.client._check_alive()
+            if self.stale:
+                # The client reconnected to a new broker meanwhile: fresh handles (see read).
+                fresh = self.client._reader(self.topic, self.group, create=True)
+                entries = fresh.read(1, L.MAX_ENTRY, checkpoint, left)
+                return entries[0] if entries else None
+            if left == 0:
+                return None
 
     def _fast(self, checkpoint: bool):
         words = self.words
@@ -525,6 +550,10 @@ class GroupReader:
             wait = min(wait, deadline - time.monotonic())
             if wait <= 0:
                 return False
+        if self._hot is not None:
+            self._hot.wait(seen_next, wait)   # the same steps in C: ~1 us less per wake-up
+            self.client._check_alive()
+            return True
         sync.atomic_add(self.waiters, 1)  # a full barrier before the last look
         try:
             if self.words[_W_NEXT] == seen_next:

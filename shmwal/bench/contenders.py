@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from operator import itemgetter
 
 from . import messages
 
@@ -201,7 +202,9 @@ class FasterFifoEnd:
         self.q.put(buf, timeout=FOREVER)
 
     def send_many(self, bufs):
-        self.q.put_many(bufs, timeout=FOREVER)
+        # The harness hands out views of one buffer (workers._send_batched); put_many
+        # pickles each message, and a memoryview does not pickle.
+        self.q.put_many([bytes(b) for b in bufs], timeout=FOREVER)
 
     def recv(self):
         return self.q.get(timeout=FOREVER)
@@ -331,6 +334,7 @@ class ZmqReceiver:
 # ---------------------------------------------------------------- shmwal
 
 TOPIC = "bench"
+_entry_data = itemgetter(2)   # Entry.data, without a Python frame per message
 
 
 def _shmwal_missing() -> str | None:
@@ -466,7 +470,7 @@ class ShmwalReceiver:
     def recv_many(self):
         entries = self.client.batch_read(TOPIC, self.max_bytes, group=self.group, timeout=None,
                                          zero_copy=self.zero_copy)
-        return [e.data for e in entries]
+        return list(map(_entry_data, entries))
 
     def on_token(self, msg) -> bool:
         if self.pass_baton:
