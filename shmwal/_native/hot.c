@@ -162,15 +162,51 @@ static void unpin(Pin *p)
     }
 }
 
+/* The block a hot path writes or reads, as the Python side loaded it. */
+typedef struct {
+    Pin pin;
+    char *base;             /* the block's mapping (NULL: none cached) */
+    uint64_t index;         /* chain slot it belongs to */
+    uint64_t limit;         /* end of the block in its file (clamped to the mapping) */
+} CachedBlock;
+
+static void forget_block(CachedBlock *cached)
+{
+    unpin(&cached->pin);
+    cached->base = NULL;
+    cached->index = NONE64;
+    cached->limit = 0;
+}
+
+/* set_block(block, mapping, limit) or set_block(None), for both types. */
+static int set_block(CachedBlock *cached, PyObject *args, int writable)
+{
+    PyObject *block_obj, *mapping = Py_None;
+    unsigned long long limit = 0;
+    if (!PyArg_ParseTuple(args, "O|OK", &block_obj, &mapping, &limit))
+        return -1;
+    forget_block(cached);
+    if (block_obj == Py_None || mapping == Py_None)
+        return 0;
+    unsigned long long index = PyLong_AsUnsignedLongLong(block_obj);
+    if (index == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (pin(&cached->pin, mapping, writable, 0) < 0)
+        return -1;
+    if (limit > (unsigned long long)cached->pin.view.len)
+        limit = (unsigned long long)cached->pin.view.len;   /* a truncated (damaged) file */
+    cached->base = cached->pin.view.buf;
+    cached->index = index;
+    cached->limit = limit;
+    return 0;
+}
+
 /* ================================================================== Appender */
 
 typedef struct {
     PyObject_HEAD
     Pin meta;
-    Pin block_pin;
-    char *block_base;       /* the tail block's mapping (NULL: none cached) */
-    uint64_t block;         /* chain slot block_base belongs to */
-    uint64_t limit;         /* end of that block in its file */
+    CachedBlock tail;       /* the tail block */
     sem_t *sem;
 } Appender;
 
@@ -186,7 +222,7 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
     }
     if (pin(&self->meta, meta, 1, META_MIN_SIZE) < 0)
         return -1;
-    self->block = NONE64;
+    self->tail.index = NONE64;
     self->sem = sem_open(sem_name, 0);
     if (self->sem == SEM_FAILED) {
         self->sem = NULL;
@@ -198,36 +234,17 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
 
 static void Appender_dealloc(Appender *self)
 {
-    unpin(&self->block_pin);
+    unpin(&self->tail.pin);
     unpin(&self->meta);
     if (self->sem != NULL)
         sem_close(self->sem);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* set_block(block, mapping, limit) or set_block(None): what the Python side loaded. */
 static PyObject *Appender_set_block(Appender *self, PyObject *args)
 {
-    PyObject *block_obj, *mapping = Py_None;
-    unsigned long long limit = 0;
-    if (!PyArg_ParseTuple(args, "O|OK", &block_obj, &mapping, &limit))
+    if (set_block(&self->tail, args, 1) < 0)
         return NULL;
-    unpin(&self->block_pin);
-    self->block_base = NULL;
-    self->block = NONE64;
-    self->limit = 0;
-    if (block_obj == Py_None || mapping == Py_None)
-        Py_RETURN_NONE;
-    unsigned long long block = PyLong_AsUnsignedLongLong(block_obj);
-    if (block == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    if (pin(&self->block_pin, mapping, 1, 0) < 0)
-        return NULL;
-    if (limit > (unsigned long long)self->block_pin.view.len)
-        limit = (unsigned long long)self->block_pin.view.len;   /* a truncated (damaged) file */
-    self->block_base = self->block_pin.view.buf;
-    self->block = block;
-    self->limit = limit;
     Py_RETURN_NONE;
 }
 
@@ -262,7 +279,7 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
     char *m = self->meta.view.buf;
     pthread_mutex_t *mutex = (pthread_mutex_t *)(m + H_WRITER_MUTEX);
     long long result = -1;
-    if ((uint64_t)length > MAX_ENTRY || self->block_base == NULL)
+    if ((uint64_t)length > MAX_ENTRY || self->tail.base == NULL)
         goto done;
     int locked = lock_robust(mutex);
     if (locked < 0)
@@ -278,8 +295,8 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
     uint64_t pos = load(m, H_TAIL_POS);
     uint64_t block = load(m, H_TAIL_CHAIN);
     uint64_t size = align_up(SINGLE_SIZE + (uint64_t)length);
-    if (load(m, H_TAIL_OFFSET) != offset || block != self->block || pos > self->limit
-            || size > self->limit - pos) {
+    if (load(m, H_TAIL_OFFSET) != offset || block != self->tail.index || pos > self->tail.limit
+            || size > self->tail.limit - pos) {
         pthread_mutex_unlock(mutex);
         goto done;
     }
@@ -292,7 +309,7 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
     header[3] = digest ^ record_seed(1, 0, offset, (uint64_t)length);
     header[4] = (uint64_t)length;
     header[5] = digest;
-    char *record = self->block_base + pos;
+    char *record = self->tail.base + pos;
     memcpy(record, header, sizeof header);
     memcpy(record + SINGLE_SIZE, bytes, (size_t)length);
     /* Publish: bookkeeping first, the offset last (writer.py's docstring). */
@@ -329,12 +346,12 @@ static PyObject *Appender_encode_run(Appender *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKO!n", &pos, &offset, &PyList_Type, &items, &first))
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(items);
-    if (self->block_base == NULL || first < 0 || first >= count || pos > self->limit
+    if (self->tail.base == NULL || first < 0 || first >= count || pos > self->tail.limit
             || pos % ALIGN != 0 || count > MAX_BATCH_ENTRIES) {
         PyErr_SetString(PyExc_ValueError, "encode_run: no block, or a bad position or index");
         return NULL;
     }
-    uint64_t room = self->limit - pos;
+    uint64_t room = self->tail.limit - pos;
     uint64_t used = RECORD_HEADER_SIZE;
     Py_ssize_t last = first;
     uint64_t lengths[MAX_BATCH_ENTRIES];
@@ -359,7 +376,7 @@ static PyObject *Appender_encode_run(Appender *self, PyObject *args)
     Py_ssize_t n = last - first;
     if (n == 0)
         return Py_BuildValue("Kn", pos, first);
-    char *record = self->block_base + pos;
+    char *record = self->tail.base + pos;
     char *table = record + RECORD_HEADER_SIZE;
     char *at = table + (size_t)n * TABLE_ENTRY_SIZE;
     uint64_t data_bytes = 0;
@@ -444,10 +461,7 @@ typedef struct {
     Pin meta;
     size_t slot;             /* byte offset of the group slot in the meta file */
     PyObject *topic;
-    Pin block_pin;
-    char *block_base;
-    uint64_t block;
-    uint64_t limit;
+    CachedBlock hinted;      /* the block of the group's hint */
     uint64_t next_first;     /* first offset of block + 1 once published, else NONE64 */
     sem_t *sem;              /* the topic semaphore appenders post for sleeping readers */
     long spin_ns;            /* how long read_wait spins before sleeping (adapts, see there) */
@@ -486,7 +500,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->slot = GROUPS_AT + (size_t)slot * GROUP_SLOT;
     Py_INCREF(topic);
     self->topic = topic;
-    self->block = NONE64;
+    self->hinted.index = NONE64;
     self->next_first = NONE64;
     self->spin_ns = SPIN_NS_MAX;
     return 0;
@@ -494,7 +508,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 
 static void Reader_dealloc(Reader *self)
 {
-    unpin(&self->block_pin);
+    unpin(&self->hinted.pin);
     unpin(&self->meta);
     Py_XDECREF(self->topic);
     if (self->sem != NULL)
@@ -504,27 +518,9 @@ static void Reader_dealloc(Reader *self)
 
 static PyObject *Reader_set_block(Reader *self, PyObject *args)
 {
-    PyObject *block_obj, *mapping = Py_None;
-    unsigned long long limit = 0;
-    if (!PyArg_ParseTuple(args, "O|OK", &block_obj, &mapping, &limit))
-        return NULL;
-    unpin(&self->block_pin);
-    self->block_base = NULL;
-    self->block = NONE64;
     self->next_first = NONE64;
-    self->limit = 0;
-    if (block_obj == Py_None || mapping == Py_None)
-        Py_RETURN_NONE;
-    unsigned long long block = PyLong_AsUnsignedLongLong(block_obj);
-    if (block == (unsigned long long)-1 && PyErr_Occurred())
+    if (set_block(&self->hinted, args, 0) < 0)
         return NULL;
-    if (pin(&self->block_pin, mapping, 0, 0) < 0)
-        return NULL;
-    if (limit > (unsigned long long)self->block_pin.view.len)
-        limit = (unsigned long long)self->block_pin.view.len;   /* a truncated (damaged) file */
-    self->block_base = self->block_pin.view.buf;
-    self->block = block;
-    self->limit = limit;
     Py_RETURN_NONE;
 }
 
@@ -556,19 +552,20 @@ static PyObject *next_entry(Reader *self, int checkpoint)
     }
     uint64_t block = load(m, g + G_HINT_CHAIN);
     uint64_t pos = load(m, g + G_HINT_POS);
-    if (block != self->block || self->block_base == NULL)
+    if (block != self->hinted.index || self->hinted.base == NULL)
         goto hand_back;
     if (self->next_first == NONE64 && block + 1 < load(m, H_PUBLISHED_BLOCKS)
             && block + 1 < (uint64_t)((self->meta.view.len - CHAIN_AT) / CHAIN_SLOT))
         /* Published once, a block's first offset never changes. */
         self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
-    if (cursor >= self->next_first || pos > self->limit || self->limit - pos < SINGLE_SIZE)
+    uint64_t limit = self->hinted.limit;
+    if (cursor >= self->next_first || pos > limit || limit - pos < SINGLE_SIZE)
         goto hand_back;
-    const char *record = self->block_base + pos;
+    const char *record = self->hinted.base + pos;
     uint32_t count = rd32(record), batch_left = rd32(record + 4);
     uint64_t first = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
     uint64_t length = rd64(record + 32), digest = rd64(record + 40);
-    if (count != 1 || first != cursor || length != data_bytes || length > self->limit - pos - SINGLE_SIZE)
+    if (count != 1 || first != cursor || length != data_bytes || length > limit - pos - SINGLE_SIZE)
         goto hand_back;
     uint64_t seed = entry_seed(cursor);
     if ((digest ^ record_seed(1, batch_left, first, data_bytes)) != check
