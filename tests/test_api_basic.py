@@ -701,3 +701,54 @@ def test_data_dir_defaults_to_shmwal_data_in_the_working_directory(tmp_path, mon
             assert client.read_next("t").data == b"cwd"
     finally:
         _stop_and_check(broker)
+
+
+@pytest.mark.timeout(60)
+def test_threads_sharing_one_client_append_and_read_exactly_once(client):
+    """Threads of one process share the mutexes (the blocking lock lets the GIL go)."""
+    writers, per_writer, readers = 4, 1500, 2
+    got: list[list] = [[] for _ in range(readers)]
+    errors: list = []
+    done = threading.Event()
+
+    def write(tag):
+        try:
+            i = 0
+            while i < per_writer:
+                if i % 5 == 4 and i + 1 < per_writer:
+                    client.batch_append("t", [b"%d:%d" % (tag, i), b"%d:%d" % (tag, i + 1)])
+                    i += 2
+                else:
+                    client.append("t", b"%d:%d" % (tag, i))
+                    i += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def read(k):
+        try:
+            while not (done.is_set() and client.position("t", group="g") >= writers * per_writer):
+                if k % 2:
+                    e = client.read_next("t", group="g", timeout=0.05)
+                    batch = [] if e is None else [e]
+                else:
+                    batch = client.batch_read("t", 64, group="g", timeout=0.05)
+                got[k] += [(e.offset, e.data) for e in batch]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(readers)]
+    threads += [threading.Thread(target=write, args=(t,)) for t in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads[readers:]:
+        t.join(40)
+    done.set()
+    for t in threads[:readers]:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    entries = sorted(got[0] + got[1])
+    assert [o for o, _ in entries] == list(range(writers * per_writer))
+    for tag in range(writers):
+        seqs = [int(d.split(b":")[1]) for _, d in entries if d.split(b":")[0] == b"%d" % tag]
+        assert seqs == list(range(per_writer))
