@@ -26,10 +26,10 @@ import threading
 
 from . import sync
 from .blocks import layout as L
-from .hot import native
 from .blocks.chain import find_block, walk_to, write_block_header
 from .blocks.codec import encode_record, xxh
 from .errors import BatchTooLarge, EntryTooLarge, ShmwalError
+from .hot import native
 
 NO_BLOCK = 2**64 - 1
 _W_NEXT = L.H_NEXT_OFFSET // 8
@@ -193,7 +193,7 @@ class Appender:
                 if hot is not None and self._buf is not None:
                     pos, j = hot.encode_run(pos, offset, views, i)
                 else:
-                    j = self._encode_run(pos, offset, views, lengths, i)
+                    j = self._fitting(pos, lengths, i, count)
                     if j > i:
                         pos = encode_record(self._buf, pos, offset, count - j, views[i:j], lengths[i:j])
                 if j == i:
@@ -219,11 +219,11 @@ class Appender:
                 self._sync(b)
         return range(first, offset)
 
-    def _encode_run(self, pos: int, offset: int, views, lengths, i: int) -> int:
-        """How many of views[i:] fit in one record at ``pos`` (what hot.c's encode_run computes)."""
+    def _fitting(self, pos: int, lengths, i: int, count: int) -> int:
+        """The end j of the entries i..j-1 that fit in one record at ``pos`` (as hot.c's encode_run)."""
         room = self._limit - pos
         j, used = i, L.RECORD_HEADER_SIZE
-        while j < len(views):
+        while j < count:
             grown = used + L.TABLE_ENTRY_SIZE + lengths[j]
             if L.align(grown) > room:
                 break
