@@ -56,7 +56,6 @@ log = logging.getLogger("shmwal.broker")
 RECLAIM_EVERY = 1.0        # seconds between reclamation passes
 PROVISION_EVERY = 0.02     # seconds between looks for writers about to need a block
 SPARE_BLOCKS = 2           # blocks kept allocated (and faulted in) ahead of a busy writer
-MADV_POPULATE_WRITE = 23   # Linux 5.14+; older kernels: EINVAL, and we just skip it
 DELETE_GRACE = 2.0         # seconds between a file's last block being reclaimed and its unlink
 _SO_PEERCRED = struct.Struct("3i")
 
@@ -537,7 +536,7 @@ class BrokerServer:
             return   # reclaimed meanwhile
         try:
             with mmap.mmap(fd, file_offset + capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
-                mm.madvise(MADV_POPULATE_WRITE, file_offset, capacity)
+                sync.populate_write(mm, file_offset, capacity)   # lets the control loop run meanwhile
         except (OSError, ValueError):
             self._populate_broken = True  # not supported here: writers fault pages in themselves
         finally:

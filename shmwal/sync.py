@@ -69,7 +69,9 @@ _attr_setrobust = _fn(_libc, "pthread_mutexattr_setrobust", [_vp, ctypes.c_int])
 _attr_settype = _fn(_libc, "pthread_mutexattr_settype", [_vp, ctypes.c_int])
 _attr_destroy = _fn(_libc, "pthread_mutexattr_destroy", [_vp])
 _fetch_add = _fn(_libatomic, "__atomic_fetch_add_8", [_vp, ctypes.c_uint64, ctypes.c_int], ctypes.c_uint64)
+_madvise = _fn(_libc, "madvise", [_vp, ctypes.c_size_t, ctypes.c_int])
 _SEQ_CST = 5
+PAGE = 4096
 
 
 class LockError(ShmwalError):
@@ -133,6 +135,30 @@ def unlock(address: int) -> None:
 def atomic_add(address: int, delta: int) -> int:
     """Atomically add ``delta`` (two's complement for negatives) to the u64 at ``address``; return the old value."""
     return _fetch_add(address, delta & 0xFFFFFFFFFFFFFFFF, _SEQ_CST)
+
+
+MADV_POPULATE_WRITE = 23   # Linux 5.14+
+
+
+def populate_write(mapping, offset: int, length: int) -> None:
+    """Fault ``mapping[offset:offset + length]`` in for writing, without holding the GIL.
+
+    ``mmap.madvise`` holds the GIL for the whole call, and populating a
+    fresh 10 MiB block takes 3-25 ms here: the broker's control loop (block
+    requests) stood still behind its populate thread.  Raises OSError (e.g.
+    EINVAL on kernels before 5.14).
+    """
+    start = offset & ~(PAGE - 1)
+    end = min(len(mapping), offset + length)
+    if end <= start:
+        return
+    view = (ctypes.c_char * (end - start)).from_buffer(mapping, start)
+    try:
+        if _madvise(ctypes.addressof(view), end - start, MADV_POPULATE_WRITE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        del view   # the mapping can be closed once this returns
 
 
 def buffer_address(buffer) -> tuple[int, object]:

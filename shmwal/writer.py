@@ -41,7 +41,6 @@ _W_WAITERS = L.H_WAITERS // 8
 _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
 _SINGLE = 48  # record header + one table entry
-MADV_POPULATE_WRITE = 23     # Linux 5.14+
 _populate_works = [True]
 _ALIGN_MASK = L.ALIGN - 1
 _SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
@@ -321,7 +320,7 @@ class Appender:
         """
         if _populate_works[0]:
             try:
-                self._buf.madvise(MADV_POPULATE_WRITE, file_offset, capacity)
+                sync.populate_write(self._buf, file_offset, capacity)
             except OSError:
                 _populate_works[0] = False   # an older kernel: take the faults
 
