@@ -46,6 +46,7 @@ from .blocks.codec import BadRecord, read_record
 from .blocks.files import BlockFiles
 from .blocks.meta import TopicMeta, boot_hash
 from .errors import BrokerAlreadyRunning, ShmwalError
+from .hot import native
 from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach, parse_consistency,
                       parse_fsync)
 from .inspect import topic_stats
@@ -57,6 +58,8 @@ RECLAIM_EVERY = 1.0        # seconds between reclamation passes
 PROVISION_EVERY = 0.02     # seconds between looks for writers about to need a block
 SPARE_BLOCKS = 2           # blocks kept allocated (and faulted in) ahead of a busy writer
 DELETE_GRACE = 2.0         # seconds between a file's last block being reclaimed and its unlink
+REUSE_TTL = 1.0            # seconds a reclaimed block waits for its topic to reuse it, then it is freed
+MAX_REUSABLE = 16          # reclaimed blocks kept for reuse per topic (their files kept meanwhile)
 _SO_PEERCRED = struct.Struct("3i")
 
 
@@ -112,7 +115,8 @@ class chain_mutex:
 # ----------------------------------------------------------------------------- per-topic state
 
 class TopicState:
-    __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block", "seen_tail")
+    __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block", "seen_tail",
+                 "busy")
 
     def __init__(self, meta: TopicMeta, sem_name: str):
         self.meta = meta
@@ -122,6 +126,7 @@ class TopicState:
         self.synced_cursors = -1
         self.synced_block = 0
         self.seen_tail = meta.get(L.H_TAIL_CHAIN)
+        self.busy = False       # its writer moved to a new block since the last reclamation look
 
 
 # ----------------------------------------------------------------------------- the server
@@ -301,6 +306,10 @@ class BrokerServer:
         next_reclaim = time.monotonic() + RECLAIM_EVERY
         while not self._stopping:
             self.provision()
+            try:
+                self.reclaim_busy()   # soon, so that their blocks are reused while still in memory
+            except Exception:
+                log.exception("reclamation of busy topics failed")
             timeout = max(0.0, min(PROVISION_EVERY, next_reclaim - time.monotonic()))
             for key, _ in self._selector.select(timeout):
                 if key.fileobj is self._listener:
@@ -481,7 +490,8 @@ class BrokerServer:
 
     def op_stats(self, **_):
         return {"topics": {name: topic_stats(t.meta) for name, t in sorted(self.topics.items())
-                           if t.meta.get(L.H_VISIBLE)}}
+                           if t.meta.get(L.H_VISIBLE)},
+                "blocks_reused": self.allocator.reused}
 
     # ------------------------------------------------------------------ provisioning
     def provision(self) -> None:
@@ -499,6 +509,7 @@ class BrokerServer:
             if tail == state.seen_tail:
                 continue
             state.seen_tail = tail
+            state.busy = True
             if tail == 2**64 - 1:
                 continue
             fresh = []
@@ -518,7 +529,7 @@ class BrokerServer:
         """Give chain slot ``chain_index`` a fresh block. Caller holds the topic's chain mutex."""
         if chain_index % (L.PAGE // L.CHAIN_SLOT) == 0:
             meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
-        file_id, file_offset, capacity = self.allocator.alloc(min_capacity)
+        file_id, file_offset, capacity = self.allocator.alloc(min_capacity, meta.name)
         meta.set_chain_slot(chain_index, file_id, file_offset, capacity)
         if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):
             meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)
@@ -545,29 +556,9 @@ class BrokerServer:
     # ------------------------------------------------------------------ reclamation
     def reclaim(self) -> None:
         """Free blocks every group has read past; delete files left with no live block."""
-        for name, state in list(self.topics.items()):
-            meta = state.meta
-            groups = meta.group_names()
-            if not groups:
-                continue  # nobody has read the topic yet: it keeps everything
-            low = min(meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in groups.values())
-            first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
-            k = first
-            # The tail block (published - 1) is never freed: a writer still uses it.
-            while k + 1 < published and meta.chain(k + 1)[3] <= low:
-                k += 1
-            if k == first:
-                continue
-            freed_bytes = 0
-            for index in range(first, k):
-                file_id, file_offset, capacity, block_first = meta.chain(index)
-                freed_bytes += self._block_payload_bytes(file_id, file_offset, capacity,
-                                                         block_first, meta.chain(index + 1)[3])
-                self.allocator.free(file_id, file_offset)
-            # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK.
-            meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
-            meta.set(L.H_FIRST_BLOCK, k)
-            meta.set(L.H_RECLAIMED_BYTES, meta.get(L.H_RECLAIMED_BYTES) + freed_bytes)
+        for state in list(self.topics.values()):
+            self.reclaim_topic(state)
+        self.allocator.expire(REUSE_TTL)
         now = time.monotonic()
         for file_id in self.allocator.deletable():
             self.pending_delete.setdefault(file_id, now + DELETE_GRACE)
@@ -577,13 +568,53 @@ class BrokerServer:
                 self.allocator.forget(file_id)
                 self._unlink_block_file(file_id)
 
+    def reclaim_busy(self) -> None:
+        """Between full passes, reclaim the topics whose writers moved on (so their blocks can be reused soon)."""
+        for state in list(self.topics.values()):
+            if state.busy:
+                state.busy = False
+                self.reclaim_topic(state)
+
+    def reclaim_topic(self, state: TopicState) -> None:
+        meta = state.meta
+        groups = meta.group_names()
+        if not groups:
+            return  # nobody has read the topic yet: it keeps everything
+        low = min(meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in groups.values())
+        first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+        k = first
+        # The tail block (published - 1) is never freed: a writer still uses it.
+        while k + 1 < published and meta.chain(k + 1)[3] <= low:
+            k += 1
+        if k == first:
+            return
+        # Loaded after the cursors: a zero-copy reader sets it before it moves its cursor,
+        # and its views must not change under it.
+        reusable = not meta.get(L.H_ZERO_COPY)
+        freed_bytes = 0
+        for index in range(first, k):
+            file_id, file_offset, capacity, block_first = meta.chain(index)
+            freed_bytes += self._block_payload_bytes(file_id, file_offset, capacity,
+                                                     block_first, meta.chain(index + 1)[3])
+            if reusable and capacity == self.block_size and self.allocator.reusable(meta.name) < MAX_REUSABLE:
+                self.allocator.offer(meta.name, file_id, file_offset)
+            else:
+                self.allocator.free(file_id, file_offset)
+        # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK.
+        meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
+        meta.set(L.H_FIRST_BLOCK, k)
+        meta.set(L.H_RECLAIMED_BYTES, meta.get(L.H_RECLAIMED_BYTES) + freed_bytes)
+
     def _block_payload_bytes(self, file_id, file_offset, capacity, first, end) -> int:
-        total = 0
         try:
             buf = self.files.map(file_id)
         except OSError:
             return 0
-        pos, off = file_offset + L.BLOCK_HEADER_SIZE, first
+        start = file_offset + L.BLOCK_HEADER_SIZE
+        if native is not None:
+            return native.payload_bytes(buf, start, file_offset + capacity, first, end)
+        total = 0
+        pos, off = start, first
         while off < end:
             try:
                 record = read_record(buf, pos, file_offset + capacity)

@@ -36,6 +36,7 @@ _W_NEXT = L.H_NEXT_OFFSET // 8
 _W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
 _W_FIRST_BLOCK = L.H_FIRST_BLOCK // 8
 _W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
+_W_ZERO_COPY = L.H_ZERO_COPY // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
 NO_HINT = 2**64 - 1
 _ALIGN_MASK = L.ALIGN - 1
@@ -124,6 +125,8 @@ class GroupReader:
         next offset, so the first thing to do is wait, not look again.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if zero_copy and not self.words[_W_ZERO_COPY]:
+            self.words[_W_ZERO_COPY] = 1   # before any view exists (see layout.H_ZERO_COPY)
         while True:
             if seen_next is None and max_entries == 1 and not zero_copy:
                 found = self.hot_next(checkpoint)

@@ -905,6 +905,46 @@ static PyObject *measure(PyObject *module, PyObject *items)
     return Py_BuildValue("KK", total, longest);
 }
 
+/* payload_bytes(buf, pos, limit, first, end) -> int
+ *
+ * The payload bytes of the records from `pos` holding offsets first..end-1
+ * (the broker's count of what reclamation frees), stopping at the first
+ * record that does not check out or is out of sequence.  Headers only: a
+ * 10 MiB block of 100-byte entries is 54k records, 160 ms in Python. */
+static PyObject *payload_bytes(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    unsigned long long pos, limit, first, end;
+    if (!PyArg_ParseTuple(args, "y*KKKK", &view, &pos, &limit, &first, &end))
+        return NULL;
+    const char *base = view.buf;
+    if (limit > (unsigned long long)view.len)
+        limit = (unsigned long long)view.len;
+    uint64_t total = 0, expect = first;
+    while (expect < end && pos <= limit && limit - pos >= RECORD_HEADER_SIZE) {
+        const char *record = base + pos;
+        uint64_t count = rd32(record), batch_left = rd32(record + 4);
+        uint64_t offset = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
+        if (count == 0 || count > MAX_BATCH_ENTRIES || batch_left >= MAX_BATCH_ENTRIES
+                || data_bytes > MAX_BATCH_BYTES || offset != expect)
+            break;
+        uint64_t table_bytes = count * TABLE_ENTRY_SIZE;
+        uint64_t size = align_up(RECORD_HEADER_SIZE + table_bytes + data_bytes);
+        if (size > limit - pos)
+            break;
+        uint64_t seed = record_seed(count, batch_left, offset, data_bytes);
+        const char *table = record + RECORD_HEADER_SIZE;
+        if (count == 1 ? (rd64(table) != data_bytes || (rd64(table + 8) ^ seed) != check)
+                       : XXH3_64bits_withSeed(table, (size_t)table_bytes, seed) != check)
+            break;
+        total += data_bytes;
+        expect += count;
+        pos += size;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(total);
+}
+
 static PyObject *configure(PyObject *module, PyObject *entry)
 {
     if (!PyType_Check(entry) || !PyType_IsSubtype((PyTypeObject *)entry, &PyTuple_Type)) {
@@ -931,6 +971,7 @@ static PyObject *xxh3_64(PyObject *module, PyObject *args)
 static PyMethodDef module_methods[] = {
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, "the inner loop of GroupReader._take"},
     {"measure", (PyCFunction)measure, METH_O, "measure(items) -> (total bytes, longest)"},
+    {"payload_bytes", (PyCFunction)payload_bytes, METH_VARARGS, "payload_bytes(buf, pos, limit, first, end) -> int"},
     {"configure", (PyCFunction)configure, METH_O, "configure(Entry)"},
     {"xxh3_64", (PyCFunction)xxh3_64, METH_VARARGS, "xxh3_64(data, seed=0) -> int"},
     {NULL}

@@ -1,19 +1,27 @@
-"""The block allocator: a plain object the broker drives (no processes, no locks).
+"""The block allocator: a plain object the broker drives.
 
-Blocks are carved from pre-allocated files in order and never reused: a file
-is deleted once every block it handed out has been reclaimed and it will
-hand out no more (Walrus's scheme).  An entry larger than a block gets a
-"jumbo" file holding one block of its own size.
+Blocks are carved from pre-allocated files in order; a file is deleted once
+every block it handed out has been reclaimed and it will hand out no more
+(Walrus's scheme).  An entry larger than a block gets a "jumbo" file holding
+one block of its own size.
 
-Creating a file (fallocate, fsync, fsync of the directory) can take long on
-a real disk, and an appender asking for a block waits holding its topic's
-writer mutex.  So, given a ``submit`` (an executor's), the allocator keeps
-the next file prepared in the background: a file switch then costs nothing.
+Reuse: the broker hands a topic's reclaimed blocks back (``offer``) and
+``alloc`` gives them to the same topic again before carving new ones.  Their
+pages are already in memory: on the machines measured a page never touched
+costs 1-2.7 us to fault in against 0.05 us for one touched before (README,
+"Benchmarks").  Only the same topic: its offsets only grow, so whatever a
+reused block still holds has offsets below anything written into it later,
+and every walker (readers, recovery, verify) stops at a record out of
+sequence: stale bytes can never pass for entries, even after a power cut
+that lost the new ones.  An offered block stays live (its file is kept)
+until it is reused or ``expire`` lets it go.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 
 from . import layout as L
 from .files import create_block_file
@@ -31,19 +39,26 @@ class BlockAllocator:
         self._current: int | None = None     # file handing out blocks
         self._next_block = 0
         self.live: dict[int, set[int]] = {}  # file_id -> offsets of blocks in use
+        self._reusable: dict[str, deque] = {}   # topic -> (file_id, file_offset, offered at)
+        self.reused = 0                      # blocks handed out again (stats)
 
     def adopt(self, file_id: int, file_offset: int) -> None:
         """Recovery: a chain still uses this block."""
         self.live.setdefault(file_id, set()).add(file_offset)
         self.next_file_id = max(self.next_file_id, file_id + 1)
 
-    def alloc(self, min_capacity: int) -> tuple[int, int, int]:
-        """A fresh block of at least ``min_capacity`` bytes: (file_id, file_offset, capacity)."""
+    def alloc(self, min_capacity: int, topic: str | None = None) -> tuple[int, int, int]:
+        """A block of at least ``min_capacity`` bytes for ``topic``: (file_id, file_offset, capacity)."""
         if min_capacity > self.block_size:
             capacity = (min_capacity + L.PAGE - 1) // L.PAGE * L.PAGE
             file_id = self._new_file(capacity)
             self.live[file_id] = {0}
             return file_id, 0, capacity
+        pool = self._reusable.get(topic)
+        if pool:
+            file_id, file_offset, _ = pool.pop()   # the most recently freed: warmest in the caches
+            self.reused += 1
+            return file_id, file_offset, self.block_size
         if self._current is None or self._next_block >= self.blocks_per_file:
             self._current = self._new_file(self.block_size * self.blocks_per_file)
             self._next_block = 0
@@ -94,6 +109,23 @@ class BlockAllocator:
 
     def free(self, file_id: int, file_offset: int) -> None:
         self.live.get(file_id, set()).discard(file_offset)
+
+    def offer(self, topic: str, file_id: int, file_offset: int) -> None:
+        """A regular block ``topic`` no longer uses, to give it again (it stays live meanwhile)."""
+        self._reusable.setdefault(topic, deque()).append((file_id, file_offset, time.monotonic()))
+
+    def expire(self, ttl: float) -> None:
+        """Free the offered blocks not taken within ``ttl`` seconds (their files may then go)."""
+        deadline = time.monotonic() - ttl
+        for topic, pool in list(self._reusable.items()):
+            while pool and pool[0][2] <= deadline:
+                file_id, file_offset, _ = pool.popleft()
+                self.free(file_id, file_offset)
+            if not pool:
+                del self._reusable[topic]
+
+    def reusable(self, topic: str) -> int:
+        return len(self._reusable.get(topic, ()))
 
     def deletable(self) -> list[int]:
         """Files whose every handed-out block is free and that will hand out no more."""

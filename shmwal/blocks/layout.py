@@ -125,6 +125,8 @@ H_TAIL_OFFSET = 208      # offset H_TAIL_POS belongs to; == H_NEXT_OFFSET iff th
 H_BYTES = 216            # payload bytes ever published (stats)
 # line 256: written by readers going to sleep, read by the appender after each publish
 H_WAITERS = 256          # readers asleep on the topic semaphore (atomic add)
+H_ZERO_COPY = 264        # 1 once a zero-copy read handed out views: the broker then never reuses
+                         # the topic's reclaimed blocks (a view must not change under its holder)
 H_NAME_LEN = 320
 H_NAME = 328             # topic name, up to 255 bytes
 H_CHAIN_MUTEX = 640      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
