@@ -410,6 +410,7 @@ def test_broker_killed_between_the_two_stores_of_a_reclamation(start_broker, dat
 
     broker = start_broker()
     client = shmwal.connect(data_dir)
+    client.seek("r", 0, group="h")   # holds every block until the drill is ready (no reclamation before)
     for i in range(10):
         client.batch_append("r", [b"%06d" % (i * 100 + j) + b"x" * 600 for j in range(100)])
     while client.batch_read("r", 1 << 20, group="g"):
