@@ -145,3 +145,82 @@ def test_producers_and_consumers_streaming_through_reused_blocks_lose_nothing(st
         assert blocks >= 2
     finally:
         client.close()
+
+
+def _stream_through_outages(client, n: int, go) -> int:
+    """Append payload(0, i) for i < n, retrying an append the broker's absence refused."""
+    from helpers import payload
+    assert go.wait(30)
+    retries = 0
+    i = 0
+    while i < n:
+        try:
+            client.append("s", payload(0, i, 1500))
+        except shmwal.BrokerUnavailable:
+            retries += 1
+            time.sleep(0.005)
+            continue
+        i += 1
+        if i % 50 == 0:
+            time.sleep(0.01)    # ~1.5 s in all: the kills land mid-stream, the consumer keeps up
+    return retries
+
+
+def _read_through_outages(client, n: int, ready) -> list:
+    got = []
+    client.seek("s", 0, group="g")
+    ready.set()
+    deadline = time.monotonic() + 90
+    while len(got) < n and time.monotonic() < deadline:
+        try:
+            entry = client.read_next("s", group="g", timeout=0.05)
+        except shmwal.BrokerUnavailable:
+            time.sleep(0.005)
+            continue
+        if entry is not None:
+            got.append((entry.offset, parse_payload(entry.data)))
+    return got
+
+
+@pytest.mark.timeout(150)
+def test_broker_killed_while_blocks_are_reused_loses_and_repeats_nothing(start_broker, tmp_path):
+    """SIGKILL the broker three times while a producer and a consumer stream through reused blocks."""
+    import os
+    import signal
+    options = dict(block_size=64 * KiB, blocks_per_file=4)
+    broker = start_broker(**options)
+    n = 6000
+    client = shmwal.connect(broker.data_dir, key=broker.key)
+    reused = 0
+    try:
+        with Workers("fork", str(tmp_path / "w")) as workers:
+            ready, go = workers.Event(), workers.Event()
+            consumer = workers.start(_read_through_outages, client, n, ready)
+            assert ready.wait(30)
+            producer = workers.start(_stream_through_outages, client, n, go)
+            go.set()
+            for _ in range(3):
+                time.sleep(0.3)
+                reused += client.stats()["blocks_reused"]
+                os.kill(broker.pid, signal.SIGKILL)
+                broker.stop()   # reaps it
+                time.sleep(0.05)
+                broker = start_broker(**options)
+                assert wait_until(lambda: _alive(client), 10)
+            retries = workers.result(producer, 90)
+            got = workers.result(consumer, 90)
+        reused += client.stats()["blocks_reused"]
+    finally:
+        client.close()
+    assert [o for o, _ in got] == list(range(n)), "an entry was lost or delivered twice"
+    assert [seq for _, (_, seq) in got] == list(range(n))
+    assert reused > 0
+    assert retries > 0, "no kill landed while the producer was writing"
+
+
+def _alive(client) -> bool:
+    try:
+        client.stats()
+        return True
+    except shmwal.BrokerUnavailable:
+        return False
