@@ -249,7 +249,12 @@ def test_batch_of_2001_entries_raises_batch_too_large_and_2000_fit(client):
 def test_batch_over_10_gib_raises_batch_too_large_before_writing_anything(client, broker):
     client.append("t", b"first")
     blocks_dir = os.path.join(broker.root, "blocks")
-    files_before = {n: os.path.getsize(os.path.join(blocks_dir, n)) for n in os.listdir(blocks_dir)}
+
+    def sizes():
+        return {n: os.path.getsize(os.path.join(blocks_dir, n)) for n in os.listdir(blocks_dir)}
+    # The broker prepares the next file in the background (created empty, then allocated): let it finish.
+    assert wait_until(lambda: all(sizes().values()), 5), sizes()
+    files_before = sizes()
     stats_before = client.stats()
     one_gib = np.zeros(GiB, dtype=np.uint8)  # 1 GiB is a valid entry; 11 of them are not a valid batch
     try:
@@ -264,7 +269,7 @@ def test_batch_over_10_gib_raises_batch_too_large_before_writing_anything(client
     finally:
         del one_gib
     assert client.stats() == stats_before
-    assert {n: os.path.getsize(os.path.join(blocks_dir, n)) for n in os.listdir(blocks_dir)} == files_before
+    assert sizes() == files_before
     assert elapsed < 5, f"refusing the batch took {elapsed:.1f} s: it looked at the payloads first"
     assert "untouched" not in client.topics()
     assert client.append("t", b"second") == 1

@@ -58,8 +58,9 @@ def test_find_next_record_skips_damage():
 
 @pytest.mark.timeout(60)
 def test_appender_writes_what_the_codec_writes(client, broker):
-    """writer.Appender.append inlines codec.encode_single: the bytes must be the same."""
-    payloads = [b"", b"a", b"x" * 100, bytes(range(200))]
+    """writer.Appender.append (and hot.c's) inline codec.encode_single: the bytes must be the same,
+    for every kind of buffer."""
+    payloads = [b"", b"a", b"x" * 100, bytes(range(200)), bytearray(b"y" * 70), memoryview(b"zz" * 40)]
     offsets = [client.append("t", p) for p in payloads]
     meta = client._topic_handles["t"][0]
     file_id, file_offset, capacity, first = meta.chain(0)
@@ -67,5 +68,5 @@ def test_appender_writes_what_the_codec_writes(client, broker):
     for offset, payload in zip(offsets, payloads):
         pos, record = walk_to(mapping, file_offset, capacity, first, offset)
         expected = bytearray(record.size)
-        codec.encode_single(expected, 0, offset, payload, len(payload))
+        codec.encode_single(expected, 0, offset, bytes(payload), len(payload))
         assert bytes(mapping[pos:pos + record.size]) == bytes(expected)

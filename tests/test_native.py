@@ -19,7 +19,6 @@ from hypothesis import given, settings, strategies as st
 
 import shmwal
 from shmwal.blocks import codec, layout as L
-from shmwal.blocks.chain import walk_to
 from shmwal.hot import native
 
 pytestmark = pytest.mark.skipif(native is None, reason="shmwal._hot is not built (or SHMWAL_PURE_PYTHON is set)")
@@ -237,18 +236,3 @@ def test_compiled_and_pure_python_processes_share_a_topic(broker):
         assert len(mine) == per_producer
         seqs = [int(d.split(":")[1].rstrip("+")) for d in mine]
         assert seqs == sorted(seqs)   # each producer's entries in its own order
-
-
-def test_appender_single_entry_bytes_match_the_codec(client):
-    """Appender.append (hot.c) writes codec.encode_single's bytes, for every buffer kind."""
-    payloads = [b"", b"a", bytearray(b"x" * 100), memoryview(bytes(range(200)))]
-    offsets = [client.append("t", p) for p in payloads]
-    assert offsets == [0, 1, 2, 3]
-    meta = client._topic_handles["t"][0]
-    file_id, file_offset, capacity, first = meta.chain(0)
-    mapping = client._files.map(file_id)
-    for offset, p in zip(offsets, payloads):
-        pos, record = walk_to(mapping, file_offset, capacity, first, offset)
-        expected = bytearray(record.size)
-        codec.encode_single(expected, 0, offset, bytes(p), len(p))
-        assert bytes(mapping[pos:pos + record.size]) == bytes(expected)

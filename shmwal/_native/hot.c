@@ -736,6 +736,44 @@ static PyTypeObject ReaderType = {
 
 /* ================================================================== module functions */
 
+/* A record header whose check holds (codec.read_record, compiled: nothing in a
+ * record is trusted before its check). */
+typedef struct {
+    uint64_t count, first, data_bytes, size;
+    const char *table;
+} RecordHeader;
+
+static int check_record(const char *base, uint64_t pos, uint64_t limit, RecordHeader *out)
+{
+    if (pos > limit || limit - pos < RECORD_HEADER_SIZE)
+        return 0;
+    const char *record = base + pos;
+    uint64_t count = rd32(record), batch_left = rd32(record + 4);
+    uint64_t first = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
+    if (count == 0 || count > MAX_BATCH_ENTRIES || batch_left >= MAX_BATCH_ENTRIES || data_bytes > MAX_BATCH_BYTES)
+        return 0;
+    uint64_t table_bytes = count * TABLE_ENTRY_SIZE;
+    uint64_t size = align_up(RECORD_HEADER_SIZE + table_bytes + data_bytes);
+    if (size > limit - pos)
+        return 0;
+    const char *table = record + RECORD_HEADER_SIZE;
+    uint64_t seed = record_seed(count, batch_left, first, data_bytes);
+    if (count == 1) {
+        if (rd64(table) != data_bytes || (rd64(table + 8) ^ seed) != check)
+            return 0;
+    } else {
+        if (XXH3_64bits_withSeed(table, (size_t)table_bytes, seed) != check)
+            return 0;
+        uint64_t sum = 0;
+        for (uint64_t k = 0; k < count; k++)
+            sum += rd64(table + k * TABLE_ENTRY_SIZE);
+        if (sum != data_bytes)
+            return 0;
+    }
+    *out = (RecordHeader){count, first, data_bytes, size, table};
+    return 1;
+}
+
 /* decode(buf, pos, limit, c, stop, next_first, max_entries, max_bytes, have_some, topic, out, zero_copy)
  *   -> (status, c, pos, added_bytes)
  *
@@ -790,33 +828,12 @@ static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t narg
     while (1) {
         if (c >= stop) { status = DECODE_DONE; break; }
         if (c >= next_first) { status = DECODE_BLOCK_END; break; }
-        /* codec.read_record, compiled: nothing in a record is trusted before its check. */
-        if (pos > limit || limit - pos < RECORD_HEADER_SIZE)
+        RecordHeader header;
+        if (!check_record(base, pos, limit, &header))
             break;
-        const char *record = base + pos;
-        uint64_t count = rd32(record), batch_left = rd32(record + 4);
-        uint64_t first = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
-        if (count == 0 || count > MAX_BATCH_ENTRIES || batch_left >= MAX_BATCH_ENTRIES
-                || data_bytes > MAX_BATCH_BYTES)
-            break;
+        uint64_t count = header.count, first = header.first, size = header.size;
+        const char *table = header.table;
         uint64_t table_bytes = count * TABLE_ENTRY_SIZE;
-        uint64_t size = align_up(RECORD_HEADER_SIZE + table_bytes + data_bytes);
-        if (size > limit - pos)
-            break;
-        const char *table = record + RECORD_HEADER_SIZE;
-        uint64_t seed = record_seed(count, batch_left, first, data_bytes);
-        if (count == 1) {
-            if (rd64(table) != data_bytes || (rd64(table + 8) ^ seed) != check)
-                break;
-        } else {
-            if (XXH3_64bits_withSeed(table, (size_t)table_bytes, seed) != check)
-                break;
-            uint64_t sum = 0;
-            for (uint64_t k = 0; k < count; k++)
-                sum += rd64(table + k * TABLE_ENTRY_SIZE);
-            if (sum != data_bytes)
-                break;
-        }
         if (c < first || c >= first + count)
             break;
         uint64_t index = c - first;
@@ -921,25 +938,11 @@ static PyObject *payload_bytes(PyObject *module, PyObject *args)
     if (limit > (unsigned long long)view.len)
         limit = (unsigned long long)view.len;
     uint64_t total = 0, expect = first;
-    while (expect < end && pos <= limit && limit - pos >= RECORD_HEADER_SIZE) {
-        const char *record = base + pos;
-        uint64_t count = rd32(record), batch_left = rd32(record + 4);
-        uint64_t offset = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
-        if (count == 0 || count > MAX_BATCH_ENTRIES || batch_left >= MAX_BATCH_ENTRIES
-                || data_bytes > MAX_BATCH_BYTES || offset != expect)
-            break;
-        uint64_t table_bytes = count * TABLE_ENTRY_SIZE;
-        uint64_t size = align_up(RECORD_HEADER_SIZE + table_bytes + data_bytes);
-        if (size > limit - pos)
-            break;
-        uint64_t seed = record_seed(count, batch_left, offset, data_bytes);
-        const char *table = record + RECORD_HEADER_SIZE;
-        if (count == 1 ? (rd64(table) != data_bytes || (rd64(table + 8) ^ seed) != check)
-                       : XXH3_64bits_withSeed(table, (size_t)table_bytes, seed) != check)
-            break;
-        total += data_bytes;
-        expect += count;
-        pos += size;
+    RecordHeader header;
+    while (expect < end && check_record(base, pos, limit, &header) && header.first == expect) {
+        total += header.data_bytes;
+        expect += header.count;
+        pos += header.size;
     }
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLongLong(total);
