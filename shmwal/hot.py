@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from . import sync
 from .blocks import layout as L
 from .entry import Entry
 
@@ -24,7 +25,7 @@ def _load():
     mismatched = [name for name, value in _hot.LAYOUT.items() if getattr(L, name) != value]
     if mismatched:   # a stale build against an older layout: never write with it
         raise ImportError(f"shmwal._hot was built for another layout ({', '.join(mismatched)}): rebuild it")
-    _hot.configure(Entry)
+    _hot.configure(Entry, sync)
     return _hot
 
 

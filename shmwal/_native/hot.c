@@ -97,6 +97,24 @@ static inline uint32_t rd32(const char *p) { uint32_t v; memcpy(&v, p, 4); retur
 
 /* Take a robust mutex: 0 taken, 1 taken and its previous holder died (now
  * consistent), -1 not taken (an error the Python path will report). */
+static PyObject *sync_module;   /* shmwal.sync, set by configure() */
+
+/* A dead holder's mutex goes through shmwal.sync.lock_contended like every
+ * recovery of the Python paths (looked up each time: one place to log or
+ * instrument recoveries, as the drills do).  It marks the mutex consistent. */
+static void recover_mutex(pthread_mutex_t *mutex)
+{
+    PyObject *hook = sync_module ? PyObject_GetAttrString(sync_module, "lock_contended") : NULL;
+    PyObject *died = hook ? PyObject_CallFunction(hook, "Ki", (unsigned long long)(uintptr_t)mutex, EOWNERDEAD)
+                          : NULL;
+    Py_XDECREF(hook);
+    if (died == NULL) {
+        PyErr_Clear();
+        pthread_mutex_consistent(mutex);   /* still ours to repair */
+    }
+    Py_XDECREF(died);
+}
+
 static int lock_robust(pthread_mutex_t *mutex)
 {
     int rc = pthread_mutex_trylock(mutex);
@@ -109,7 +127,7 @@ static int lock_robust(pthread_mutex_t *mutex)
     if (rc == 0)
         return 0;
     if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(mutex);
+        recover_mutex(mutex);
         return 1;
     }
     return -1;
@@ -948,14 +966,20 @@ static PyObject *payload_bytes(PyObject *module, PyObject *args)
     return PyLong_FromUnsignedLongLong(total);
 }
 
-static PyObject *configure(PyObject *module, PyObject *entry)
+/* configure(Entry, shmwal.sync) */
+static PyObject *configure(PyObject *module, PyObject *args)
 {
+    PyObject *entry, *sync;
+    if (!PyArg_ParseTuple(args, "OO", &entry, &sync))
+        return NULL;
     if (!PyType_Check(entry) || !PyType_IsSubtype((PyTypeObject *)entry, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "configure takes the Entry type (a tuple subclass)");
         return NULL;
     }
     Py_INCREF(entry);
     Py_XSETREF(entry_type, (PyTypeObject *)entry);
+    Py_INCREF(sync);
+    Py_XSETREF(sync_module, sync);
     Py_RETURN_NONE;
 }
 
@@ -975,7 +999,7 @@ static PyMethodDef module_methods[] = {
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, "the inner loop of GroupReader._take"},
     {"measure", (PyCFunction)measure, METH_O, "measure(items) -> (total bytes, longest)"},
     {"payload_bytes", (PyCFunction)payload_bytes, METH_VARARGS, "payload_bytes(buf, pos, limit, first, end) -> int"},
-    {"configure", (PyCFunction)configure, METH_O, "configure(Entry)"},
+    {"configure", (PyCFunction)configure, METH_VARARGS, "configure(Entry, shmwal.sync)"},
     {"xxh3_64", (PyCFunction)xxh3_64, METH_VARARGS, "xxh3_64(data, seed=0) -> int"},
     {NULL}
 };
