@@ -116,7 +116,7 @@ class chain_mutex:
 
 class TopicState:
     __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block", "seen_tail",
-                 "busy")
+                 "busy", "moved_at")
 
     def __init__(self, meta: TopicMeta, sem_name: str):
         self.meta = meta
@@ -127,6 +127,7 @@ class TopicState:
         self.synced_block = 0
         self.seen_tail = meta.get(L.H_TAIL_CHAIN)
         self.busy = False       # its writer moved to a new block since the last reclamation look
+        self.moved_at = -REUSE_TTL   # monotonic time its writer last moved to a new block
 
 
 # ----------------------------------------------------------------------------- the server
@@ -510,6 +511,7 @@ class BrokerServer:
                 continue
             state.seen_tail = tail
             state.busy = True
+            state.moved_at = time.monotonic()
             if tail == 2**64 - 1:
                 continue
             fresh = []
@@ -588,9 +590,10 @@ class BrokerServer:
             k += 1
         if k == first:
             return
-        # Loaded after the cursors: a zero-copy reader sets it before it moves its cursor,
-        # and its views must not change under it.
-        reusable = not meta.get(L.H_ZERO_COPY)
+        # Reuse is for topics being written (a block offered to an idle topic would only
+        # keep its file REUSE_TTL longer). H_ZERO_COPY is loaded after the cursors: a
+        # zero-copy reader sets it before it moves its cursor, and its views must not change.
+        reusable = time.monotonic() - state.moved_at < REUSE_TTL and not meta.get(L.H_ZERO_COPY)
         freed_bytes = 0
         for index in range(first, k):
             file_id, file_offset, capacity, block_first = meta.chain(index)

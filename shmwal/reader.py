@@ -142,8 +142,9 @@ class GroupReader:
                     taken = None
                     if died or zero_copy:
                         pass
-                    elif max_entries == 1:   # read_next after a wait: the common case is the fast one
-                        found = self._fast(checkpoint)
+                    elif max_entries == 1:
+                        # read_next after a wait: the fast case, unless hot.c just tried it (above)
+                        found = self._fast(checkpoint) if self.hot_next is self._no_hot else None
                         if found is not None:
                             taken = [found], 0
                     elif self.client._io_uring is not None:
@@ -186,7 +187,8 @@ class GroupReader:
         rc = _trylock(mutex)
         died = rc and sync.lock_contended(mutex, rc)
         try:
-            found = None if died else self._fast(checkpoint)
+            # hot.c's next, when there is one, already found no fast case: straight to _take.
+            found = None if died or self.hot_next is not self._no_hot else self._fast(checkpoint)
             if found is not None:
                 return found
             entries, seen_next = self._take(1, L.MAX_ENTRY, checkpoint, died)

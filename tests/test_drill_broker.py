@@ -31,6 +31,7 @@ import shmwal
 from conftest import ipc_leftovers
 from drill_helpers import (Children, decode_payload, make_payload, open_report, payloads_digest,
                            poll, read_report)
+from helpers import read_all
 
 TOPIC = "drill-broker"
 GROUP = "g"
@@ -223,12 +224,7 @@ def test_broker_killed_under_load_recovers_everything_and_clients_carry_on(start
         for _, seq, first, count, digest, _t in _lines(reports[name], "A"):
             returned[i, int(seq)] = (int(first), int(count), digest)
     returned.update(wakes)
-    entries = []
-    while True:
-        got = own.batch_read(TOPIC, 8 << 20, group="verify")
-        if not got:
-            break
-        entries.extend(got)
+    entries = read_all(own, TOPIC, "verify", 8 << 20)
     next_offset = own.stats()["topics"][TOPIC]["next_offset"]
     assert [e.offset for e in entries] == list(range(next_offset))
     present = {}

@@ -33,6 +33,7 @@ import shmwal
 from drill_helpers import (Children, MetaView, decode_payload, instrument_lock_recovery,
                            kill_and_reap, kill_inside_lock, make_payload, meta_path, open_report, payloads_digest,
                            poll, read_report, report_size)
+from helpers import read_all
 
 TOPIC = "drill-producers"
 PRODUCERS = 3
@@ -239,12 +240,7 @@ def test_producers_killed_at_random_instants_lose_nothing_and_expose_nothing(sta
     # ------------------------------------------------------------------ what the topic holds
     with shmwal.connect(data_dir) as client:
         next_offset = client.stats()["topics"][TOPIC]["next_offset"]
-        entries = []
-        while True:
-            got = client.batch_read(TOPIC, 8 << 20, group="verify")
-            if not got:
-                break
-            entries.extend(got)
+        entries = read_all(client, TOPIC, "verify", 8 << 20)
         assert client.position(TOPIC, group="verify") == next_offset
     assert [e.offset for e in entries] == list(range(next_offset)), "offsets are not exactly 0..N-1"
 
