@@ -456,6 +456,8 @@ def test_batch_read_continues_across_block_and_file_boundaries(broker, io):
         stats = client.stats()["topics"]["t"]
         assert stats["blocks"] >= 12 and stats["files"] >= 3, stats  # 64 KiB blocks, 4 per file
 
+        for group in ("small", "block", "zero", "all", "one"):
+            client.seek("t", 0, group=group)   # all join first: none reads past what another needs
         for max_bytes, group in ((7000, "small"), (65536, "block"), (0, "zero")):
             plan = expected_batches(sizes, max_bytes)
             for batch in plan:
@@ -475,6 +477,8 @@ def test_entries_larger_than_a_block_round_trip_exactly(client):
     one = rng.randbytes(1 * MiB)
     five = rng.randbytes(5 * MiB)
     other = rng.randbytes(MiB + 3)
+    for group in ("capped", "all"):   # join before "default" has read past anything (reclamation)
+        client.seek("t", 0, group=group)
     assert client.append("t", b"s0") == 0
     assert client.append("t", one) == 1
     assert client.append("t", b"s1") == 2
