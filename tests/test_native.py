@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import random
+
 import pytest
 import xxhash
 from hypothesis import given, settings, strategies as st
@@ -28,6 +30,15 @@ pytestmark = pytest.mark.skipif(native is None, reason="shmwal._hot is not built
 @given(data=st.binary(max_size=3000), seed=st.integers(0, 2**64 - 1))
 def test_hash_is_xxhash_xxh3_64(data, seed):
     assert native.xxh3_64(data, seed) == xxhash.xxh3_64_intdigest(data, seed)
+
+
+@pytest.mark.parametrize("length", [240, 241, 256, 1023, 4096, 65536, 65537, (1 << 20) + 3])
+def test_long_inputs_hash_alike_whichever_vector_unit_runs(length):
+    """Past 240 bytes hot.c hashes through xxHash's cpuid dispatcher (AVX-512/AVX2/SSE2)."""
+    data = random.Random(length).randbytes(length)
+    for seed in (0, 1, 2**64 - 1, 0x9E3779B97F4A7C15):
+        assert native.xxh3_64(data, seed) == xxhash.xxh3_64_intdigest(data, seed)
+        assert native.xxh3_64(memoryview(data)[1:], seed) == xxhash.xxh3_64_intdigest(data[1:], seed)
 
 
 def test_layout_constants_are_layout_py():
@@ -129,6 +140,19 @@ def test_decode_never_returns_a_wrong_payload(runs, flip, bit, max_entries, max_
                                           or taken + len(expected[c][1]) > max_bytes)
     if bytes(buf) == clean:
         assert status == native.DONE
+
+
+@settings(max_examples=100, deadline=None)
+@given(runs=st.lists(st.lists(st.binary(min_size=241, max_size=1500), min_size=1, max_size=4), min_size=1, max_size=4),
+       flip=st.integers(0, 10**6), bit=st.integers(0, 7), zero_copy=st.booleans())
+def test_decode_never_returns_a_wrong_long_payload(runs, flip, bit, zero_copy):
+    """Long payloads are hashed after the copy (bytes) or in place (views): neither lets a flip through."""
+    buf, expected, end = _encode_block(runs)
+    buf[flip % end] ^= 1 << bit
+    source = memoryview(bytes(buf)) if zero_copy else bytes(buf)
+    out: list = []
+    native.decode(source, 0, end, 0, len(expected), 2**64 - 1, 100, 2**40, False, "t", out, zero_copy)
+    assert [(e.offset, bytes(e.data)) for e in out] == expected[:len(out)]
 
 
 def test_decode_stops_at_the_next_block_and_hands_back_foreign_records():
