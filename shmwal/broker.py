@@ -518,12 +518,14 @@ class BrokerServer:
             with chain_mutex(meta):
                 while meta.get(L.H_ALLOCATED_BLOCKS) < min(tail + 1 + SPARE_BLOCKS, L.CHAIN_SLOTS):
                     index = meta.get(L.H_ALLOCATED_BLOCKS)
+                    reused = self.allocator.reused
                     try:
                         self._allocate_slot(meta, index, L.BLOCK_HEADER_SIZE)
                     except OSError as exc:
                         log.warning("could not provision a block for %s: %s", meta.name, exc)
                         break
-                    fresh.append(meta.chain(index)[:3])
+                    if self.allocator.reused == reused:   # a reused block's pages are in memory
+                        fresh.append(meta.chain(index)[:3])
             for file_id, file_offset, capacity in fresh:   # outside the mutex: it takes a while
                 self._populate(file_id, file_offset, capacity)
 
