@@ -125,6 +125,35 @@ class _StuckQueue(contenders.MPQueueContender):
         return session
 
 
+class _FaultyBatchEnd(contenders.FasterFifoEnd):
+    """Drops p0#7, sends p0#3 twice and p0#9 twice, the second time cut to 40 bytes."""
+
+    def send_many(self, bufs):
+        msgs = [bytes(b) for b in bufs]
+        seqs = [int.from_bytes(m[8:16], "little") for m in msgs]
+        out = [m for m, seq in zip(msgs, seqs) if seq != 7]
+        out += [m for m, seq in zip(msgs, seqs) if seq == 3]
+        out += [m[:40] for m, seq in zip(msgs, seqs) if seq == 9]
+        self.q.put_many(out, timeout=contenders.FOREVER)
+
+
+class _FaultyBatchChannel(contenders.FasterFifoChannel):
+    def sender(self, producer):
+        return _FaultyBatchEnd(self.q, self.batch)
+
+
+class _FaultyBatchQueue(contenders.FasterFifoContender):
+    name = "faulty faster-fifo batch"
+
+    def __init__(self):
+        super().__init__(batched=True)
+
+    def open(self, spec, ctx, workdir):
+        session = super().open(spec, ctx, workdir)
+        session.channel = _FaultyBatchChannel(session.q, session.channel.batch, session.channel.recv_batch)
+        return session
+
+
 def _run(contender, spec, tmp_path, timeout=60.0):
     ctx = multiprocessing.get_context("fork")
     return runner.run_plan([spec], [contender], ctx, str(tmp_path), timeout, log=None)[0]
@@ -136,6 +165,16 @@ def test_dropped_and_duplicated_messages_fail_the_run(tmp_path):
     assert "1 missing" in row.detail and "p0#7" in row.detail
     assert "1 duplicates" in row.detail and "p0#3" in row.detail
     assert row.msgs_per_s is None   # a wrong answer gets no figure to win with
+
+
+@pytest.mark.parametrize("size", [100, 4096])   # joined prefixes, and one slice a message
+def test_batched_receivers_fail_on_dropped_duplicated_and_odd_sized_messages(tmp_path, size):
+    pytest.importorskip("faster_fifo")
+    row = _run(_FaultyBatchQueue(), plan.RunSpec("throughput", size, 50), tmp_path)
+    assert row.status == "FAILED"
+    assert "1 missing" in row.detail and "p0#7" in row.detail
+    assert "2 duplicates" in row.detail and "p0#3" in row.detail and "p0#9" in row.detail
+    assert row.msgs_per_s is None
 
 
 def test_a_hanging_contender_is_killed_as_timeout(tmp_path):

@@ -16,6 +16,14 @@ Run it as ``shmwal bench`` or ``python scripts/bench.py`` (``--help`` lists the 
 It exits 1 if any run was FAILED (a message lost, duplicated or made up), TIMEOUT or ERROR.
 """
 
-from .cli import main
+import os
+
+# numpy's OpenBLAS starts a helper thread per core that spins after a BLAS call: on two
+# cores it took CPU from the contenders (seen in perf as blas_thread_server in the
+# parent). The harness needs no threaded BLAS. Set before numpy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from .cli import main  # noqa: E402
 
 __all__ = ["main"]
