@@ -68,6 +68,8 @@ def as_payload(data) -> memoryview:
         view = memoryview(data)
     except TypeError:
         raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+    except ValueError as exc:   # a released memoryview: no bytes to take (batches say TypeError too)
+        raise TypeError(f"data is not a usable bytes-like object: {exc}") from None
     if not view.c_contiguous:
         raise TypeError("data must be C-contiguous")
     if view.ndim != 1 or view.itemsize != 1:

@@ -89,20 +89,33 @@ def test_batches_are_the_bytes_the_codec_writes(client, sizes):
 
 def test_batch_items_of_every_buffer_kind(client):
     import array
-    items = [b"ab", bytearray(b"cd"), memoryview(b"xxef")[2:], array.array("I", [1, 2]), b""]
+    import numpy as np
+    grid = np.arange(6, dtype=np.int32).reshape(2, 3)
+    # memoryviews are read in place by hot.c (no buffer request): slices, wide formats, 2-D.
+    items = [b"ab", bytearray(b"cd"), memoryview(b"xxef")[2:], array.array("I", [1, 2]), b"",
+             memoryview(bytearray(b"0123456789"))[3:7], memoryview(grid), memoryview(grid)[1:], memoryview(b"z")[::-1]]
     offsets = client.batch_append("t", items)
     got = [e.data for e in client.batch_read("t", 1000)]
-    assert got == [b"ab", b"cd", b"ef", array.array("I", [1, 2]).tobytes(), b""]
-    assert list(offsets) == [0, 1, 2, 3, 4]
+    assert got == [b"ab", b"cd", b"ef", array.array("I", [1, 2]).tobytes(), b"", b"3456", grid.tobytes(),
+                   grid[1:].tobytes(), b"z"]
+    assert list(offsets) == list(range(9))
+    assert client.append("t", memoryview(grid)[:1]) == 9
+    assert client.read_next("t").data == grid[:1].tobytes()
 
 
 def test_bad_batch_items_are_typed_errors_and_write_nothing(client):
     import array
     client.append("t", b"before")
     strided = memoryview(array.array("I", range(8)))[::2]
-    for bad in ([b"ok", "text"], [b"ok", 5], [b"ok", strided]):
+    released = memoryview(b"gone")
+    released.release()
+    empty_strided = memoryview(b"")[::2]      # memoryview itself calls it not C-contiguous
+    for bad in ([b"ok", "text"], [b"ok", 5], [b"ok", strided], [b"ok", released], [b"ok", empty_strided]):
         with pytest.raises(TypeError):
             client.batch_append("t", bad)
+    for bad in (strided, released, empty_strided):
+        with pytest.raises(TypeError):
+            client.append("t", bad)
     assert client.append("t", b"after") == 1
     assert [e.data for e in client.batch_read("t", 1000)] == [b"before", b"after"]
 
