@@ -24,7 +24,7 @@ import os
 import struct
 import threading
 
-from . import sync
+from . import populate, sync
 from .blocks import layout as L
 from .blocks.chain import find_block, walk_to, write_block_header
 from .blocks.codec import encode_record, xxh
@@ -41,12 +41,6 @@ _W_WAITERS = L.H_WAITERS // 8
 _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
 _SINGLE = 48  # record header + one table entry
-_populate_works = [True]
-# Blocks this process already faulted in, as (id(mapping), file_offset): a reused block
-# still has its page-table entries, and populating them again cost 0.8 ms per 10 MiB
-# block (3x writing it; half a 64 KiB producer's time). A stale id only costs faults.
-_faulted_blocks: set[tuple[int, int]] = set()
-_FAULTED_MAX = 4096
 _ALIGN_MASK = L.ALIGN - 1
 _SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
 assert L.record_seed(1, 0, 5, 7) == (5 * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) ^ _SINGLE_SALT ^ 7
@@ -309,33 +303,12 @@ class Appender:
                              tid=threading.get_native_id())
         else:
             raise ShmwalError(f"no block for {self.topic} after {attempt + 1} requests")
-        self._fault_in(file_offset, capacity)
+        populate.block(self._buf, file_offset, capacity, need)
         # The tail words are re-set on publish; until then the new block is only ours.
         words[_W_TAIL_CHAIN] = block
         words[_W_TAIL_POS] = file_offset + L.BLOCK_HEADER_SIZE
         words[_W_TAIL_OFFSET] = NO_BLOCK  # not consistent until published: a death here is repaired
         return block, file_offset + L.BLOCK_HEADER_SIZE
-
-    def _fault_in(self, file_offset: int, capacity: int) -> None:
-        """Map the whole new block into this process's page tables in one call.
-
-        Every append otherwise takes a page fault per 4 KiB it touches first
-        (the broker faulted the pages into the page cache, but each process
-        has page tables of its own): measured on tmpfs, 20 us to write 64 KiB
-        through fresh page-table entries against 2.5 us through present ones,
-        and one madvise for a 10 MiB block costs 40% less than its faults.
-        """
-        key = (id(self._buf), file_offset)
-        if not _populate_works[0] or key in _faulted_blocks:
-            return
-        try:
-            sync.populate_write(self._buf, file_offset, capacity)
-        except OSError:
-            _populate_works[0] = False   # an older kernel: take the faults
-            return
-        if len(_faulted_blocks) >= _FAULTED_MAX:
-            _faulted_blocks.clear()
-        _faulted_blocks.add(key)
 
     def _recompute_tail(self) -> None:
         """Rebuild the tail bookkeeping from published state (a writer died, or a batch failed).
