@@ -2,7 +2,8 @@
 
 General layout
 --------------
-The public API (``../shared/API.md``) is exactly the names re-exported here.
+The public API (``../shared/API.md``) is the names re-exported here, plus two additions:
+``batch_read(zero_copy=True)`` and ``batch_read_payloads`` (``Payloads``).
 
 Roles, one module each:
 
@@ -12,6 +13,8 @@ Roles, one module each:
                     moves through ``writer`` (append) and ``reader`` (read)
                     straight in the mapped files, never through the broker
 * ``sync``          robust process-shared mutexes and atomic counters (ctypes)
+* ``populate``      faulting a writer's next block in, mostly on a thread
+* ``hot``           the compiled hot path (``_native/hot.c``), if built
 * ``blocks/``       the on-disk formats: ``layout`` (every size and offset),
                     ``codec`` (pure record encode/decode), ``meta`` (a topic's
                     shared state), ``chain`` (finding entries), ``files``,
@@ -24,13 +27,13 @@ Roles, one module each:
 
 from .broker import Broker
 from .client import Client, connect
-from .entry import Entry
+from .entry import Entry, Payloads
 from .errors import (BatchTooLarge, BrokerAlreadyRunning, BrokerUnavailable, ClientClosed,
                      CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError)
 from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
 
 __all__ = [
-    "Broker", "Client", "connect", "Entry",
+    "Broker", "Client", "connect", "Entry", "Payloads",
     "StrictlyAtOnce", "AtLeastOnce", "SyncEach", "FsyncEvery", "NoFsync",
     "ShmwalError", "BrokerUnavailable", "BrokerAlreadyRunning", "InvalidTopic",
     "EntryTooLarge", "BatchTooLarge", "CorruptEntry", "ClientClosed",

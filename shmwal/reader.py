@@ -77,6 +77,7 @@ class GroupReader:
         self.topic = topic
         self.group = group
         self.stale = False      # set by the client when it drops its handles (a new broker)
+        self.took_from = 0      # offset of the first entry of the last take (see read)
         self.meta = meta
         self.files = files
         self.sem = sem
@@ -118,11 +119,13 @@ class GroupReader:
 
     # ------------------------------------------------------------------ public
     def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False,
-             seen_next: int | None = None) -> list:
+             seen_next: int | None = None, payloads: bool = False) -> list:
         """Take entries as batch_read does, waiting up to ``timeout`` for the first.
 
         ``seen_next``: the caller has just looked and found nothing below this
         next offset, so the first thing to do is wait, not look again.
+        ``payloads`` (batch_read_payloads): returns ``(first, data)``, each entry's
+        data instead of the Entry and the offset of the first (None if none).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if zero_copy and not self.words[_W_ZERO_COPY]:
@@ -148,22 +151,23 @@ class GroupReader:
                         if found is not None:
                             taken = [found], 0
                     elif self.client._io_uring is not None:
-                        taken = self._take_uring(max_entries, max_bytes, checkpoint)
+                        taken = self._take_uring(max_entries, max_bytes, checkpoint, payloads)
                     entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died,
-                                                             zero_copy=zero_copy)
+                                                             zero_copy=zero_copy, payloads=payloads)
+                    took_from = self.took_from
                 finally:
                     sync.unlock(self.mutex)
                 if entries or timeout == 0:
-                    return entries
+                    return (took_from if entries else None, entries) if payloads else entries
             if not self._spin(seen_next):
                 if not self._sleep(seen_next, deadline):
-                    return []
+                    return (None, []) if payloads else []
                 if self.stale:
                     # The client reconnected to a new broker meanwhile: go on with
                     # fresh handles (the meta file may have been rebuilt).
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     fresh = self.client._reader(self.topic, self.group, create=True)
-                    return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy)
+                    return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy, payloads=payloads)
             seen_next = None
 
     def read_one(self, checkpoint: bool, timeout, found=None):
@@ -276,7 +280,7 @@ class GroupReader:
 
     # ------------------------------------------------------------------ under the group mutex
     def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool,
-              resume: tuple | None = None, zero_copy: bool = False):
+              resume: tuple | None = None, zero_copy: bool = False, payloads: bool = False):
         """Take entries from the cursor on, through the mapped files.
 
         ``resume`` = (next_offset, offset, block, position, entries, total)
@@ -290,6 +294,7 @@ class GroupReader:
             hinted = not died and words[self.w_hint_offset] == cursor
             if cursor < first_offset:
                 cursor, hinted = first_offset, False
+            self.took_from = cursor
             if cursor >= next_offset:
                 return [], next_offset
             if hinted:
@@ -319,7 +324,7 @@ class GroupReader:
                     next_first = words[_W_CHAIN_FIRST + (block + 1) * 4] if block + 1 < published else NO_HINT
                     status, c, pos, taken = decode(buf, pos, limit, c, next_offset, next_first,
                                                    max_entries - len(out), max_bytes - total, bool(out),
-                                                   topic, out, zero_copy)
+                                                   None if payloads else topic, out, zero_copy)
                     total += taken
                     record = None
                     if status == _DONE:
@@ -350,7 +355,7 @@ class GroupReader:
                         if out:
                             return out, next_offset
                         raise CorruptEntry(topic, c)
-                    append(make_entry(Entry, (topic, c, data)))
+                    append(data if payloads else make_entry(Entry, (topic, c, data)))
                     total += length
                     c += 1
                     index += 1
@@ -367,7 +372,8 @@ class GroupReader:
             if resume is None and c < words[_W_FIRST_OFFSET]:
                 # Reclaimed under a reader that stalled below the oldest kept
                 # entry: look again from there (the top clamps the cursor).
-                return self._take(max_entries, max_bytes, checkpoint, True)
+                return self._take(max_entries, max_bytes, checkpoint, True, zero_copy=zero_copy,
+                                  payloads=payloads)
             raise CorruptEntry(topic, c, f"block file unreadable: {exc}") from None
         finally:
             if checkpoint and out:
@@ -390,7 +396,7 @@ class GroupReader:
                         self._hot.set_block(block, found[0], found[4])
                         self._hot_block = block
 
-    def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool):
+    def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool, payloads: bool = False):
         """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
 
         Returns None to let ``_take`` (mmap) do the read: when there is no
@@ -403,6 +409,7 @@ class GroupReader:
         next_offset = words[_W_NEXT]
         if cursor >= next_offset or cursor < words[_W_FIRST_OFFSET] or words[self.w_hint_offset] != cursor:
             return None
+        self.took_from = cursor
         published = words[_W_PUBLISHED]
         meta = self.meta
         block, pos = words[self.w_hint_chain], words[self.w_hint_pos]
@@ -472,7 +479,7 @@ class GroupReader:
                             raise CorruptEntry(topic, c)
                         full = True
                         break
-                    out.append(make_entry(Entry, (topic, c, data)))
+                    out.append(data if payloads else make_entry(Entry, (topic, c, data)))
                     total += length
                     c += 1
                     index += 1
@@ -487,8 +494,11 @@ class GroupReader:
         if not full and c < next_offset:
             # The planned ranges ran out before the caps did: the mapping finishes
             # the batch, so its boundaries are exactly those of an mmap read.
-            return self._take(max_entries, max_bytes, checkpoint, False,
-                              (next_offset, c, hint_block, hint_pos, out, total))
+            took_from = self.took_from
+            taken = self._take(max_entries, max_bytes, checkpoint, False,
+                               (next_offset, c, hint_block, hint_pos, out, total), payloads=payloads)
+            self.took_from = took_from
+            return taken
         if checkpoint:
             _hint_pack(self.meta.mm, self.at_cursor + 8, c, hint_block, hint_pos)
             words[self.w_cursor] = c

@@ -197,8 +197,9 @@ def produce(client, topic: str, tag: int, n_entries: int, seed: int, max_batch: 
 
 def consume(client, topic: str, group: str, ready, done, seed: int, max_bytes: int = 2000,
             limit: float = 60.0) -> list[tuple[int, bytes]]:
-    """Read ``topic`` for ``group`` (read_next and batch_read mixed) until ``done`` is set and
-    nothing is left; return (offset, data) of every entry received, in the order received."""
+    """Read ``topic`` for ``group`` (read_next, batch_read and batch_read_payloads mixed) until
+    ``done`` is set and nothing is left; return (offset, data) of every entry received, in the
+    order received."""
     rng = random.Random(seed)
     got = []
     first = client.read_next(topic, group=group, timeout=0.01)  # joins the group before `ready`
@@ -207,11 +208,15 @@ def consume(client, topic: str, group: str, ready, done, seed: int, max_bytes: i
     ready.set()
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if rng.random() < 0.5:
+        way = rng.random()
+        if way < 0.4:
             entry = client.read_next(topic, group=group, timeout=0.05)
             entries = [] if entry is None else [entry]
-        else:
+        elif way < 0.7:
             entries = client.batch_read(topic, max_bytes, group=group, timeout=0.05)
+        else:
+            first, data = client.batch_read_payloads(topic, max_bytes, group=group, timeout=0.05)
+            entries = [shmwal.Entry(topic, first + i, d) for i, d in enumerate(data)]
         for entry in entries:
             assert entry.topic == topic
             got.append((entry.offset, entry.data))

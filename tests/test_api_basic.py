@@ -413,6 +413,43 @@ def test_batch_read_counts_empty_entries_as_zero_bytes(client):
     assert [e.offset for e in client.batch_read("u", 0)] == [3]
 
 
+@pytest.mark.timeout(30)
+def test_batch_read_payloads_is_batch_read_without_the_entries(client):
+    """Payloads(first, data): data[i] is the entry at offset first + i; caps, cursor,
+    peeks and waits as batch_read; with nothing read, first is the group's position."""
+    assert client.batch_read_payloads("none", 100) == (0, [])
+    assert isinstance(client.batch_read_payloads("none", 100), shmwal.Payloads)
+    client.seek("t", 0, group="peek")
+    client.batch_append("t", [b"a" * 10, b"b" * 10, b"c" * 10])
+    client.batch_append("t", [b"d"] * 2000)
+    client.batch_append("t", [b"d"] * 500)
+    assert client.batch_read_payloads("t", 20) == (0, [b"a" * 10, b"b" * 10])
+    assert client.position("t") == 2
+    assert client.batch_read_payloads("t", 5) == (2, [b"c" * 10])     # the first alone when larger
+    got = client.batch_read_payloads("t", 10**9)
+    assert got.first == 3 and got.data == [b"d"] * 2000                # never more than 2,000
+    assert client.batch_read_payloads("t", 10**9).first == 2003
+    assert client.batch_read_payloads("t", 10**9) == (2503, [])
+    peeked = client.batch_read_payloads("t", 25, group="peek", checkpoint=False)
+    assert peeked == (0, [b"a" * 10, b"b" * 10])
+    assert client.position("t", group="peek") == 0
+    with pytest.raises(TypeError):
+        client.batch_read_payloads("t", "100")
+    with pytest.raises(ValueError):
+        client.batch_read_payloads("t", -1)
+    with pytest.raises(shmwal.InvalidTopic):
+        client.batch_read_payloads("bad/name", 100)
+    later = threading.Timer(0.2, lambda: client.append("t", b"late"))
+    later.start()
+    try:
+        assert client.batch_read_payloads("t", 100, timeout=10) == (2503, [b"late"])
+    finally:
+        later.join()
+    started = time.monotonic()
+    assert client.batch_read_payloads("t", 100, timeout=0.3) == (2504, [])
+    assert time.monotonic() - started >= 0.3
+
+
 @pytest.mark.timeout(60)
 def test_batch_read_never_returns_more_than_2000_entries(client):
     client.seek("t", 0, group="peek")   # joins before anything is consumed (or it may start later)
@@ -456,7 +493,7 @@ def test_batch_read_continues_across_block_and_file_boundaries(broker, io):
         stats = client.stats()["topics"]["t"]
         assert stats["blocks"] >= 12 and stats["files"] >= 3, stats  # 64 KiB blocks, 4 per file
 
-        for group in ("small", "block", "zero", "all", "one"):
+        for group in ("small", "block", "zero", "all", "one", "p-small", "p-block", "p-zero", "p-views"):
             client.seek("t", 0, group=group)   # all join first: none reads past what another needs
         for max_bytes, group in ((7000, "small"), (65536, "block"), (0, "zero")):
             plan = expected_batches(sizes, max_bytes)
@@ -464,7 +501,18 @@ def test_batch_read_continues_across_block_and_file_boundaries(broker, io):
                 entries = client.batch_read("t", max_bytes, group=group)
                 assert [e.offset for e in entries] == batch, (max_bytes, batch[0])
                 assert [e.data for e in entries] == [datas[o] for o in batch]
+                # batch_read_payloads: the same batches, without the Entry objects
+                first, data = client.batch_read_payloads("t", max_bytes, group="p-" + group)
+                assert first == batch[0] and data == [datas[o] for o in batch], (max_bytes, batch[0])
+                assert all(type(d) is bytes for d in data)
             assert client.batch_read("t", max_bytes, group=group) == []
+            assert client.batch_read_payloads("t", max_bytes, group="p-" + group) == (len(datas), [])
+        views = []
+        while len(views) < len(datas):
+            first, data = client.batch_read_payloads("t", 65536, group="p-views", zero_copy=True)
+            assert first == len(views) and data and all(type(d) is memoryview and d.readonly for d in data)
+            views += data
+        assert [bytes(v) for v in views] == datas
         everything = client.batch_read("t", 10**9, group="all")
         assert [e.data for e in everything] == datas
         one_by_one = [client.read_next("t", group="one") for _ in range(len(datas))]

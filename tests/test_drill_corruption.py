@@ -500,10 +500,13 @@ def _corrupt_payload_live(client, broker):
     bad = 7
     e = next(x for x in locate_entries(broker.root, "live") if x.offset == bad)
     flip_byte(e.path, e.payload_pos + 100, 0x01)        # the mapping is shared: readers see it at once
+    client.seek("live", 0, group="payloads")
+    assert client.batch_read_payloads("live", 1 << 20, group="payloads") == (0, ps[:bad])
     got = client.batch_read("live", 1 << 20)
     assert [x.data for x in got] == ps[:bad], "batch_read must stop before the corrupt entry"
     for call in (lambda: client.read_next("live"), lambda: client.batch_read("live", 1 << 20),
-                 lambda: client.read_next("live", checkpoint=False), lambda: client.read_next("live", timeout=0.5)):
+                 lambda: client.read_next("live", checkpoint=False), lambda: client.read_next("live", timeout=0.5),
+                 lambda: client.batch_read_payloads("live", 1 << 20)):
         with pytest.raises(shmwal.CorruptEntry) as info:
             call()
         assert (info.value.topic, info.value.offset) == ("live", bad)

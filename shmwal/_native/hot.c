@@ -875,7 +875,8 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
     int zero_copy = PyObject_IsTrue(args[11]);
     if (PyErr_Occurred())
         return NULL;
-    if (!PyList_CheckExact(out) || !PyUnicode_CheckExact(topic) || entry_type == NULL) {
+    /* topic None: batch_read_payloads, the list gets each entry's data alone. */
+    if (!PyList_CheckExact(out) || !(topic == Py_None || PyUnicode_CheckExact(topic)) || entry_type == NULL) {
         PyErr_SetString(PyExc_TypeError, "decode: bad arguments");
         return NULL;
     }
@@ -928,7 +929,7 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
                 status = DECODE_HAND_BACK;
                 break;
             }
-            PyObject *entry = make_entry(topic, c, data);
+            PyObject *entry = topic == Py_None ? data : make_entry(topic, c, data);
             if (entry == NULL)
                 goto error;
             int rc = PyList_Append(out, entry);

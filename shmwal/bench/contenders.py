@@ -369,12 +369,14 @@ class ShmwalContender(Contender):
     family = "shmwal"
     pubsub = True
 
-    def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="strict"):
+    def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="strict",
+                 payloads=False):
         self.fsync_ms = fsync_ms            # None: NoFsync()
-        self.batched = batched or zero_copy
+        self.batched = batched or zero_copy or payloads
         self.zero_copy = zero_copy
+        self.payloads = payloads            # batch_read_payloads: the data without an Entry each
         self.consistency = consistency
-        mode = "zero-copy" if zero_copy else ("batch" if batched else "entry")
+        mode = "zero-copy" if zero_copy else ("payloads" if payloads else ("batch" if batched else "entry"))
         durability = "nofsync" if fsync_ms is None else f"fsync{fsync_ms}ms"
         self.name = f"shmwal {durability} {mode}"
 
@@ -405,7 +407,7 @@ class ShmwalSession(BatonSession):
             raise
         read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
         super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups, read_bytes,
-                                       contender.zero_copy))
+                                       contender.zero_copy, contender.payloads))
 
     def send_baton(self):
         import shmwal
@@ -422,11 +424,12 @@ class ShmwalSession(BatonSession):
 
 
 class ShmwalChannel:
-    def __init__(self, data_dir, key, separate_groups, max_bytes, zero_copy):
+    def __init__(self, data_dir, key, separate_groups, max_bytes, zero_copy, payloads=False):
         self.data_dir, self.key = data_dir, key
         self.separate_groups = separate_groups
         self.max_bytes = max_bytes          # per batch_read: BATCH messages, at most READ_BATCH_BYTES
         self.zero_copy = zero_copy          # batch_read(zero_copy=True): entries' data are views
+        self.payloads = payloads            # batch_read_payloads instead of batch_read
 
     def _connect(self):
         import shmwal
@@ -467,6 +470,8 @@ class ShmwalReceiver:
         self.pass_baton = not channel.separate_groups
         self.zero_copy = channel.zero_copy
         self.views = self.zero_copy   # the consumer copies what it keeps of each message
+        if channel.payloads:
+            self.recv_many = self._recv_payloads
         if channel.separate_groups:
             # Make the group exist before any producer writes: a group born later starts
             # at the oldest entry *kept*, and blocks all older groups read past may be gone.
@@ -480,6 +485,10 @@ class ShmwalReceiver:
                                          zero_copy=self.zero_copy)
         return list(map(_entry_data, entries))
 
+    def _recv_payloads(self):
+        return self.client.batch_read_payloads(TOPIC, self.max_bytes, group=self.group, timeout=None,
+                                               zero_copy=self.zero_copy).data
+
     def on_token(self, msg) -> bool:
         if self.pass_baton:
             self.client.append(TOPIC, bytes(msg))
@@ -492,9 +501,9 @@ class ShmwalReceiver:
 def all_contenders(consistency: str = "strict") -> list[Contender]:
     """Every contender, peers first (the report's 'best peer' is taken among family 'peer')."""
     shmwal_rows = [
-        ShmwalContender(fsync_ms, batched=batched, consistency=consistency)
+        ShmwalContender(fsync_ms, batched=mode != "entry", payloads=mode == "payloads", consistency=consistency)
         for fsync_ms in (None, 200)
-        for batched in (False, True)
+        for mode in ("entry", "batch", "payloads")
     ]
     return [
         MPQueueContender(),
