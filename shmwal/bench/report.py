@@ -224,8 +224,10 @@ def write_png(rows: list[Row], path: str) -> str | None:
     if not panels:
         return "no ok rows to chart"
     # One colour per contender across all panels.
-    palette = plt.get_cmap("tab10").colors
-    colors = {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(r.contender for r in ok))}
+    names = list(dict.fromkeys(r.contender for r in ok))
+    # tab10 repeats from the 11th contender on (zero-copy looked like multiprocessing.Queue).
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 4.5 * len(panels)), squeeze=False)
     for ax, (title, groups, series, marks, ylabel, log) in zip(axes[:, 0], panels):
         _grouped_bars(ax, groups, series, colors, ylabel, marks, log)
