@@ -119,19 +119,9 @@ class Client:
         """API.md's batch_read.  ``zero_copy=True``: each ``Entry.data`` is a read-only
         memoryview into the mapped block (checksum verified, no copy), valid for as
         long as it is referenced, even after the block is reclaimed."""
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-            raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
-        if max_bytes < 0:
-            raise ValueError("max_bytes must be >= 0")
-        timeout = check_timeout(timeout)
-        if not self._alive:
-            self._revive()
-        try:
-            reader = self._readers[topic, group]
-        except (KeyError, TypeError):
-            reader = self._reader(topic, group, create=timeout != 0)
-            if reader is None:
-                return []
+        reader, timeout = self._batch_reader(topic, max_bytes, group, timeout)
+        if reader is None:
+            return []
         return reader.read(L.MAX_READ_ENTRIES, max_bytes, checkpoint, timeout, zero_copy)
 
     def batch_read_payloads(self, topic, max_bytes, *, group="default", checkpoint=True, timeout=0.0,
@@ -143,6 +133,17 @@ class Client:
         (which it is, less the objects): for small entries, making and freeing an
         Entry (a tuple, an int) cost about as much as the rest of the read.
         """
+        reader, timeout = self._batch_reader(topic, max_bytes, group, timeout)
+        if reader is not None:
+            first, data = reader.read(L.MAX_READ_ENTRIES, max_bytes, checkpoint, timeout, zero_copy,
+                                      payloads=True)
+            if data:
+                return Payloads(first, data)
+        return Payloads(self.position(topic, group=group), [])
+
+    def _batch_reader(self, topic, max_bytes, group, timeout):
+        """The checks both batch reads make, and the group's reader (None: nothing to read
+        and no wait asked for) with the checked timeout."""
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
             raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
         if max_bytes < 0:
@@ -151,13 +152,9 @@ class Client:
         if not self._alive:
             self._revive()
         try:
-            reader = self._readers[topic, group]
+            return self._readers[topic, group], timeout
         except (KeyError, TypeError):
-            reader = self._reader(topic, group, create=timeout != 0)
-            if reader is None:
-                return Payloads(self.position(topic, group=group), [])
-        first, data = reader.read(L.MAX_READ_ENTRIES, max_bytes, checkpoint, timeout, zero_copy, payloads=True)
-        return Payloads(first if data else self.position(topic, group=group), data)
+            return self._reader(topic, group, create=timeout != 0), timeout
 
     def seek(self, topic, offset, *, group="default") -> None:
         if isinstance(offset, bool) or not isinstance(offset, int):
