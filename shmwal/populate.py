@@ -24,14 +24,14 @@ import errno
 import os
 import queue
 import threading
+import weakref
 
 from . import sync
 
 HEAD_BYTES = 1 << 20         # populated before the append that moved to the block goes on
-_FAULTED_MAX = 4096          # blocks remembered (a forgotten one is only populated again)
-
 _works = True                # False after EINVAL: an older kernel; writers take the faults
-_faulted: set[tuple[int, int]] = set()   # (id(mapping), file_offset): a stale id only costs faults
+# mapping -> offsets of the blocks populated through it (entries go with their mapping)
+_faulted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 _queue: queue.Queue | None = None
 _owner_pid = 0
@@ -41,8 +41,8 @@ def block(mapping, file_offset: int, capacity: int, need: int) -> None:
     """Fault ``mapping[file_offset:file_offset + capacity]`` in for writing: the first
     ``max(need, HEAD_BYTES)`` bytes now, the rest on the populate thread."""
     global _works
-    key = (id(mapping), file_offset)
-    if not _works or key in _faulted:
+    done = _faulted.get(mapping)
+    if not _works or (done is not None and file_offset in done):
         return
     head = min(capacity, max(need, HEAD_BYTES))
     try:
@@ -50,9 +50,7 @@ def block(mapping, file_offset: int, capacity: int, need: int) -> None:
     except OSError as exc:
         _works = exc.errno != errno.EINVAL
         return
-    if len(_faulted) >= _FAULTED_MAX:
-        _faulted.clear()
-    _faulted.add(key)
+    _faulted.setdefault(mapping, set()).add(file_offset)
     if head < capacity:
         _submit(mapping, file_offset + head, capacity - head)
 
@@ -75,6 +73,15 @@ def settle() -> None:
     jobs = _queue if _owner_pid == os.getpid() else None
     if jobs is not None:
         jobs.join()
+
+
+def _after_fork_in_child() -> None:
+    """A fork while another thread held ``_lock`` would leave the child's copy held forever."""
+    global _lock, _queue, _owner_pid
+    _lock, _queue, _owner_pid = threading.Lock(), None, 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _run(jobs: queue.Queue) -> None:
