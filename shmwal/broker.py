@@ -114,6 +114,9 @@ class chain_mutex:
 
 # ----------------------------------------------------------------------------- per-topic state
 
+_PIN = struct.Struct("<Q")
+
+
 class TopicState:
     __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block", "seen_tail",
                  "busy", "moved_at")
@@ -592,23 +595,32 @@ class BrokerServer:
             k += 1
         if k == first:
             return
+        blocks = [meta.chain(index) for index in range(first, k)]
+        freed_bytes = sum(self._block_payload_bytes(file_id, file_offset, capacity, block_first,
+                                                    meta.chain(index + 1)[3])
+                          for index, (file_id, file_offset, capacity, block_first) in enumerate(blocks, first))
+        # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK. The atomic add
+        # after them is a full barrier: the pins are loaded only once H_FIRST_BLOCK is
+        # visible (a zero-copy reader pins, then loads H_FIRST_BLOCK: reader._pinned_view).
+        meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
+        meta.set(L.H_FIRST_BLOCK, k)
+        sync.atomic_add(meta.base + L.H_RECLAIMED_BYTES, freed_bytes)
         # Reuse is for topics being written (a block offered to an idle topic would only
-        # keep its file REUSE_TTL longer). H_ZERO_COPY is loaded after the cursors: a
-        # zero-copy reader sets it before it moves its cursor, and its views must not change.
-        reusable = time.monotonic() - state.moved_at < REUSE_TTL and not meta.get(L.H_ZERO_COPY)
-        freed_bytes = 0
-        for index in range(first, k):
-            file_id, file_offset, capacity, block_first = meta.chain(index)
-            freed_bytes += self._block_payload_bytes(file_id, file_offset, capacity,
-                                                     block_first, meta.chain(index + 1)[3])
-            if reusable and capacity == self.block_size and self.allocator.reusable(meta.name) < MAX_REUSABLE:
+        # keep its file REUSE_TTL longer), and for blocks no zero-copy view pins.
+        reusable = time.monotonic() - state.moved_at < REUSE_TTL
+        for file_id, file_offset, capacity, _ in blocks:
+            if (reusable and capacity == self.block_size and self.allocator.reusable(meta.name) < MAX_REUSABLE
+                    and self._pins(file_id, file_offset) == 0):
                 self.allocator.offer(meta.name, file_id, file_offset)
             else:
                 self.allocator.free(file_id, file_offset)
-        # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK.
-        meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
-        meta.set(L.H_FIRST_BLOCK, k)
-        meta.set(L.H_RECLAIMED_BYTES, meta.get(L.H_RECLAIMED_BYTES) + freed_bytes)
+
+    def _pins(self, file_id: int, file_offset: int) -> int:
+        """Processes holding zero-copy views into the block (layout.B_PINS); -1: unreadable."""
+        try:
+            return _PIN.unpack_from(self.files.map(file_id), file_offset + L.B_PINS)[0]
+        except (OSError, ValueError, struct.error):
+            return -1
 
     def _block_payload_bytes(self, file_id, file_offset, capacity, first, end) -> int:
         try:

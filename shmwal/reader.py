@@ -18,9 +18,11 @@ writer.py for why no wake-up is lost.
 
 from __future__ import annotations
 
+import errno
 import math
 import struct
 import time
+import weakref
 
 import posix_ipc
 
@@ -36,7 +38,6 @@ _W_NEXT = L.H_NEXT_OFFSET // 8
 _W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
 _W_FIRST_BLOCK = L.H_FIRST_BLOCK // 8
 _W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
-_W_ZERO_COPY = L.H_ZERO_COPY // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
 NO_HINT = 2**64 - 1
 _ALIGN_MASK = L.ALIGN - 1
@@ -56,6 +57,11 @@ _DONE = native.DONE if native is not None else 0
 _BLOCK_END = native.BLOCK_END if native is not None else 1
 WAIT_SLICE = 0.25   # a sleeping reader looks at the broker's liveness this often
 SPIN = 400          # publish-word loads before sleeping (~15 µs)
+
+
+def _unpin(mapping, word: int) -> None:
+    if not mapping.closed:
+        sync.atomic_add(word, -1)
 
 
 def check_timeout(timeout):
@@ -78,6 +84,7 @@ class GroupReader:
         self.group = group
         self.stale = False      # set by the client when it drops its handles (a new broker)
         self.took_from = 0      # offset of the first entry of the last take (see read)
+        self._pin = None        # (block, mapping, view) pinned by the zero-copy take under way
         self.meta = meta
         self.files = files
         self.sem = sem
@@ -128,8 +135,6 @@ class GroupReader:
         data instead of the Entry and the offset of the first (None if none).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if zero_copy and not self.words[_W_ZERO_COPY]:
-            self.words[_W_ZERO_COPY] = 1   # before any view exists (see layout.H_ZERO_COPY)
         while True:
             if seen_next is None and max_entries == 1 and not zero_copy:
                 found = self.hot_next(checkpoint)
@@ -318,7 +323,7 @@ class GroupReader:
                     pos = -1
                 buf, file_offset, capacity, block_first, limit, view = self._block(block)
                 if zero_copy:
-                    buf = view   # read-only: a view must not let anyone write into the log
+                    buf = self._pinned_view(block, buf, file_offset)
                 if pos >= 0 and decode is not None:
                     # hot.c's loop over records; what it hands back goes through the code below.
                     next_first = words[_W_CHAIN_FIRST + (block + 1) * 4] if block + 1 < published else NO_HINT
@@ -376,6 +381,7 @@ class GroupReader:
                                   payloads=payloads)
             raise CorruptEntry(topic, c, f"block file unreadable: {exc}") from None
         finally:
+            self._pin = None   # the entries' views hold their pins; the reader holds none
             if checkpoint and out:
                 if record is not None and index < record.count:
                     hint_pos = record.pos
@@ -507,10 +513,36 @@ class GroupReader:
                 self.meta.mm.flush(self.group_page, L.PAGE)
         return out, next_offset
 
+    def _pinned_view(self, block: int, mapping, file_offset: int) -> memoryview:
+        """A read-only view of ``mapping`` whose slices pin ``block`` against reuse.
+
+        The block's pin word (layout.B_PINS) counts this process once, from now until
+        every view sliced from the returned one is gone: the exporter is a ctypes array
+        over the mapping, whose finalizer takes the pin back. The pin is an atomic add
+        (a full barrier) and H_FIRST_BLOCK is loaded after it, while the broker stores
+        H_FIRST_BLOCK, makes an atomic add, then loads the pins: so either the broker
+        sees this pin and frees the block instead of reusing it, or we see the block
+        reclaimed and back off (OSError: _take starts again from the oldest entry).
+        """
+        pin = self._pin
+        if pin is not None and pin[0] == block and pin[1] is mapping:
+            return pin[2]
+        address, exporter = sync.buffer_address(mapping)
+        word = address + file_offset + L.B_PINS
+        sync.atomic_add(word, 1)
+        if self.words[_W_FIRST_BLOCK] > block:
+            sync.atomic_add(word, -1)
+            raise OSError(errno.ESTALE, f"block {block} was reclaimed")
+        weakref.finalize(exporter, _unpin, mapping, word)   # holds the mapping: still mapped then
+        view = memoryview(exporter).cast("B").toreadonly()   # holds the exporter, so the pin
+        self._pin = (block, mapping, view)
+        return view
+
     def _forget_dropped_files(self) -> None:
         """Drop cached blocks whose files BlockFiles let go of (the broker deleted them)."""
         files = self.files
         if files.generation != self._generation:
+            self._pin = None
             self._blocks.clear()
             self._record_key = self._record = None
             self._fast_block = -1

@@ -3,9 +3,10 @@
 A block every group has read past is handed to the same topic again instead
 of a never-touched one (whose pages cost 20-40x more to fault in here). What
 must hold: no entry is lost, duplicated or read back wrong; another topic
-never gets the block (stale bytes there could pass for its entries); a topic
-read zero-copy keeps its blocks (a view must not change under its holder);
-and files still go once nothing uses them.
+never gets the block (stale bytes there could pass for its entries); a block
+with zero-copy views alive is never reused (a view must not change under its
+holder), even when the reader holding them was killed; and files still go once
+nothing uses them.
 """
 
 from __future__ import annotations
@@ -94,21 +95,93 @@ def test_a_consumed_topic_reuses_its_own_blocks_and_reads_back_exactly(start_bro
             [(o, (first + second)[o]) for o in range(start, 300)]
 
 
+def pins(client, topic: str, block: int) -> int:
+    """The block's zero-copy pin count (layout.B_PINS), read through this client's mapping."""
+    meta = client._topic_handles[topic][0]
+    file_id, file_offset = meta.chain(block)[:2]
+    return int.from_bytes(client._files.map(file_id)[file_offset + L.B_PINS:file_offset + L.B_PINS + 8], "little")
+
+
+def stream_past(client, topic: str, datas: list, start: int) -> None:
+    """Append datas[start:] in batches of 20, reading each back through group g (copies)."""
+    for i in range(start, len(datas), 20):
+        client.batch_append(topic, datas[i:i + 20])
+        assert [e.data for e in client.batch_read(topic, 10**9, group="g")] == datas[i:i + 20]
+
+
 @pytest.mark.timeout(60)
-def test_a_topic_read_zero_copy_keeps_its_blocks_and_old_views_stay_intact(start_broker):
+def test_zero_copy_views_pin_their_block_against_reuse_until_they_are_gone(start_broker):
     broker = start_broker(block_size=64 * KiB, blocks_per_file=4)
     with shmwal.connect(broker.data_dir, key=broker.key) as client:
         datas = [bytes([i % 251]) * 3000 for i in range(400)]            # ~19 blocks
-        client.batch_append("z", datas[:20])
+        client.batch_append("z", datas[:20])                              # block 0
         held = client.batch_read("z", 10**9, group="g", zero_copy=True)
         assert [bytes(e.data) for e in held] == datas[:20]
-        for i in range(20, 400, 20):
-            client.batch_append("z", datas[i:i + 20])
-            assert [e.data for e in client.batch_read("z", 10**9, group="g")] == datas[i:i + 20]
+        pinned = chain_regions(client, "z", range(1))[0]
+        assert pins(client, "z", 0) == 1                                  # this process, once
+        stream_past(client, "z", datas, 20)
         assert wait_until(lambda: client.stats()["topics"]["z"]["first_offset"] > 20, 5)
-        time.sleep(0.1)
-        assert client.stats()["blocks_reused"] == 0
+        stream_past(client, "z", datas * 2, 400)                          # more blocks: reuse runs
+        meta = client._topic_handles["z"][0]
+        later = chain_regions(client, "z", range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)))
+        assert client.stats()["blocks_reused"] > 0, "unpinned blocks are reused"
+        assert pinned not in later, "the pinned block came back while views of it were alive"
         assert [bytes(e.data) for e in held] == datas[:20]
+        # Views gone: the pin is taken back (the block itself was freed meanwhile, not reused).
+        file_id, file_offset = pinned
+        word = client._files.map(file_id)
+        del held
+        import gc
+        gc.collect()
+        assert int.from_bytes(word[file_offset + L.B_PINS:file_offset + L.B_PINS + 8], "little") == 0
+        # A zero-copy read pins only the block it reads, for as long as its views live.
+        client.seek("z", meta.get(L.H_FIRST_OFFSET), group="v")
+        views = client.batch_read("z", 1, group="v", zero_copy=True)
+        first_block = meta.get(L.H_FIRST_BLOCK)
+        assert pins(client, "z", first_block) == 1
+        del views
+        gc.collect()
+        assert pins(client, "z", first_block) == 0      # the reader itself holds no pin
+
+
+def _hold_views_then_wait(client, topic, ready, release):
+    held = client.batch_read(topic, 10**9, group="zc", zero_copy=True)
+    ready.set()
+    release.wait(60)
+    return len(held)
+
+
+@pytest.mark.timeout(120)
+def test_a_reader_killed_with_views_out_keeps_its_block_from_reuse(start_broker, tmp_path):
+    """A SIGKILLed zero-copy reader's pin stays: its block is freed, never reused, and
+    everything else streams through reused blocks as before."""
+    broker = start_broker(block_size=64 * KiB, blocks_per_file=4, fsync=shmwal.NoFsync())
+    with shmwal.connect(broker.data_dir, key=broker.key) as client:
+        datas = [bytes([i % 251]) * 3000 for i in range(800)]
+        client.seek("z", 0, group="zc")
+        client.batch_append("z", datas[:20])
+        with Workers("fork", str(tmp_path / "w")) as workers:
+            ready, release = workers.Event(), workers.Event()
+            reader = workers.start(_hold_views_then_wait, client, "z", ready, release)
+            assert ready.wait(30)
+            assert pins(client, "z", 0) == 1
+            reader.kill()
+            reader.join(10)
+        pinned = chain_regions(client, "z", range(1))[0]
+        client.seek("z", 20, group="zc")                       # the dead reader's group moves on
+        client.seek("z", 20, group="g")
+        stream_past(client, "z", datas, 20)
+        client.seek("z", 800, group="zc")
+        assert wait_until(lambda: client.stats()["topics"]["z"]["first_offset"] > 20, 5)
+        stream_past(client, "z", datas * 2, 800)
+        meta = client._topic_handles["z"][0]
+        later = chain_regions(client, "z", range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)))
+        assert client.stats()["blocks_reused"] > 0
+        assert pinned not in later
+        assert pins(client, "z", 0) == 1                       # the dead reader's pin stays
+        client.seek("z", 0, group="check")
+        assert [e.data for e in read_all(client, "z", group="check")] == \
+            (datas * 2)[client.stats()["topics"]["z"]["first_offset"]:]
 
 
 @pytest.mark.timeout(120)

@@ -55,6 +55,13 @@ BLOCK_MAGIC = 0x314B4C42_4C574D53            # b"SMWLBLK1" little-endian
 BLOCK_HEADER = struct.Struct("<QQQQQH")      # magic, chain_index, first_offset, capacity, topic_hash, name_len
 BLOCK_NAME_AT = BLOCK_HEADER.size            # topic name bytes follow the fixed fields
 BLOCK_HEADER_SIZE = 320                      # fixed part + 255-byte name, rounded to 8 (and then some)
+# Zero-copy pins: a u64 after the name, never written by write_block_header. Each process
+# handing out views into the block adds 1 (atomic) before its first view and takes it back
+# when its last view is gone; the broker reuses a reclaimed block only at 0 (a reader killed
+# with views out leaves its pin: the block is then freed, not reused). See reader._pinned_view
+# and broker.reclaim_topic for the order of loads and stores that makes it safe.
+B_PINS = 312
+assert BLOCK_NAME_AT + 255 <= B_PINS and B_PINS + 8 <= BLOCK_HEADER_SIZE
 
 # ---- record
 RECORD_HEADER = struct.Struct("<IIQQQ")      # count, batch_left, first_offset, data_bytes, check
@@ -125,8 +132,8 @@ H_TAIL_OFFSET = 208      # offset H_TAIL_POS belongs to; == H_NEXT_OFFSET iff th
 H_BYTES = 216            # payload bytes ever published (stats)
 # line 256: written by readers going to sleep, read by the appender after each publish
 H_WAITERS = 256          # readers asleep on the topic semaphore (atomic add)
-H_ZERO_COPY = 264        # 1 once a zero-copy read handed out views: the broker then never reuses
-                         # the topic's reclaimed blocks (a view must not change under its holder)
+H_ZERO_COPY = 264        # unused since zero-copy views pin their blocks (B_PINS); was: 1 once a
+                         # zero-copy read handed out views (the broker then reused no block)
 H_NAME_LEN = 320
 H_NAME = 328             # topic name, up to 255 bytes
 H_CHAIN_MUTEX = 640      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
