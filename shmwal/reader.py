@@ -516,9 +516,9 @@ class GroupReader:
     def _pinned_view(self, block: int, mapping, file_offset: int) -> memoryview:
         """A read-only view of ``mapping`` whose slices pin ``block`` against reuse.
 
-        The block's pin word (layout.B_PINS) counts this process once, from now until
-        every view sliced from the returned one is gone: the exporter is a ctypes array
-        over the mapping, whose finalizer takes the pin back. The pin is an atomic add
+        The block's pin word (layout.B_PINS) counts this take's views of the block once,
+        from now until every view sliced from the returned one is gone: the exporter is a
+        ctypes array over the mapping, whose finalizer takes the pin back. The pin is an atomic add
         (a full barrier) and H_FIRST_BLOCK is loaded after it, while the broker stores
         H_FIRST_BLOCK, makes an atomic add, then loads the pins: so either the broker
         sees this pin and frees the block instead of reusing it, or we see the block

@@ -55,9 +55,9 @@ BLOCK_MAGIC = 0x314B4C42_4C574D53            # b"SMWLBLK1" little-endian
 BLOCK_HEADER = struct.Struct("<QQQQQH")      # magic, chain_index, first_offset, capacity, topic_hash, name_len
 BLOCK_NAME_AT = BLOCK_HEADER.size            # topic name bytes follow the fixed fields
 BLOCK_HEADER_SIZE = 320                      # fixed part + 255-byte name, rounded to 8 (and then some)
-# Zero-copy pins: a u64 after the name, never written by write_block_header. Each process
-# handing out views into the block adds 1 (atomic) before its first view and takes it back
-# when its last view is gone; the broker reuses a reclaimed block only at 0 (a reader killed
+# Zero-copy pins: a u64 after the name, never written by write_block_header. A zero-copy
+# read adds 1 (atomic) before the first view it makes of the block and takes it back when
+# the last of those views is gone; the broker reuses a reclaimed block only at 0 (a reader killed
 # with views out leaves its pin: the block is then freed, not reused). See reader._pinned_view
 # and broker.reclaim_topic for the order of loads and stores that makes it safe.
 B_PINS = 312
