@@ -105,7 +105,7 @@ class GroupReader:
         self._fast_limit = 0           # is published (NO_HINT until then)
         self._fast_next_first = NO_HINT
         self.waiters = meta.base + L.H_WAITERS
-        self._blocks: dict[int, tuple] = {}   # chain slot -> (mmap, file_offset, capacity, first_offset, limit, read-only view)
+        self._blocks: dict[int, tuple] = {}   # chain slot -> (mmap, file_offset, capacity, first_offset, limit)
         self._record_key = None               # (chain slot, position) of the cached parsed record
         self._generation = files.generation   # of files' mappings that _blocks was filled from
         self._record = None
@@ -321,7 +321,7 @@ class GroupReader:
                 if block < 0 or (block + 1 < published and words[_W_CHAIN_FIRST + (block + 1) * 4] <= c):
                     block = find_block(self.meta, c, words[_W_FIRST_BLOCK], published)
                     pos = -1
-                buf, file_offset, capacity, block_first, limit, view = self._block(block)
+                buf, file_offset, capacity, block_first, limit = self._block(block)
                 if zero_copy:
                     buf = self._pinned_view(block, buf, file_offset)
                 if pos >= 0 and decode is not None:
@@ -557,8 +557,7 @@ class GroupReader:
             file_id, file_offset, capacity, first = self.meta.chain(block)
             mapping = self.files.map(file_id)   # may sweep deleted files: forget them next
             self._forget_dropped_files()
-            found = (mapping, file_offset, capacity, first, file_offset + capacity,
-                     memoryview(mapping).toreadonly())
+            found = (mapping, file_offset, capacity, first, file_offset + capacity)
             if len(self._blocks) > 64:
                 self._blocks.clear()
             self._blocks[block] = found
