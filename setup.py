@@ -1,5 +1,5 @@
 """The compiled hot path (shmwal/_native/hot.c) is optional: where it cannot be
-built, shmwal runs the same protocol in pure Python (shmwal/hot.py)."""
+built, shmwal runs the same protocol in pure Python (shmwal/client/hot.py)."""
 
 import platform
 

@@ -12,7 +12,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e ".[test,bench]"
 # The compiled hot path is optional for users (no compiler: pure Python), never for the tests.
-"$venv/bin/python" -c "from shmwal.hot import native; assert native, 'shmwal._hot was not built'"
+"$venv/bin/python" -c "from shmwal.client.hot import native; assert native, 'shmwal._hot was not built'"
 set +e
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
 status=$?

@@ -5,24 +5,25 @@ General layout
 The public API (``../shared/API.md``) is the names re-exported here, plus two additions:
 ``batch_read(zero_copy=True)`` and ``batch_read_payloads`` (``Payloads``).
 
-Roles, one module each:
+Folders by role:
 
-* ``broker``        the broker process: block allocator, offset index, fsync
-                    schedule, reclamation, recovery at start (``Broker`` handle)
-* ``client``        ``connect``/``Client``: control over a Unix socket; data
-                    moves through ``writer`` (append) and ``reader`` (read)
-                    straight in the mapped files, never through the broker
-* ``sync``          robust process-shared mutexes and atomic counters (ctypes)
-* ``populate``      faulting a writer's next block in, mostly on a thread
-* ``hot``           the compiled hot path (``_native/hot.c``), if built
-* ``blocks/``       the on-disk formats: ``layout`` (every size and offset),
-                    ``codec`` (pure record encode/decode), ``meta`` (a topic's
-                    shared state), ``chain`` (finding entries), ``files``,
-                    ``allocator``
-* ``recovery``      making a topic consistent at broker start
+* ``broker.py``     the ``Broker`` handle and the broker process's loop: block
+                    allocator, offset index, fsync schedule, reclamation
+* ``server/``       the broker process's jobs: ``main`` (the process), ``recovery``
+                    (making a topic consistent at start), ``verify`` (reading files
+                    without a broker, for ``shmwal stat | verify``)
+* ``client/``       what producers and consumers run: ``facade`` (``connect``/``Client``,
+                    control over a Unix socket), ``append`` and ``read`` (entries move
+                    straight through the mapped files, never through the broker),
+                    ``populate`` (faulting a writer's next block in), ``hot`` (the
+                    compiled hot path, ``_native/hot.c``, if built)
+* ``blocks/``       the on-disk formats: ``layout`` (every size and offset), ``codec``
+                    (pure record encode/decode), ``meta`` (a topic's shared state),
+                    ``chain`` (finding entries), ``files``, ``allocator``
+* ``ipc/``          the OS helpers: ``sync`` (robust process-shared mutexes, atomics),
+                    ``names``, ``control`` (length-prefixed JSON framing), ``fsio``
 * ``uring/``        io_uring through ctypes, for batch reads of cold data
-* ``control``       the control protocol (length-prefixed JSON)
-* ``cli``           ``shmwal broker | stat | verify | bench``
+* ``cli``           the ``shmwal`` command; ``bench`` the race; ``demo`` the demo
 """
 
 from .broker import Broker

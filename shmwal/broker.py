@@ -1,6 +1,6 @@
 """The broker: owner of the block allocator and the offset index.
 
-``Broker`` is the handle a program holds; it spawns ``python -m shmwal.broker``
+``Broker`` is the handle a program holds; it spawns ``python -m shmwal.server.main``
 and talks to it only through signals and the ready pipe.  The broker process
 (``BrokerServer``) then:
 
@@ -14,13 +14,11 @@ and talks to it only through signals and the ready pipe.  The broker process
   and deletes files nothing uses any more.
 
 It is never on the per-entry path: producers and consumers move entries
-through the mapped files themselves (see writer.py and reader.py).
+through the mapped files themselves (see client/append.py and client/read.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import fcntl
 import json
 import logging
@@ -39,18 +37,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import posix_ipc
 
-from . import control, names, sync
+from .ipc import control, names, sync
 from .blocks import layout as L
 from .blocks.allocator import BlockAllocator
 from .blocks.codec import BadRecord, read_record
 from .blocks.files import BlockFiles
 from .blocks.meta import TopicMeta, boot_hash
 from .errors import BrokerAlreadyRunning, ShmwalError
-from .hot import native
-from .options import (AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach, parse_consistency,
-                      parse_fsync)
-from .inspect import topic_stats
-from .recovery import rebuild_meta, recover_topic
+from .ipc.fsio import make_private_dir, write_atomic
+from .ipc.names import socket_address
+from .client.hot import native
+from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
+from .server.verify import topic_stats
+from .server.recovery import rebuild_meta, recover_topic
 
 log = logging.getLogger("shmwal.broker")
 
@@ -61,42 +60,6 @@ DELETE_GRACE = 2.0         # seconds between a file's last block being reclaimed
 REUSE_TTL = 1.0            # seconds a reclaimed block waits for its topic to reuse it, then it is freed
 MAX_REUSABLE = 16          # reclaimed blocks kept for reuse per topic (their files kept meanwhile)
 _SO_PEERCRED = struct.Struct("3i")
-
-
-# ----------------------------------------------------------------------------- paths
-
-def socket_address(root: str, dir_fd: int | None = None) -> str:
-    """The control socket's address; long paths go through /proc/self/fd (sun_path is 108 bytes)."""
-    path = os.path.join(root, "broker.sock")
-    if len(path.encode()) < 100 or dir_fd is None:
-        return path
-    return f"/proc/self/fd/{dir_fd}/broker.sock"
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is old or new, never half."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def make_private_dir(path: str) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path, follow_symlinks=False)
-    if st.st_uid != os.getuid():
-        raise ShmwalError(f"{path} belongs to uid {st.st_uid}, not to this user")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
 
 
 class chain_mutex:
@@ -758,7 +721,7 @@ class Broker:
         if self._process is not None and self._process.poll() is None:
             return self
         read_fd, write_fd = os.pipe()
-        argv = [sys.executable, "-m", "shmwal.broker", "--data-dir", self.data_dir,
+        argv = [sys.executable, "-m", "shmwal.server.main", "--data-dir", self.data_dir,
                 "--consistency", _consistency_arg(self.consistency), "--fsync", _fsync_arg(self.fsync),
                 "--block-size", str(self.block_size), "--blocks-per-file", str(self.blocks_per_file),
                 "--ready-fd", str(write_fd), "--die-with-parent", str(os.getpid())]
@@ -836,79 +799,3 @@ def _read_ready(fd: int, timeout: float) -> str:
             break
         data += chunk
     return data.decode(errors="replace").strip()
-
-
-# ----------------------------------------------------------------------------- process entry
-
-def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--key", default=None)
-    parser.add_argument("--consistency", default="strict", type=parse_consistency)
-    parser.add_argument("--fsync", default="200", type=parse_fsync)
-    parser.add_argument("--block-size", type=int, default=L.DEFAULT_BLOCK_SIZE)
-    parser.add_argument("--blocks-per-file", type=int, default=L.DEFAULT_BLOCKS_PER_FILE)
-    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def run_broker(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s shmwal-broker[%(process)d] %(levelname)s %(message)s")
-    if args.die_with_parent:
-        # A broker spawned by Broker.start() stops cleanly when its owner dies.
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != args.die_with_parent:
-            return 1
-    os.umask(0o077)
-    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
-    try:
-        handle = Broker(args.data_dir, key=args.key, consistency=args.consistency, fsync=args.fsync,
-                        block_size=args.block_size, blocks_per_file=args.blocks_per_file)
-    except (TypeError, ValueError) as exc:
-        _say(ready, f"error {exc}")
-        print(f"shmwal broker: {exc}", file=sys.stderr)
-        return 2
-    server = BrokerServer(handle.root, handle.consistency, handle.fsync, handle.block_size, handle.blocks_per_file)
-    signal.signal(signal.SIGTERM, server.request_stop)
-    signal.signal(signal.SIGINT, server.request_stop)
-    try:
-        server.open()
-    except BrokerAlreadyRunning as exc:
-        _say(ready, f"already-running {exc}")
-        print(f"shmwal broker: {exc}", file=sys.stderr)
-        server.close()
-        return 3
-    except Exception as exc:
-        log.exception("broker failed to start")
-        _say(ready, f"error {type(exc).__name__}: {exc}")
-        server.close()
-        return 1
-    log.info("broker ready on %s (pid %d, %s, %s)", server.root, os.getpid(), server.consistency, server.fsync)
-    _say(ready, f"ready {os.getpid()}")
-    try:
-        server.serve()
-    finally:
-        server.close()
-        log.info("broker stopped cleanly")
-    return 0
-
-
-def _say(stream, line: str) -> None:
-    if stream is None:
-        return
-    try:
-        stream.write(line + "\n")
-        stream.flush()
-        stream.close()
-    except OSError:
-        pass
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="shmwal broker", description="Run a shmwal broker in the foreground.")
-    add_broker_arguments(parser)
-    return run_broker(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from . import names
+from .ipc import names
 
 
 def _namespace_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def broker_status(root: str) -> str:
 
 
 def cmd_stat(args) -> int:
-    from .inspect import open_topics, topic_stats
+    from .server.verify import open_topics, topic_stats
     root = names.namespace_dir(args.data_dir, args.key)
     if not os.path.isdir(root):
         print(f"no shmwal data in {root}", file=sys.stderr)
@@ -61,7 +61,7 @@ def cmd_stat(args) -> int:
 
 def cmd_verify(args) -> int:
     from .blocks.files import BlockFiles
-    from .inspect import open_topics, verify_topic
+    from .server.verify import open_topics, verify_topic
     root = names.namespace_dir(args.data_dir, args.key)
     if not os.path.isdir(root):
         print(f"no shmwal data in {root}", file=sys.stderr)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="shmwal", description="A shared-memory, persisted log broker.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from .broker import add_broker_arguments
+    from .server.main import add_broker_arguments
     add_broker_arguments(sub.add_parser("broker", help="run a broker in the foreground"))
     p = sub.add_parser("stat", help="topics, offsets, groups, lag, files and bytes")
     _namespace_args(p)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         return module.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "broker":
-        from .broker import run_broker
+        from .server.main import run_broker
         return run_broker(args)
     return {"stat": cmd_stat, "verify": cmd_verify}[args.command](args)
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import shmwal
-from shmwal import names
+from shmwal.ipc import names
 
 
 def ipc_leftovers(root: str) -> list[str]:

@@ -142,10 +142,10 @@ def report_size(path: str) -> int:
 def instrument_lock_recovery(report_fd: int) -> None:
     """In a drill child: write ``D`` to the report each time a lock taker finds the holder dead.
 
-    Wraps ``shmwal.sync.lock_contended`` (which every locking path of the
+    Wraps ``shmwal.ipc.sync.lock_contended`` (which every locking path of the
     writer and the readers goes through) without changing what it does.
     """
-    from shmwal import sync
+    from shmwal.ipc import sync
 
     original = sync.lock_contended
 

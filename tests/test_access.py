@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import shmwal
-from shmwal import control
+from shmwal.ipc import control
 from conftest import ipc_leftovers
 from drill_helpers import broker_log, private_mode
 

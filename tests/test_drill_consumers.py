@@ -214,7 +214,7 @@ def test_consumers_killed_mid_read(start_broker, data_dir, tmp_path, mode):
 
 def _hold_group_mutex(data_dir, topic, group, ready_path):
     """Take the group's mutex the way a reader does, say so, and wait to be killed."""
-    from shmwal import sync
+    from shmwal.ipc import sync
     from shmwal.blocks.meta import TopicMeta
 
     meta = TopicMeta(meta_path(shmwal.Broker(data_dir).root, topic), topic)

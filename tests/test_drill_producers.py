@@ -291,7 +291,7 @@ def _hold_writer_mutex(root, ready_path, scribble):
     """Take the writer mutex as an appender does; optionally leave a half-copied record; wait to be killed."""
     import mmap as _mmap
 
-    from shmwal import sync
+    from shmwal.ipc import sync
     from shmwal.blocks import layout as L
     from shmwal.blocks.meta import TopicMeta
     from drill_helpers import block_path

@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 
 import shmwal
 from shmwal.blocks import codec, layout as L
-from shmwal.hot import native
+from shmwal.client.hot import native
 
 pytestmark = pytest.mark.skipif(native is None, reason="shmwal._hot is not built (or SHMWAL_PURE_PYTHON is set)")
 
@@ -194,7 +194,7 @@ def test_decode_caps_mid_record_leave_the_hint_on_that_record():
 
 _WORKER = r"""
 import json, sys, shmwal
-from shmwal.hot import native
+from shmwal.client.hot import native
 data_dir, key, role, tag, n = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 with shmwal.connect(data_dir, key=key) as c:
     if role == "produce":

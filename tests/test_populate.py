@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from shmwal import populate
+from shmwal.client import populate
 
 pytestmark = pytest.mark.timeout(60)
 

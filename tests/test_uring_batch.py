@@ -25,7 +25,7 @@ from shmwal import uring
 from shmwal.blocks import layout as L
 from shmwal.blocks.chain import find_block, walk_to
 from shmwal.blocks.meta import TopicMeta
-from shmwal.reader import GroupReader
+from shmwal.client.read import GroupReader
 from shmwal.uring.residency import evict_files as evict
 from shmwal.uring.residency import files_resident_fraction as resident_share
 from shmwal.uring import ring as ring_mod

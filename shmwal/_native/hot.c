@@ -1,4 +1,4 @@
-/* shmwal._hot: the per-entry hot paths of writer.py and reader.py, compiled.
+/* shmwal._hot: the per-entry hot paths of client/append.py and client/read.py, compiled.
  *
  * Why this exists: in CPython an append costs ~1.2 us and a read ~1.5 us of
  * interpreter work around a 0.1 us copy (README, "Benchmarks"); a peer whose
@@ -17,11 +17,11 @@
  *     first thing it does not handle; Python's loop goes on from there.
  * Nothing here raises for a damaged file: damage is the general path's job.
  *
- * Memory ordering: as in sync.py, x86-64 TSO.  Shared words are accessed with
+ * Memory ordering: as in ipc/sync.py, x86-64 TSO.  Shared words are accessed with
  * __atomic loads/stores (plain moves on x86-64, but the compiler may neither
  * tear nor reorder them); the publish store is a release store.
  *
- * Layout constants must equal shmwal/blocks/layout.py; hot.py compares them
+ * Layout constants must equal shmwal/blocks/layout.py; client/hot.py compares them
  * (LAYOUT below) at import and refuses the module if they differ.
  */
 #define PY_SSIZE_T_CLEAN
@@ -362,7 +362,7 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
     char *record = self->tail.base + pos;
     memcpy(record, header, sizeof header);
     memcpy(record + SINGLE_SIZE, bytes, (size_t)length);
-    /* Publish: bookkeeping first, the offset last (writer.py's docstring). */
+    /* Publish: bookkeeping first, the offset last (append.py's docstring). */
     store(m, H_TAIL_POS, pos + size);
     store(m, H_TAIL_CHAIN, block);
     store(m, H_TAIL_OFFSET, offset + 1);
@@ -1071,7 +1071,7 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef hot_module = {
-    PyModuleDef_HEAD_INIT, "shmwal._hot", "Compiled hot paths of shmwal (see hot.py).", -1, module_methods,
+    PyModuleDef_HEAD_INIT, "shmwal._hot", "Compiled hot paths of shmwal (see client/hot.py).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__hot(void)

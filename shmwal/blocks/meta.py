@@ -27,7 +27,8 @@ import os
 import zlib
 
 from . import layout as L
-from .. import sync
+from ..ipc import sync
+from ..ipc.fsio import fsync_dir
 
 _Q = 8
 
@@ -94,7 +95,7 @@ class TopicMeta:
             os.close(fd)
         # The rename makes the topic appear whole; a crash before it leaves only a .new to sweep.
         os.rename(tmp, path)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         return cls(path, name)
 
     def reserve_chain_slot(self, index: int) -> None:
@@ -190,10 +191,3 @@ class TopicMeta:
         except BufferError:
             pass  # a caller still holds a view; the mapping goes when it does
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 
-from .errors import InvalidTopic
+from ..errors import InvalidTopic
 
 MAX_NAME = 255
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
@@ -66,3 +66,11 @@ def ipc_prefix(root: str) -> str:
     """
     digest = hashlib.sha256(os.path.realpath(root).encode("utf-8", "surrogatepass")).hexdigest()[:20]
     return f"/shmwal_{os.getuid()}_{digest}"
+
+
+def socket_address(root: str, dir_fd: int | None = None) -> str:
+    """The control socket's address; long paths go through /proc/self/fd (sun_path is 108 bytes)."""
+    path = os.path.join(root, "broker.sock")
+    if len(path.encode()) < 100 or dir_fd is None:
+        return path
+    return f"/proc/self/fd/{dir_fd}/broker.sock"

@@ -24,11 +24,12 @@ import os
 import struct
 import threading
 
-from . import populate, sync
-from .blocks import layout as L
-from .blocks.chain import find_block, walk_to, write_block_header
-from .blocks.codec import encode_record, xxh
-from .errors import BatchTooLarge, EntryTooLarge, ShmwalError
+from . import populate
+from ..ipc import sync
+from ..blocks import layout as L
+from ..blocks.chain import find_block, walk_to, write_block_header
+from ..blocks.codec import encode_record, xxh
+from ..errors import BatchTooLarge, EntryTooLarge, ShmwalError
 from .hot import native
 
 NO_BLOCK = 2**64 - 1

@@ -14,11 +14,11 @@ import logging
 import mmap
 import os
 
-from . import sync
-from .blocks import layout as L
-from .blocks.chain import find_block, read_block_header
-from .blocks.codec import BadRecord, entry_bytes, find_next_record, read_record, scan_block
-from .blocks.meta import TopicMeta
+from ..ipc import sync
+from ..blocks import layout as L
+from ..blocks.chain import find_block, read_block_header
+from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record, scan_block
+from ..blocks.meta import TopicMeta
 
 log = logging.getLogger("shmwal.broker")
 NO_BLOCK = 2**64 - 1

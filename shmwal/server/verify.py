@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from . import names
-from .blocks import layout as L
-from .blocks.codec import BadRecord, entry_bytes, find_next_record, read_record
-from .blocks.files import BlockFiles
-from .blocks.meta import TopicMeta
-from .errors import ShmwalError
+from ..ipc import names
+from ..blocks import layout as L
+from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record
+from ..blocks.files import BlockFiles
+from ..blocks.meta import TopicMeta
+from ..errors import ShmwalError
 
 
 def open_topics(root: str) -> dict[str, TopicMeta]:

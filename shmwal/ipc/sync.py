@@ -34,10 +34,10 @@ import errno
 import os
 import platform
 
-from .errors import ShmwalError
+from ..errors import ShmwalError
 
 if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - documented limitation
-    raise ImportError("shmwal relies on x86-64 memory ordering (see shmwal/sync.py)")
+    raise ImportError("shmwal relies on x86-64 memory ordering (see shmwal/ipc/sync.py)")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _plibc = ctypes.PyDLL(None)

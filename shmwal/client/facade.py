@@ -22,16 +22,16 @@ import weakref
 
 import posix_ipc
 
-from . import control, names
-from .blocks import layout as L
-from .blocks.files import BlockFiles
-from .blocks.meta import TopicMeta
-from .entry import Entry, Payloads
-from .errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, InvalidTopic,
+from ..ipc import control, names
+from ..blocks import layout as L
+from ..blocks.files import BlockFiles
+from ..blocks.meta import TopicMeta
+from ..entry import Entry, Payloads
+from ..errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, InvalidTopic,
                      ShmwalError)
-from .options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
-from .reader import GroupReader, check_timeout
-from .writer import Appender
+from ..options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
+from .read import GroupReader, check_timeout
+from .append import Appender
 
 IO_MODES = ("auto", "uring", "mmap")
 RETRY_EVERY = 0.05     # how often a call on a dead client may try to reach a broker again
@@ -326,7 +326,7 @@ class Client:
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
     def _open_connections(self) -> None:
-        from .broker import socket_address
+        from ..ipc.names import socket_address
         dir_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             address = socket_address(self._root, dir_fd)
@@ -403,8 +403,8 @@ def _make_fetcher(io: str):
         # 0.50-1.56x spread (README).  The mincore check "auto" would need
         # costs up to 45 us a batch on top.  Re-measure before changing this.
         return None
-    from .uring import probe
-    from .uring.fetch import UringFetcher
+    from ..uring import probe
+    from ..uring.fetch import UringFetcher
     reason = probe()
     if reason is not None:
         raise ShmwalError(f'io="uring" is not available here: {reason}')

@@ -13,7 +13,7 @@ the cursor) so that a read is O(1) instead of a walk; it is trusted only when
 ``G_HINT_OFFSET`` equals the cursor.
 
 Readers sleep on the topic's semaphore when there is nothing to read; see
-writer.py for why no wake-up is lost.
+append.py for why no wake-up is lost.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import weakref
 
 import posix_ipc
 
-from . import sync
-from .blocks import layout as L
-from .blocks.chain import find_block, walk_to
-from .blocks.codec import BadRecord, entry_bytes, read_record, xxh
-from .entry import Entry, make_entry
-from .errors import CorruptEntry
+from ..ipc import sync
+from ..blocks import layout as L
+from ..blocks.chain import find_block, walk_to
+from ..blocks.codec import BadRecord, entry_bytes, read_record, xxh
+from ..entry import Entry, make_entry
+from ..errors import CorruptEntry
 from .hot import native
 
 _W_NEXT = L.H_NEXT_OFFSET // 8
@@ -294,7 +294,7 @@ class GroupReader:
         words = self.words
         if resume is None:
             cursor = words[self.w_cursor]
-            next_offset = words[_W_NEXT]   # loaded before the chain: see writer.py's publish order
+            next_offset = words[_W_NEXT]   # loaded before the chain: see append.py's publish order
             first_offset = words[_W_FIRST_OFFSET]
             hinted = not died and words[self.w_hint_offset] == cursor
             if cursor < first_offset:

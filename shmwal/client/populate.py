@@ -26,7 +26,7 @@ import queue
 import threading
 import weakref
 
-from . import sync
+from ..ipc import sync
 
 HEAD_BYTES = 1 << 20         # populated before the append that moved to the block goes on
 BACKGROUND_NICE = 19         # the populate thread's nice value (Linux: per thread)

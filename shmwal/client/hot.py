@@ -1,7 +1,7 @@
 """Which hot path this process runs: the compiled one (shmwal._hot) or pure Python.
 
-``shmwal/_native/hot.c`` compiles the per-entry paths of writer.py and
-reader.py (same file format, same robust mutexes): processes with and without
+``shmwal/_native/hot.c`` compiles the per-entry paths of append.py and
+read.py (same file format, same robust mutexes): processes with and without
 it share topics.  It is used when it was built and its layout constants equal
 layout.py's; ``SHMWAL_PURE_PYTHON=1`` turns it off (the tests run both).
 """
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 
-from . import sync
-from .blocks import layout as L
-from .entry import Entry
+from ..ipc import sync
+from ..blocks import layout as L
+from ..entry import Entry
 
 
 def _load():
     if os.environ.get("SHMWAL_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from . import _hot
+        from .. import _hot
     except ImportError:
         return None
     mismatched = [name for name, value in _hot.LAYOUT.items() if getattr(L, name) != value]

@@ -1,0 +1,7 @@
+"""What shmwal asks of the operating system, in one place.
+
+* ``sync``     robust process-shared mutexes and atomic words (ctypes)
+* ``names``    data directories, namespaces, IPC object names, the socket address
+* ``control``  the control protocol's framing (length-prefixed JSON over a Unix socket)
+* ``fsio``     atomic file writes and directory fsyncs
+"""
