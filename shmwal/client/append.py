@@ -54,6 +54,8 @@ _trylock = sync.trylock
 _unlock = sync.unlock_raw
 _xxh = xxh
 _single_pack = L.SINGLE_RECORD.pack_into
+# Long payloads hash fastest through hot.c's cpuid-dispatched xxh3 (same digest).
+_hash = native.xxh3_64 if native is not None else xxh
 assert L.H_TAIL_CHAIN == L.H_TAIL_POS + 8 and L.H_TAIL_OFFSET == L.H_TAIL_POS + 16
 
 
@@ -203,22 +205,96 @@ class Appender:
                     continue
                 offset += j - i
                 i = j
-            words[_W_TAIL_POS] = pos
-            words[_W_TAIL_CHAIN] = block
-            words[_W_TAIL_OFFSET] = offset
-            words[_W_PUBLISHED] = block + 1
-            words[_W_BYTES] += total
-            words[_W_NEXT] = offset
+            self._publish(block, pos, offset, total)
         finally:
             sync.unlock(self.mutex)
-        if words[_W_WAITERS]:
+        self._after_publish(first_block, block)
+        return range(first, offset)
+
+    # ------------------------------------------------------------------ reserve (zero-copy writes)
+    def reserve_begin(self, length: int):
+        """Take the writer mutex and make room for one entry of ``length`` bytes.
+
+        Returns ``(place, view)``: ``view`` is the writable payload area in the
+        mapped block, ``place`` what ``reserve_commit``/``reserve_abort`` need.
+        The mutex stays held until one of them runs (other writers wait): the
+        entry's offset is the next one, and nothing may land before it.  A
+        process killed meanwhile leaves the mutex to the kernel's robust list:
+        the next locker gets EOWNERDEAD and rebuilds the tail from published
+        state, so the unpublished record is overwritten (as for a killed append).
+        """
+        words = self.words
+        died = sync.lock(self.mutex)
+        moved = False
+        try:
+            if died or words[_W_TAIL_OFFSET] != words[_W_NEXT]:
+                self._recompute_tail()
+            offset = words[_W_NEXT]
+            block = words[_W_TAIL_CHAIN]
+            pos = words[_W_TAIL_POS]
+            if block != self._block:
+                self._load_block(block)
+            size = L.record_size(1, length)
+            if pos + size > self._limit:
+                moved = True
+                block, pos = self._next_block(offset, size)
+            start = pos + _SINGLE
+            view = memoryview(self._buf)[start:start + length]
+        except BaseException:
+            self._abort_locked(moved)
+            raise
+        return (offset, block, pos, length, moved), view
+
+    def reserve_commit(self, place) -> int:
+        """Checksum and publish the reserved entry (as append does), then release the mutex."""
+        offset, block, pos, length, _moved = place
+        try:
+            seed = (offset * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
+            buf = self._buf
+            start = pos + _SINGLE
+            digest = _hash(buf[start:start + length], seed)
+            _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
+                         length, digest)
+            self._publish(block, pos + L.record_size(1, length), offset + 1, length)
+        finally:
+            sync.unlock(self.mutex)
+        self._after_publish(block, block)
+        return offset
+
+    def reserve_abort(self, place) -> None:
+        """Publish nothing: the offset stays the next entry's; release the mutex."""
+        self._abort_locked(place[4])
+
+    def _abort_locked(self, moved: bool) -> None:
+        try:
+            if moved:
+                # _next_block moved the tail words to a block nothing was published in:
+                # rebuild them from published state (the slot stays pending, reused next time).
+                self._recompute_tail()
+        finally:
+            sync.unlock(self.mutex)
+
+    # ------------------------------------------------------------------ publishing
+    def _publish(self, block: int, end: int, next_offset: int, nbytes: int) -> None:
+        """Make entries up to ``next_offset`` visible (writer mutex held): the tail
+        bookkeeping first, the publish word last (see the module docstring)."""
+        words = self.words
+        words[_W_TAIL_POS] = end
+        words[_W_TAIL_CHAIN] = block
+        words[_W_TAIL_OFFSET] = next_offset
+        words[_W_PUBLISHED] = block + 1
+        words[_W_BYTES] += nbytes
+        words[_W_NEXT] = next_offset
+
+    def _after_publish(self, first_block: int, block: int) -> None:
+        """What follows a publish once the mutex is released: wake readers, visibility, SyncEach."""
+        if self.words[_W_WAITERS]:
             self.wake()
         if self._first_append:
             self._mark_visible()
         if self._sync_each:
             for b in range(first_block if first_block != NO_BLOCK else 0, block + 1):
                 self._sync(b)
-        return range(first, offset)
 
     def _fitting(self, pos: int, lengths, i: int, count: int) -> int:
         """The end j of the entries i..j-1 that fit in one record at ``pos`` (as hot.c's encode_run)."""

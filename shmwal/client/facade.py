@@ -32,6 +32,7 @@ from ..errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, Inv
 from ..options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
 from .read import GroupReader, check_timeout
 from .append import Appender
+from .reserve import Slot, check_nbytes
 
 IO_MODES = ("auto", "uring", "mmap")
 RETRY_EVERY = 0.05     # how often a call on a dead client may try to reach a broker again
@@ -98,11 +99,40 @@ class Client:
             appender = self._appender(topic)
         return appender.batch_append(items)
 
-    def read_next(self, topic, *, group="default", checkpoint=True, timeout=0.0):
+    def reserve(self, topic, nbytes) -> Slot:
+        """A zero-copy write (API.md "Zero-copy writes"): ``with client.reserve(topic, n) as slot:``
+        fill ``slot.buffer`` (a writable memoryview of ``n`` bytes in the mapped block);
+        the entry is published when the block ends normally, ``slot.offset`` then says
+        where, and nothing is published when it raises.  Other writers of the topic
+        wait while the block runs.  Bad arguments raise here, before anything is taken."""
+        check_nbytes(nbytes)
+        names.check_name(topic)
+        return Slot(self, topic, nbytes)
+
+    def _appender_for(self, topic) -> Appender:
+        if not self._alive:
+            self._revive()
+        try:
+            return self._appenders[topic]
+        except (KeyError, TypeError):
+            return self._appender(topic)
+
+    def read_next(self, topic, *, group="default", checkpoint=True, timeout=0.0, zero_copy: bool = False):
+        """API.md's read_next.  ``zero_copy=True``: ``Entry.data`` is a read-only memoryview
+        into the mapped block, as for ``batch_read(..., zero_copy=True)``."""
         if timeout is not None and (timeout != 0.0 or type(timeout) is not float):
             timeout = check_timeout(timeout)
         if not self._alive:
             self._revive()
+        if zero_copy:
+            try:
+                reader = self._readers[topic, group]
+            except (KeyError, TypeError):
+                reader = self._reader(topic, group, create=timeout != 0)
+                if reader is None:
+                    return None
+            entries = reader.read(1, L.MAX_ENTRY, checkpoint, timeout, True)
+            return entries[0] if entries else None
         try:
             reader = self._readers[topic, group]
         except (KeyError, TypeError):

@@ -1,0 +1,83 @@
+"""``client.reserve(topic, nbytes)``: an entry written in place in the mapped block.
+
+The producer fills ``slot.buffer`` (a writable memoryview of the payload area)
+inside a ``with`` block; no copy on the send side.  The writer mutex is held
+from ``__enter__`` to ``__exit__`` (Appender.reserve_begin says why that is
+crash-safe), so the entry takes the next offset whatever else writes the topic.
+
+Leaving the block normally publishes the entry exactly as ``append`` would
+(checksum, then the publish word); leaving it by an exception publishes
+nothing and the offset goes to the next entry.  ``slot.buffer`` is released
+either way, so a stale reference cannot write into a published entry
+(``ValueError`` on use).  Views made *from* it that do not hold an export of
+it, such as ``numpy.frombuffer`` arrays, do point into the mapped block after
+the block ends: writing through one then changes a published entry, which
+readers report as ``CorruptEntry``.
+"""
+
+from __future__ import annotations
+
+from ..blocks import layout as L
+from ..errors import EntryTooLarge
+
+_NEW, _OPEN, _DONE = 0, 1, 2
+
+
+def check_nbytes(nbytes) -> int:
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    if nbytes > L.MAX_ENTRY:
+        raise EntryTooLarge(f"an entry holds at most {L.MAX_ENTRY} bytes, got {nbytes}")
+    return nbytes
+
+
+class Slot:
+    """One reserved entry: ``buffer`` inside the ``with`` block, ``offset`` after it."""
+
+    __slots__ = ("_client", "_topic", "_nbytes", "_appender", "_place", "_state", "buffer", "offset")
+
+    def __init__(self, client, topic: str, nbytes: int):
+        self._client = client
+        self._topic = topic
+        self._nbytes = nbytes
+        self._appender = None
+        self._place = None
+        self._state = _NEW
+        self.buffer = None   # the payload area while the block runs
+        self.offset = None   # the entry's offset once published
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def __enter__(self) -> "Slot":
+        if self._state != _NEW:
+            raise RuntimeError("a reserve() slot is entered once")
+        self._appender = self._client._appender_for(self._topic)
+        self._place, self.buffer = self._appender.reserve_begin(self._nbytes)
+        self._state = _OPEN
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._state != _OPEN:
+            return False
+        self._state = _DONE
+        buffer, self.buffer = self.buffer, None
+        try:
+            buffer.release()
+        except BufferError:
+            # Something holds an export of it (e.g. a ctypes from_buffer): it stays
+            # usable through that object (module docstring); the entry is still published.
+            pass
+        self.buffer = buffer
+        if exc_type is None:
+            self.offset = self._appender.reserve_commit(self._place)
+        else:
+            self._appender.reserve_abort(self._place)
+        return False
+
+    def __repr__(self) -> str:
+        state = ("reserved", "open", "published" if self.offset is not None else "discarded")[self._state]
+        return f"<shmwal reserve slot {self._topic!r} {self._nbytes} bytes {state} offset={self.offset}>"
