@@ -7,11 +7,14 @@ The public API (``../shared/API.md``) is the names re-exported here, plus two ad
 
 Folders by role:
 
-* ``broker.py``     the ``Broker`` handle and the broker process's loop: block
-                    allocator, offset index, fsync schedule, reclamation
-* ``server/``       the broker process's jobs: ``main`` (the process), ``recovery``
-                    (making a topic consistent at start), ``verify`` (reading files
-                    without a broker, for ``shmwal stat | verify``)
+* ``broker.py``     the ``Broker`` handle and the broker process's control loop
+                    (selector, peer checks, framing, dispatch)
+* ``server/``       the broker process's jobs: ``main`` (the process), ``startup``
+                    (lock, sweep, recover, listen), ``recovery`` (making a topic
+                    consistent at start), ``registry`` (topics and groups),
+                    ``provisioning`` (blocks for writers), ``reclaim`` (blocks read
+                    past: pure policy + shell), ``fsync`` (the schedule), ``verify``
+                    (reading files without a broker, for ``shmwal stat | verify``)
 * ``client/``       what producers and consumers run: ``facade`` (``connect``/``Client``,
                     control over a Unix socket), ``append`` and ``read`` (entries move
                     straight through the mapped files, never through the broker),

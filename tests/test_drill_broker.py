@@ -398,7 +398,7 @@ def _ok(client):
 
 @pytest.mark.timeout(60)
 def test_broker_killed_between_the_two_stores_of_a_reclamation(start_broker, data_dir):
-    """reclaim() moves H_FIRST_OFFSET, then H_FIRST_BLOCK (broker.py says why): a SIGKILL between
+    """reclaim_topic moves H_FIRST_OFFSET, then H_FIRST_BLOCK (server/reclaim.py says why): a SIGKILL between
     the two stores leaves a state the broker itself makes, which is no damage.  The next broker
     must take it as it is: nothing reported damaged, every cursor and entry as they were."""
     from shmwal.blocks import layout as L

@@ -385,7 +385,7 @@ def test_a_dead_appenders_block_request_does_not_take_the_block_the_next_appende
     try:
         tail = view.word(L.H_TAIL_CHAIN)
         assert poll(lambda: view.word(L.H_ALLOCATED_BLOCKS) >= tail + 3, 10), \
-            "the broker keeps no spare blocks: this drill needs them (see broker.SPARE_BLOCKS)"
+            "the broker keeps no spare blocks: this drill needs them (see server/provisioning.SPARE_BLOCKS)"
         with Children() as children:
             dead = children.add(CTX.Process(target=_appender_stuck_in_block_request, args=(data_dir, ready, go)))
             dead.start()

@@ -1,4 +1,4 @@
-"""Reclaimed blocks go back to their own topic (blocks/allocator.py, broker.reclaim_topic).
+"""Reclaimed blocks go back to their own topic (blocks/allocator.py, server/reclaim.py).
 
 A block every group has read past is handed to the same topic again instead
 of a never-touched one (whose pages cost 20-40x more to fault in here). What

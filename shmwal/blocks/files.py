@@ -91,6 +91,14 @@ class BlockFiles:
         if fd is not None:
             os.close(fd)
 
+    def remove(self, file_id: int) -> None:
+        """(broker) Delete a block file nothing uses any more."""
+        self.drop(file_id)
+        try:
+            os.unlink(self.path(file_id))
+        except FileNotFoundError:
+            pass
+
     def maybe_sweep(self) -> None:
         """Drop the mappings of files the broker deleted (rate-limited).
 

@@ -36,6 +36,10 @@ from __future__ import annotations
 import struct
 
 PAGE = 4096
+# A u64 word that holds no value yet: H_TAIL_CHAIN before a topic's first block, a chain
+# slot's first offset until its writer moves in, a group's read hint until one is stored.
+UNSET = (1 << 64) - 1
+NO_BLOCK = UNSET
 ALIGN = 64   # records start on cache lines: a reader of the newest record never shares a line with the appender writing the next
 
 # ---- API limits (API.md "Writing" / "Reading")
@@ -58,8 +62,8 @@ BLOCK_HEADER_SIZE = 320                      # fixed part + 255-byte name, round
 # Zero-copy pins: a u64 after the name, never written by write_block_header. A zero-copy
 # read adds 1 (atomic) before the first view it makes of the block and takes it back when
 # the last of those views is gone; the broker reuses a reclaimed block only at 0 (a reader killed
-# with views out leaves its pin: the block is then freed, not reused). See reader._pinned_view
-# and broker.reclaim_topic for the order of loads and stores that makes it safe.
+# with views out leaves its pin: the block is then freed, not reused). See client/read.py
+# _pinned_view and server/reclaim.py reclaim_topic for the order of loads and stores that makes it safe.
 B_PINS = 312
 assert BLOCK_NAME_AT + 255 <= B_PINS and B_PINS + 8 <= BLOCK_HEADER_SIZE
 
@@ -154,6 +158,7 @@ G_READS = 376            # checkpointed reads (stats)
 
 CHAIN_SLOTS = 1 << 20
 CHAIN_SLOT = 32
+CHAIN_SLOTS_PER_PAGE = PAGE // CHAIN_SLOT   # the broker reserves a chain page when it hands out its first slot
 CHAIN_AT = GROUPS_AT + GROUP_SLOTS * GROUP_SLOT
 C_FILE_ID = 0
 C_FILE_OFFSET = 8        # where the block starts in its file

@@ -1,0 +1,170 @@
+"""Reclamation: blocks every group has read past go back to the allocator.
+
+The policy is pure (chain, cursors and pins in; what to free and what to
+offer for reuse out), so it is tested without processes:
+
+* ``reclaimable``: how far a topic's first block may move.  The tail block
+  (``published - 1``) is never reclaimed: a writer still uses it.
+* ``dispose``: which of the reclaimed blocks are offered back to their
+  topic (``offer``) and which are freed (``free``).
+
+``Reclaimer`` is the shell that applies it to shared memory: the order of
+its stores is what makes a reclamation safe against readers and SIGKILL
+(see ``reclaim_topic``), and it deletes files once their last block is gone.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from ..blocks import layout as L
+from ..blocks.allocator import BlockAllocator
+from ..blocks.files import BlockFiles
+from ..blocks.codec import BadRecord, read_record
+from ..client.hot import native
+from ..ipc import sync
+from .registry import REUSE_TTL, Registry, TopicState
+
+RECLAIM_EVERY = 1.0        # seconds between reclamation passes
+DELETE_GRACE = 2.0         # seconds between a file's last block being reclaimed and its unlink
+MAX_REUSABLE = 16          # reclaimed blocks kept for reuse per topic (their files kept meanwhile)
+UNREADABLE_PINS = -1       # a block whose pin word cannot be read: never reused
+
+_PIN = struct.Struct("<Q")
+
+Slot = tuple  # (file_id, file_offset, capacity, first_offset): blocks/meta.TopicMeta.chain
+
+
+# ----------------------------------------------------------------------------- the policy (pure)
+
+def reclaimable(slot: Callable[[int], Slot], first: int, published: int, cursors: Iterable[int]) -> int:
+    """The new first block: past every block whose entries all lie below every group's cursor.
+
+    ``slot(i)`` is chain slot ``i``; no groups (nobody read the topic yet): it keeps everything.
+    """
+    cursors = list(cursors)
+    if not cursors:
+        return first
+    low = min(cursors)
+    k = first
+    while k + 1 < published and slot(k + 1)[3] <= low:   # block k ends where block k + 1 starts
+        k += 1
+    return k
+
+
+@dataclass
+class Disposal:
+    offer: list = field(default_factory=list)   # (file_id, file_offset): back to the topic for reuse
+    free: list = field(default_factory=list)    # (file_id, file_offset): back to the allocator
+
+
+def dispose(blocks: Sequence[Slot], pins: Sequence[int], *, writer_active: bool, block_size: int,
+            room: int) -> Disposal:
+    """Offer or free each reclaimed block.
+
+    Reuse is for topics being written (``writer_active``: a block offered to an
+    idle topic would only keep its file REUSE_TTL longer), for blocks of the
+    standard size, while the topic has ``room`` for more, and only for blocks
+    no zero-copy view pins (``pins``: layout.B_PINS of each block, loaded after
+    the reclamation was published).
+    """
+    out = Disposal()
+    for (file_id, file_offset, capacity, _first), pinned in zip(blocks, pins):
+        if writer_active and capacity == block_size and room > 0 and pinned == 0:
+            out.offer.append((file_id, file_offset))
+            room -= 1
+        else:
+            out.free.append((file_id, file_offset))
+    return out
+
+
+def due_for_delete(pending: dict[int, float], deletable: Iterable[int], now: float) -> list[int]:
+    """Files whose last block went at least DELETE_GRACE ago; ``pending`` (file -> when) is updated."""
+    for file_id in deletable:
+        pending.setdefault(file_id, now + DELETE_GRACE)
+    due = [file_id for file_id, when in pending.items() if when <= now]
+    for file_id in due:
+        del pending[file_id]
+    return due
+
+
+# ----------------------------------------------------------------------------- the shell
+
+class Reclaimer:
+    def __init__(self, registry: Registry, allocator: BlockAllocator, files: BlockFiles, block_size: int):
+        self.registry = registry
+        self.allocator = allocator
+        self.files = files
+        self.block_size = block_size
+        self.pending_delete: dict[int, float] = {}
+
+    def reclaim(self) -> None:
+        """Free blocks every group has read past; delete files left with no live block."""
+        for state in list(self.registry.topics.values()):
+            self.reclaim_topic(state)
+        self.allocator.expire(REUSE_TTL)
+        for file_id in due_for_delete(self.pending_delete, self.allocator.deletable(), time.monotonic()):
+            self.allocator.forget(file_id)
+            self.files.remove(file_id)
+
+    def reclaim_busy(self) -> None:
+        """Between full passes, reclaim the topics whose writers moved on (so their blocks can be reused soon)."""
+        for state in list(self.registry.topics.values()):
+            if state.busy:
+                state.busy = False
+                self.reclaim_topic(state)
+
+    def reclaim_topic(self, state: TopicState) -> None:
+        meta = state.meta
+        cursors = [meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in meta.group_names().values()]
+        first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+        k = reclaimable(meta.chain, first, published, cursors)
+        if k == first:
+            return
+        blocks = [meta.chain(index) for index in range(first, k)]
+        ends = [meta.chain(index + 1)[3] for index in range(first, k)]
+        freed_bytes = sum(self._payload_bytes(block, end) for block, end in zip(blocks, ends))
+        # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK (a SIGKILL between
+        # the two leaves a state the next broker takes as it is). The atomic add after them is
+        # a full barrier: the pins are loaded only once H_FIRST_BLOCK is visible (a zero-copy
+        # reader pins, then loads H_FIRST_BLOCK: client/read.py _pinned_view).
+        meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
+        meta.set(L.H_FIRST_BLOCK, k)
+        sync.atomic_add(meta.base + L.H_RECLAIMED_BYTES, freed_bytes)
+        pins = [self._pins(file_id, file_offset) for file_id, file_offset, _, _ in blocks]
+        disposal = dispose(blocks, pins, writer_active=time.monotonic() - state.moved_at < REUSE_TTL,
+                           block_size=self.block_size, room=MAX_REUSABLE - self.allocator.reusable(meta.name))
+        for file_id, file_offset in disposal.offer:
+            self.allocator.offer(meta.name, file_id, file_offset)
+        for file_id, file_offset in disposal.free:
+            self.allocator.free(file_id, file_offset)
+
+    def _pins(self, file_id: int, file_offset: int) -> int:
+        """Processes holding zero-copy views into the block (layout.B_PINS)."""
+        try:
+            return _PIN.unpack_from(self.files.map(file_id), file_offset + L.B_PINS)[0]
+        except (OSError, ValueError, struct.error):
+            return UNREADABLE_PINS
+
+    def _payload_bytes(self, block: Slot, end: int) -> int:
+        file_id, file_offset, capacity, first = block
+        try:
+            buf = self.files.map(file_id)
+        except OSError:
+            return 0
+        start, limit = file_offset + L.BLOCK_HEADER_SIZE, file_offset + capacity
+        if native is not None:
+            return native.payload_bytes(buf, start, limit, first, end)
+        total = 0
+        pos, off = start, first
+        while off < end:
+            try:
+                record = read_record(buf, pos, limit)
+            except BadRecord:
+                break
+            total += sum(record.lengths)
+            off, pos = record.end_offset, pos + record.size
+        return total
