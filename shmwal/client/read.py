@@ -32,6 +32,7 @@ from ..blocks.chain import find_block, walk_to
 from ..blocks.codec import BadRecord, entry_bytes, read_record, xxh
 from ..entry import Entry, make_entry
 from ..errors import CorruptEntry
+from . import heap
 from .hot import native
 
 _W_NEXT = L.H_NEXT_OFFSET // 8
@@ -84,6 +85,7 @@ class GroupReader:
         self.group = group
         self.stale = False      # set by the client when it drops its handles (a new broker)
         self.took_from = 0      # offset of the first entry of the last take (see read)
+        self.took_bytes = 0     # payload bytes of the last take
         self._pin = None        # (block, mapping, view) pinned by the zero-copy take under way
         self.meta = meta
         self.files = files
@@ -162,6 +164,8 @@ class GroupReader:
                     took_from = self.took_from
                 finally:
                     sync.unlock(self.mutex)
+                if self.took_bytes > heap.retained and not zero_copy and entries:
+                    heap.retain(self.took_bytes)   # freeing the batch must not give its memory back (heap.py)
                 if entries or timeout == 0:
                     return (took_from if entries else None, entries) if payloads else entries
             if not self._spin(seen_next):
@@ -382,6 +386,7 @@ class GroupReader:
             raise CorruptEntry(topic, c, f"block file unreadable: {exc}") from None
         finally:
             self._pin = None   # the entries' views hold their pins; the reader holds none
+            self.took_bytes = total
             if checkpoint and out:
                 if record is not None and index < record.count:
                     hint_pos = record.pos
@@ -505,6 +510,7 @@ class GroupReader:
                                (next_offset, c, hint_block, hint_pos, out, total), payloads=payloads)
             self.took_from = took_from
             return taken
+        self.took_bytes = total
         if checkpoint:
             _hint_pack(self.meta.mm, self.at_cursor + 8, c, hint_block, hint_pos)
             words[self.w_cursor] = c
