@@ -26,6 +26,9 @@ Folders by role:
 * ``ipc/``          the OS helpers: ``sync`` (robust process-shared mutexes, atomics),
                     ``names``, ``control`` (length-prefixed JSON framing), ``fsio``
 * ``uring/``        io_uring through ctypes, for batch reads of cold data
+* ``mpqueue``       ``shmwal.Queue`` (``multiprocessing.Queue`` on a topic); ``objects``
+                    pickles items with out-of-band buffers; ``embedded`` starts a broker
+                    on first use
 * ``cli``           the ``shmwal`` command; ``bench`` the race; ``demo`` the demo
 """
 
@@ -35,11 +38,13 @@ from .entry import Entry, Payloads
 from .errors import (BatchTooLarge, BrokerAlreadyRunning, BrokerUnavailable, ClientClosed,
                      CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError)
 from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
+from .mpqueue import Queue
 
 __all__ = [
     "Broker", "Client", "connect", "Entry", "Payloads",
     "StrictlyAtOnce", "AtLeastOnce", "SyncEach", "FsyncEvery", "NoFsync",
     "ShmwalError", "BrokerUnavailable", "BrokerAlreadyRunning", "InvalidTopic",
     "EntryTooLarge", "BatchTooLarge", "CorruptEntry", "ClientClosed",
+    "Queue",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""``shmwal.Queue``: the ``multiprocessing.Queue`` interface on a topic and a group.
+
+Each ``put`` appends one entry (the pickled item, objects.py) to the topic
+named after the queue; each ``get`` reads the next entry for the group, so
+within a group every item goes to one getter, in put order (FIFO across all
+putters, since the topic's offsets order every append).
+
+Unlike ``multiprocessing.Queue`` there is no feeder thread: ``put`` returns
+once the item is in the log and visible to every getter, so ``close``,
+``join_thread`` and ``cancel_join_thread`` have nothing to flush, and an item
+that was put survives the death of any process (the putter's included).
+
+``qsize()`` is the topic's next offset minus the group's cursor: exact when
+nothing moves, and like ``multiprocessing.Queue.qsize`` only a snapshot while
+others put and get. ``maxsize`` is enforced against that snapshot, so
+putters racing each other can together pass it by up to one item each
+(``multiprocessing.Queue`` counts with a semaphore and cannot); a full queue
+is waited on by looking at the size again with a growing pause (up to
+``FULL_POLL_MAX``), because consumers post no wake-up when they take.
+"""
+
+from __future__ import annotations
+
+import math
+import queue as _stdlib_queue
+import time
+
+from . import embedded, objects
+from .blocks import layout as L
+from .ipc import names
+
+Empty = _stdlib_queue.Empty
+Full = _stdlib_queue.Full
+LARGE = 64 * 1024        # items at least this big are read zero-copy (one copy out, not two)
+FULL_POLL_MIN = 50e-6
+FULL_POLL_MAX = 5e-3
+_W_NEXT = L.H_NEXT_OFFSET // 8
+
+
+class Queue:
+    """A process-shared FIFO of Python objects, persisted in a shmwal topic."""
+
+    def __init__(self, name: str, maxsize: int = 0, *, data_dir=None, key=None, group: str = "default"):
+        names.check_name(name, "queue name")
+        names.check_name(group, "group")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+        directory, temporary = embedded.resolve(data_dir)
+        self._name = name
+        self._maxsize = max(0, maxsize)   # as multiprocessing: <= 0 means no bound
+        self._data_dir = directory
+        self._key = key
+        self._group = group
+        self._closed = False
+        self._client = None
+        self._read_large = False   # the last item read was large: read the next zero-copy
+        self._client = embedded.client_for(directory, key, temporary=temporary)
+
+    # ------------------------------------------------------------------ multiprocessing.Queue
+    def put(self, obj, block: bool = True, timeout=None) -> None:
+        self._check_closed()
+        if block and timeout is not None:
+            timeout = _check_timeout(timeout)
+        if self._maxsize:
+            self._wait_for_room(block, timeout)
+        parts, total = objects.encode(obj)
+        client = self._client or self._connect()
+        reserve = getattr(client, "reserve", None)
+        if reserve is not None and len(parts) > 1 and total >= LARGE:
+            with reserve(self._name, total) as slot:   # copied once: straight into the block
+                objects.write_parts(slot.buffer, parts)
+        else:
+            client.append(self._name, objects.gather(parts, total))
+
+    def get(self, block: bool = True, timeout=None):
+        self._check_closed()
+        if not block:
+            wait = 0.0
+        elif timeout is None:
+            wait = None
+        else:
+            wait = _check_timeout(timeout)
+        client = self._client or self._connect()
+        if self._read_large:
+            entries = client.batch_read(self._name, 0, group=self._group, timeout=wait, zero_copy=True)
+            data = entries[0].data if entries else None
+            del entries
+        else:
+            entry = client.read_next(self._name, group=self._group, timeout=wait)
+            data = None if entry is None else entry.data
+        if data is None:
+            raise Empty
+        self._read_large = len(data) >= LARGE
+        return objects.decode(data)
+
+    def put_nowait(self, obj) -> None:
+        self.put(obj, False)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def qsize(self) -> int:
+        reader = self._reader()
+        return max(0, reader.words[_W_NEXT] - reader.position())
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return bool(self._maxsize) and self.qsize() >= self._maxsize
+
+    def close(self) -> None:
+        """No more put or get through this object (the queue itself and its items stay)."""
+        self._closed = True
+
+    def join_thread(self) -> None:
+        """As multiprocessing: only after close(); puts are already in the log, nothing to wait for."""
+        if not self._closed:
+            raise AssertionError(f"Queue {self!r} not closed")
+
+    def cancel_join_thread(self) -> None:
+        """Nothing to cancel: no feeder thread holds unwritten items."""
+
+    # ------------------------------------------------------------------ beyond multiprocessing
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def group(self) -> str:
+        return self._group
+
+    @property
+    def data_dir(self) -> str:
+        return self._data_dir
+
+    def __reduce__(self):
+        # Its address only: the process that unpickles it connects on first use.
+        return (_rebuild, (self._name, self._maxsize, self._data_dir, self._key, self._group))
+
+    def __repr__(self) -> str:
+        return f"<shmwal.Queue {self._name!r} group={self._group!r} in {self._data_dir!r}>"
+
+    # ------------------------------------------------------------------ internals
+    def _connect(self):
+        self._client = embedded.client_for(self._data_dir, self._key, start=False)
+        return self._client
+
+    def _reader(self):
+        client = self._client or self._connect()
+        reader = client._readers.get((self._name, self._group))
+        if reader is None:
+            reader = client._reader(self._name, self._group, create=True)
+        return reader
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def _wait_for_room(self, block: bool, timeout) -> None:
+        if self.qsize() < self._maxsize:
+            return
+        if not block:
+            raise Full
+        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        pause = FULL_POLL_MIN
+        while self.qsize() >= self._maxsize:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Full
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, FULL_POLL_MAX)
+
+
+def _check_timeout(timeout) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must be None or a number, not NaN")
+    # multiprocessing.Queue waits no time for a negative timeout (queue.Queue raises ValueError).
+    return max(0.0, float(timeout))
+
+
+def _rebuild(name, maxsize, data_dir, key, group) -> Queue:
+    q = Queue.__new__(Queue)
+    q._name, q._maxsize, q._data_dir, q._key, q._group = name, maxsize, data_dir, key, group
+    q._closed = False
+    q._client = None
+    q._read_large = False
+    return q

@@ -1,0 +1,104 @@
+"""Python objects as entries: pickle protocol 5, large buffers out of band.
+
+Pure functions over buffers (no topics, no files), used by ``shmwal.Queue``.
+
+An entry is one of three shapes, told apart by its first byte:
+
+``0x80`` (pickle's PROTO opcode)
+    a plain protocol-5 pickle: the object had no out-of-band buffer. Small
+    objects take this path and pay nothing for the others.
+``b"B"``
+    ``HEAD`` (tag, buffer count, pickle length) | buffer lengths (u64 each) |
+    pickle stream | buffer 0 | buffer 1 | ...  The buffers are what pickle
+    handed to ``buffer_callback`` (numpy arrays, bytearrays, PickleBuffers),
+    so they are never copied into the pickle stream: the writer copies each
+    once, straight from the object into the entry.
+``b"R"``
+    a top-level ``bytes`` object of at least ``RAW_MIN`` bytes, as is after
+    the tag. Pickle always copies ``bytes`` into its stream (the C pickler
+    never offers them to ``reducer_override``), so without this a large
+    ``bytes`` item would be copied twice on the way in. ``bytes`` nested
+    inside other objects still travel in the stream.
+
+On the way out every out-of-band buffer is copied once into a ``bytearray`` of
+its own, so that arrays come back writable and owning their memory (as
+``multiprocessing.Queue``'s do), whatever the entry's memory is (a mapped
+block, through a zero-copy read).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+PROTOCOL = 5
+TAG_PICKLE = 0x80
+TAG_BUFFERS = ord("B")
+TAG_RAW = ord("R")
+HEAD = struct.Struct("<BxxxIQ")   # tag, buffer count, pickle stream length
+RAW_MIN = 64 * 1024               # smaller bytes: a pickle costs less than a second shape
+_RAW_TAG = bytes([TAG_RAW])
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+
+
+class NotAnItem(pickle.UnpicklingError):
+    """An entry that no shmwal.Queue wrote (another writer used the topic)."""
+
+
+def encode(obj) -> tuple[list, int]:
+    """``(parts, total)``: the entry is the concatenation of ``parts`` (flat byte views)."""
+    if type(obj) is bytes and len(obj) >= RAW_MIN:
+        return [_RAW_TAG, obj], 1 + len(obj)
+    buffers = []
+    stream = _dumps(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
+    if not buffers:
+        return [stream], len(stream)
+    raws = [buffer.raw() for buffer in buffers]   # flat "B" views of the objects' own memory
+    lengths = [raw.nbytes for raw in raws]
+    head = HEAD.pack(TAG_BUFFERS, len(raws), len(stream)) + struct.pack(f"<{len(raws)}Q", *lengths)
+    return [head, stream, *raws], len(head) + len(stream) + sum(lengths)
+
+
+def write_parts(target, parts) -> None:
+    """Copy ``parts`` back to back into the writable buffer ``target``."""
+    view = memoryview(target)
+    at = 0
+    for part in parts:
+        n = len(part) if type(part) is bytes else part.nbytes
+        view[at:at + n] = part
+        at += n
+
+
+def gather(parts, total: int):
+    """The entry as one object (when it cannot be written in place)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = bytearray(total)
+    write_parts(out, parts)
+    return out
+
+
+def decode(data):
+    """The object an entry holds; ``data`` is bytes or a (read-only) memoryview."""
+    tag = data[0]
+    if tag == TAG_PICKLE:
+        return _loads(data)
+    if tag == TAG_RAW:
+        return bytes(memoryview(data)[1:])
+    if tag != TAG_BUFFERS or len(data) < HEAD.size:
+        raise NotAnItem(f"not a shmwal.Queue item (first byte {tag:#04x})")
+    _tag, count, stream_length = HEAD.unpack_from(data)
+    at = HEAD.size + 8 * count
+    lengths = struct.unpack_from(f"<{count}Q", data, HEAD.size)
+    if at + stream_length + sum(lengths) != len(data):
+        raise NotAnItem("a shmwal.Queue item whose lengths do not add up")
+    view = memoryview(data)
+    stream = view[at:at + stream_length]
+    at += stream_length
+    buffers = []
+    for n in lengths:
+        buffers.append(bytearray(view[at:at + n]))
+        at += n
+    return _loads(stream, buffers=buffers)

@@ -1,0 +1,395 @@
+"""shmwal.Queue against multiprocessing.Queue's behaviours.
+
+The queue cases port what CPython's Lib/test/_test_multiprocessing.py checks of
+``multiprocessing.Queue`` (_TestQueue: test_put, test_get, test_fork, test_qsize,
+test_timeout, test_closed_queue_put_get_exceptions, and the many-producer /
+many-consumer pattern of its examples), with real processes under every start
+method, plus objects with large buffers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import shmwal
+from conftest import ipc_leftovers, wait_until
+from helpers import Workers, no_resource_tracker_left  # noqa: F401  (an autouse fixture)
+import queue_workers as W
+
+METHODS = ("fork", "spawn", "forkserver")
+
+
+@pytest.fixture(autouse=True)
+def no_forkserver_left():
+    yield
+    multiprocessing.forkserver._forkserver._stop()
+
+
+@pytest.fixture
+def make_queue(broker):
+    """Queues on the test's broker (a running broker is used as it is)."""
+    made = []
+
+    def make(name="q", maxsize=0, **kw):
+        q = shmwal.Queue(name, maxsize, data_dir=broker.data_dir, **kw)
+        made.append(q)
+        return q
+
+    yield make
+    for q in made:
+        q.close()
+
+
+# ------------------------------------------------------------------ single process
+
+def test_put_on_a_full_queue_raises_full_and_a_getter_in_another_process_gets_all(make_queue, tmp_path):
+    q = make_queue(maxsize=6)
+    q.put(1)
+    q.put(2, True)
+    q.put(3, True, None)
+    q.put(4, False)
+    q.put(5, False, None)
+    q.put_nowait(6)
+    assert (q.empty(), q.full(), q.qsize()) == (False, True, 6)
+    for call in (lambda: q.put(7, False), lambda: q.put(7, False, None), lambda: q.put_nowait(7),
+                 lambda: q.put(7, False, 10)):
+        with pytest.raises(queue.Full):
+            call()
+    started = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put(7, True, 0.2)
+    assert time.monotonic() - started >= 0.2   # it waited out its timeout (a lower bound only)
+    out = make_queue("out")
+    workers = Workers("spawn", str(tmp_path / "w"))
+    workers.result(workers.start(W.get_n_into, q, 6, out), 60)
+    assert out.get(timeout=10) == [1, 2, 3, 4, 5, 6]
+    assert (q.empty(), q.full(), q.qsize()) == (True, False, 0)
+
+
+def test_get_variants_and_empty(make_queue, tmp_path):
+    q = make_queue()
+    workers = Workers("spawn", str(tmp_path / "w"))
+    workers.result(workers.start(W.put_range, q, 1, 6), 60)
+    assert q.qsize() == 5
+    assert q.get() == 1
+    assert q.get(True) == 2
+    assert q.get(True, None) == 3
+    assert q.get(False) == 4
+    assert q.get_nowait() == 5
+    assert q.empty()
+    for call in (lambda: q.get(False), lambda: q.get(False, None), lambda: q.get_nowait(),
+                 lambda: q.get(False, 10)):
+        with pytest.raises(queue.Empty):
+            call()
+    started = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(True, 0.2)
+    assert time.monotonic() - started >= 0.2
+    with pytest.raises(queue.Empty):
+        q.get(True, -1)   # as multiprocessing: a negative timeout waits no time
+
+
+def test_qsize_counts_put_minus_got(make_queue):
+    q = make_queue()
+    assert q.qsize() == 0
+    q.put(1)
+    assert q.qsize() == 1
+    q.put(5)
+    assert q.qsize() == 2
+    assert q.get() == 1
+    assert q.qsize() == 1
+    assert q.get() == 5
+    assert q.qsize() == 0
+
+
+def test_unbounded_queue_is_never_full(make_queue):
+    q = make_queue(maxsize=0)
+    for i in range(3000):
+        q.put_nowait(i)
+    assert not q.full() and q.qsize() == 3000
+
+
+def test_closed_queue_refuses_put_and_get_and_join_thread_needs_close(make_queue):
+    q = make_queue()
+    q.put(1)
+    with pytest.raises(AssertionError):
+        q.join_thread()
+    q.close()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put("foo")
+    with pytest.raises(ValueError, match="is closed"):
+        q.get()
+    q.join_thread()
+    q.cancel_join_thread()
+    assert make_queue().get(timeout=5) == 1   # the items stay; only that object is closed
+
+
+def test_bad_arguments_raise_typed_errors(make_queue):
+    with pytest.raises(shmwal.InvalidTopic):
+        make_queue("../etc")
+    with pytest.raises(shmwal.InvalidTopic):
+        make_queue("ok", group="a/b")
+    with pytest.raises(TypeError):
+        make_queue("ok", maxsize="3")
+    q = make_queue()
+    with pytest.raises(TypeError):
+        q.get(True, "1")
+    with pytest.raises(TypeError):
+        q.put(1, True, "1")
+    with pytest.raises(ValueError):
+        q.put(1, True, float("nan"))
+    with pytest.raises(TypeError, match="pickle"):
+        q.put(threading.Lock())   # pickle's own error, at put (not later in a feeder thread)
+    assert q.qsize() == 0   # nothing was written by the calls that raised
+
+
+def test_fifo_and_groups_each_see_everything(make_queue):
+    a, b = make_queue(group="a"), make_queue(group="b")
+    items = [{"n": i, "s": "x" * (i % 7)} for i in range(500)]
+    for item in items:
+        a.put(item)
+    assert [a.get(timeout=5) for _ in items] == items
+    assert [b.get(timeout=5) for _ in items] == items   # another group: publish/subscribe
+
+
+@pytest.mark.parametrize("obj", [
+    np.arange(12, dtype=np.int32).reshape(3, 4),
+    np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.zeros((0, 5), dtype=np.uint8),
+    np.arange(2**18, dtype=np.float64),                       # 2 MiB, zero-copy read on the way out
+    np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "<i4"), ("b", "<f8")]),
+    b"\x00\xff" * (2**17),                                    # a large top-level bytes
+    bytearray(b"abc") * 100_000,
+    {"arrays": [np.ones((64, 64)), np.full(7, 3, dtype=np.int8)], "blob": b"z" * 200_000},
+])
+def test_objects_with_large_buffers_round_trip_with_type_dtype_and_shape(make_queue, obj):
+    q = make_queue()
+    q.put(obj)
+    q.put("after")   # the next item after a large one still reads right
+    got = q.get(timeout=5)
+    assert q.get(timeout=5) == "after"
+    assert type(got) is type(obj)
+    if isinstance(obj, np.ndarray):
+        assert (got.dtype, got.shape) == (obj.dtype, obj.shape)
+        assert np.array_equal(got, obj)
+        assert got.flags.writeable and got.flags.f_contiguous == obj.flags.f_contiguous
+        got[...] = 0 if got.dtype.names is None else got   # owns writable memory
+    elif isinstance(obj, dict):
+        assert [a.tolist() for a in got["arrays"]] == [a.tolist() for a in obj["arrays"]]
+        assert got["arrays"][1].dtype == np.int8 and got["blob"] == obj["blob"]
+    else:
+        assert got == obj
+
+
+def test_read_only_array_comes_back_read_only(make_queue):
+    q = make_queue()
+    a = np.arange(100_000)
+    a.flags.writeable = False
+    q.put(a)
+    got = q.get(timeout=5)
+    assert np.array_equal(got, a) and not got.flags.writeable
+
+
+def test_entry_not_written_by_a_queue_is_a_clear_error(make_queue, broker):
+    q = make_queue("foreign")
+    with shmwal.connect(broker.data_dir) as client:
+        client.append("foreign", b"not a pickle")
+    with pytest.raises(pickle.UnpicklingError, match="not a shmwal.Queue item"):
+        q.get(timeout=5)
+
+
+# ------------------------------------------------------------------ processes
+
+@pytest.mark.parametrize("method", METHODS)
+def test_items_put_by_parent_and_child_come_out_in_order(make_queue, tmp_path, method):
+    # _TestQueue.test_fork: the parent puts 0..9, a child 10..19, the parent gets 0..19.
+    q = make_queue()
+    for i in range(10):
+        q.put(i)
+    workers = Workers(method, str(tmp_path / "w"))
+    workers.result(workers.start(W.put_range, q, 10, 20), 60)
+    assert [q.get(timeout=5) for _ in range(20)] == list(range(20))
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_many_producers_and_consumers_each_item_once_in_each_producers_order(make_queue, tmp_path, method):
+    q, out = make_queue(), make_queue("out")
+    producers, consumers, per = 4, 4, 2500
+    workers = Workers(method, str(tmp_path / "w"))
+    cons = [workers.start(W.consume_until_none, q, out) for _ in range(consumers)]
+    prods = [workers.start(W.put_range, q, 0, per, tag) for tag in range(producers)]
+    for p in prods:
+        workers.result(p, 120)
+    for _ in range(consumers):
+        q.put(None)
+    for c in cons:
+        workers.result(c, 120)
+    got = [out.get(timeout=10) for _ in range(consumers)]
+    flat = [item for part in got for item in part]
+    assert sorted(flat) == sorted((tag, i) for tag in range(producers) for i in range(per))
+    for part in got:   # FIFO: each consumer sees each producer's items in put order
+        for tag in range(producers):
+            seq = [i for t, i in part if t == tag]
+            assert seq == sorted(seq)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_arrays_through_a_worker_and_back(make_queue, tmp_path, method):
+    tasks, results = make_queue("tasks"), make_queue("results")
+    workers = Workers(method, str(tmp_path / "w"))
+    proc = workers.start(W.echo_arrays, tasks, results)
+    sent = [np.random.default_rng(i).random((i + 1, 1000)).astype(dt)
+            for i, dt in enumerate([np.float64, np.float32, np.int16, np.uint8, np.int64])]
+    sent.append(np.arange(2**17, dtype=np.float64))   # 1 MiB
+    for a in sent:
+        tasks.put(a)
+    tasks.put(None)
+    for a in sent:
+        back, total = results.get(timeout=60)
+        assert (back.dtype, back.shape) == (a.dtype, a.shape) and np.array_equal(back, a)
+        assert total == pytest.approx(float(a.sum()) if a.size else 0.0)
+    workers.result(proc, 60)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_queues_as_pool_initializer_arguments(make_queue, method):
+    tasks, results = make_queue("tasks"), make_queue("results")
+    for n in range(40):
+        tasks.put(n)
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(2, initializer=W.init_queues, initargs=(tasks, results)) as pool:
+        pids = pool.map(W.square_from_initializer_queues, [10, 10, 10, 10], chunksize=1)
+        pool.close()
+        pool.join()
+    assert len(pids) == 4
+    assert sorted(results.get(timeout=10) for _ in range(40)) == [n * n for n in range(40)]
+    assert results.empty()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_queues_as_process_pool_executor_task_arguments(make_queue, method):
+    # multiprocessing.Queue cannot be a task argument at all ("Queue objects should only be
+    # shared between processes through inheritance"); shmwal.Queue pickles to its address.
+    q_in, q_out = make_queue("in"), make_queue("out")
+    for n in range(20):
+        q_in.put(n)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method)) as pool:
+        taken = list(pool.map(W.square_task, [q_in] * 20, [q_out] * 20))
+    assert sorted(taken) == list(range(20))
+    assert sorted(q_out.get(timeout=10) for _ in range(20)) == [n * n for n in range(20)]
+
+
+def test_worker_killed_holding_an_item_loses_only_that_item(make_queue, tmp_path):
+    """A getter SIGKILLed at any point: the others go on; every item it had not taken is processed.
+
+    StrictlyAtOnce (and AtLeastOnce alike: a dead reader's cursor moves are already in the
+    shared meta file): the item the killed worker had taken is not delivered again.
+    """
+    tasks, results = make_queue("tasks"), make_queue("results")
+    workers = Workers("spawn", str(tmp_path / "w"))
+    procs = [workers.start(W.hold_then_sleep, tasks, results) for _ in range(3)]
+    for i in range(300):
+        tasks.put(i)
+    tasks.put(-1)
+    for i in range(300, 600):
+        tasks.put(i)
+    seen = []
+    while True:
+        kind, value = results.get(timeout=60)
+        if kind == "holding":
+            os.kill(value, signal.SIGKILL)
+            break
+        seen.append(value)
+    for _ in range(2):
+        tasks.put(None)
+    byes = 0
+    while byes < 2:
+        kind, value = results.get(timeout=60)
+        if kind == "bye":
+            byes += 1
+        else:
+            assert kind == "done"
+            seen.append(value)
+    assert sorted(seen) == list(range(600))   # each once; only -1, held by the dead worker, is gone
+    for p in procs:
+        p.join(30)
+    assert sorted(p.exitcode for p in procs) == [-signal.SIGKILL, 0, 0]
+    assert tasks.qsize() == 0
+    tasks.put("still works")
+    assert tasks.get(timeout=5) == "still works"
+
+
+# ------------------------------------------------------------------ the embedded broker
+
+EMBEDDED = textwrap.dedent("""
+    import multiprocessing, os, sys
+    import numpy as np
+    import shmwal
+    from shmwal.ipc import names
+
+    def square(q_in, q_out):
+        q_out.put(q_in.get(timeout=30) ** 2)
+
+    if __name__ == "__main__":
+        multiprocessing.set_start_method(sys.argv[1])
+        q_in, q_out = shmwal.Queue("in"), shmwal.Queue("out")
+        procs = [multiprocessing.Process(target=square, args=(q_in, q_out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for n in (2, 3, 4):
+            q_in.put(np.int64(n))
+        print(sorted(int(q_out.get(timeout=30)) for _ in range(3)))
+        for p in procs:
+            p.join()
+        client = shmwal.connect(q_in.data_dir)
+        print(q_in.data_dir, client.broker_pid, names.ipc_prefix(os.path.join(q_in.data_dir, "default")))
+        client.close()
+""")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_first_queue_starts_a_broker_that_goes_with_its_process_and_its_files(tmp_path, method):
+    script = tmp_path / "embedded.py"
+    script.write_text(EMBEDDED)
+    env = {k: v for k, v in os.environ.items() if k != "SHMWAL_DATA_DIR"}
+    done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True,
+                          timeout=90, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "[4, 9, 16]"
+    data_dir, broker_pid, prefix = second.split()
+    assert not os.path.exists(data_dir)                                   # its temporary files went
+    assert wait_until(lambda: not _alive(int(broker_pid)), 10)            # and its broker
+    assert not [n for n in os.listdir("/dev/shm") if prefix.lstrip("/") in n]
+
+
+def test_queue_with_a_data_dir_uses_the_running_broker_and_keeps_its_files(broker, make_queue):
+    q = make_queue()
+    q.put("kept")
+    assert shmwal.connect(broker.data_dir).broker_pid == broker.pid
+    assert not ipc_leftovers("/nonexistent")
+    assert make_queue(group="another").get(timeout=5) == "kept"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
