@@ -29,6 +29,7 @@ Folders by role:
 * ``mpqueue``       ``shmwal.Queue`` (``multiprocessing.Queue`` on a topic); ``objects``
                     pickles items with out-of-band buffers; ``embedded`` starts a broker
                     on first use
+* ``aio/``          asyncio: ``connect_async``, reads woken by one waker thread per topic
 * ``cli``           the ``shmwal`` command; ``bench`` the race; ``demo`` the demo
 """
 
@@ -39,12 +40,13 @@ from .errors import (BatchTooLarge, BrokerAlreadyRunning, BrokerUnavailable, Cli
                      CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError)
 from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
 from .mpqueue import Queue
+from .aio import AsyncClient, connect_async
 
 __all__ = [
     "Broker", "Client", "connect", "Entry", "Payloads",
     "StrictlyAtOnce", "AtLeastOnce", "SyncEach", "FsyncEvery", "NoFsync",
     "ShmwalError", "BrokerUnavailable", "BrokerAlreadyRunning", "InvalidTopic",
     "EntryTooLarge", "BatchTooLarge", "CorruptEntry", "ClientClosed",
-    "Queue",
+    "Queue", "connect_async", "AsyncClient",
 ]
 __version__ = "0.1.0"

@@ -68,3 +68,28 @@ def hold_then_sleep(tasks, results) -> None:
             time.sleep(600)
         results.put(("done", item))
     results.put(("bye", os.getpid()))
+
+
+def append_paced(data_dir: str, topic: str, count: int, seed: int = 0, delay: float = 0.0) -> int:
+    """Appends ``count`` entries (their offsets' decimal text) in random bursts with pauses."""
+    import random
+
+    import shmwal
+    rng = random.Random(seed)
+    time.sleep(delay)
+    with shmwal.connect(data_dir) as client:
+        i = 0
+        while i < count:
+            burst = min(count - i, rng.randint(1, 20))
+            for _ in range(burst):
+                client.append(topic, b"%d" % i)
+                i += 1
+            time.sleep(rng.random() * 0.001)
+    return count
+
+
+def read_all_blocking(data_dir: str, topic: str, group: str, count: int) -> list:
+    """A synchronous reader in another process (it sleeps on the same semaphore as the waker)."""
+    import shmwal
+    with shmwal.connect(data_dir) as client:
+        return [client.read_next(topic, group=group, timeout=60).offset for _ in range(count)]
