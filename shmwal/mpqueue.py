@@ -81,15 +81,12 @@ class Queue:
         else:
             wait = _check_timeout(timeout)
         client = self._client or self._connect()
-        if self._read_large:
-            entries = client.batch_read(self._name, 0, group=self._group, timeout=wait, zero_copy=True)
-            data = entries[0].data if entries else None
-            del entries
-        else:
-            entry = client.read_next(self._name, group=self._group, timeout=wait)
-            data = None if entry is None else entry.data
-        if data is None:
+        # Zero-copy after a large item: decode copies its buffers out once (not twice).
+        entry = client.read_next(self._name, group=self._group, timeout=wait, zero_copy=self._read_large)
+        if entry is None:
             raise Empty
+        data = entry.data
+        del entry   # the view alone keeps its block pinned, and only until decoded
         self._read_large = len(data) >= LARGE
         return objects.decode(data)
 
