@@ -1,30 +1,35 @@
 """The block allocator: a plain object the broker drives.
 
-Blocks are carved from pre-allocated files in order; a file is deleted once
-every block it handed out has been reclaimed and it will hand out no more
-(Walrus's scheme).  An entry larger than a block gets a "jumbo" file holding
-one block of its own size.
+Blocks are carved from sparse files in order, one slot of ``block_size``
+bytes each; a block takes space only for its own capacity, allocated here
+before it is handed out (the SIGBUS invariant: see files.py) and released
+when it is freed.  A topic's first blocks are small and grow
+(``layout.block_capacity``), so a small topic takes little space.  A file is
+deleted once every block it handed out has been reclaimed and it will hand
+out no more (Walrus's scheme).  An entry larger than a block gets a "jumbo"
+file holding one block of its own size.
 
 Reuse: the broker hands a topic's reclaimed blocks back (``offer``) and
 ``alloc`` gives them to the same topic again before carving new ones.  Their
-pages are already in memory: on the machines measured a page never touched
-costs 1-2.7 us to fault in against 0.05 us for one touched before (README,
-"Benchmarks").  Only the same topic: its offsets only grow, so whatever a
-reused block still holds has offsets below anything written into it later,
-and every walker (readers, recovery, verify) stops at a record out of
+pages are already in memory (and allocated): on the machines measured a page
+never touched costs 1-2.7 us to fault in against 0.05 us for one touched
+before (README, "Benchmarks").  Only the same topic: its offsets only grow, so
+whatever a reused block still holds has offsets below anything written into it
+later, and every walker (readers, recovery, verify) stops at a record out of
 sequence: stale bytes can never pass for entries, even after a power cut
-that lost the new ones.  An offered block stays live (its file is kept)
-until it is reused or ``expire`` lets it go.
+that lost the new ones.  An offered block stays live (its file and its space
+are kept) until it is reused or ``expire`` lets it go.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
 
 from . import layout as L
-from .files import create_block_file
+from .files import allocate, create_block_file, release
 
 
 class BlockAllocator:
@@ -38,21 +43,34 @@ class BlockAllocator:
         self.next_file_id = max(1, next_file_id)
         self._current: int | None = None     # file handing out blocks
         self._next_block = 0
-        self.live: dict[int, set[int]] = {}  # file_id -> offsets of blocks in use
+        self.live: dict[int, dict[int, int]] = {}   # file_id -> {offset of a block in use: its capacity}
         self._reusable: dict[str, deque] = {}   # topic -> (file_id, file_offset, offered at)
         self.reused = 0                      # blocks handed out again (stats)
 
-    def adopt(self, file_id: int, file_offset: int) -> None:
+    def adopt(self, file_id: int, file_offset: int, capacity: int) -> None:
         """Recovery: a chain still uses this block."""
-        self.live.setdefault(file_id, set()).add(file_offset)
+        self.live.setdefault(file_id, {})[file_offset] = capacity
         self.next_file_id = max(self.next_file_id, file_id + 1)
 
-    def alloc(self, min_capacity: int, topic: str | None = None) -> tuple[int, int, int]:
-        """A block of at least ``min_capacity`` bytes for ``topic``: (file_id, file_offset, capacity)."""
-        if min_capacity > self.block_size:
-            capacity = (min_capacity + L.PAGE - 1) // L.PAGE * L.PAGE
+    def alloc(self, min_capacity: int, topic: str | None = None,
+              chain_index: int | None = None) -> tuple[int, int, int]:
+        """A block of at least ``min_capacity`` bytes for ``topic``: (file_id, file_offset, capacity).
+
+        Its ``capacity`` bytes have storage (allocated here, or kept since it was
+        offered for reuse).  ``chain_index`` sizes a topic's first blocks small
+        (layout.block_capacity); None: a full block.  A full disk raises
+        OSError(ENOSPC) saying where and how much, and hands out nothing.
+        """
+        wanted = self.block_size if chain_index is None else L.block_capacity(chain_index, self.block_size)
+        capacity = max(wanted, (min_capacity + L.PAGE - 1) // L.PAGE * L.PAGE)
+        if capacity > self.block_size:
             file_id = self._new_file(capacity)
-            self.live[file_id] = {0}
+            try:
+                self._allocate(file_id, 0, capacity, topic)
+            except OSError:
+                self._unlink(file_id)
+                raise
+            self.live[file_id] = {0: capacity}
             return file_id, 0, capacity
         pool = self._reusable.get(topic)
         if pool:
@@ -62,11 +80,22 @@ class BlockAllocator:
         if self._current is None or self._next_block >= self.blocks_per_file:
             self._current = self._new_file(self.block_size * self.blocks_per_file)
             self._next_block = 0
-            self.live[self._current] = set()
+            self.live[self._current] = {}
         file_offset = self._next_block * self.block_size
+        self._allocate(self._current, file_offset, capacity, topic)   # before the slot counts as taken
         self._next_block += 1
-        self.live[self._current].add(file_offset)
-        return self._current, file_offset, self.block_size
+        self.live[self._current][file_offset] = capacity
+        return self._current, file_offset, capacity
+
+    def _allocate(self, file_id: int, file_offset: int, capacity: int, topic: str | None) -> None:
+        try:
+            allocate(self.directory, file_id, file_offset, capacity)
+        except OSError as exc:
+            release(self.directory, file_id, file_offset, capacity)   # what a failed fallocate may have kept (ext4)
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise no_space(self.directory, capacity, f"a new block of topic {topic!r}" if topic else "a new block") \
+                from None
 
     def _new_file(self, size: int) -> int:
         regular = size == self.block_size * self.blocks_per_file
@@ -76,7 +105,7 @@ class BlockAllocator:
             try:
                 future.result()          # usually long done
             except OSError:
-                pass                     # e.g. ENOSPC then: try again now, and let it raise
+                pass                     # then try again now, and let it raise
             else:
                 self._prepare_spare()
                 return file_id
@@ -88,6 +117,7 @@ class BlockAllocator:
         return file_id
 
     def _prepare_spare(self) -> None:
+        """Make the next regular file off the caller's path (a sparse file, but its fsyncs take a while)."""
         if self._submit is None:
             return
         file_id = self.next_file_id
@@ -103,19 +133,29 @@ class BlockAllocator:
         file_id, future = spare
         try:
             future.result()
+        except OSError:
+            return
+        self._unlink(file_id)
+
+    def _unlink(self, file_id: int) -> None:
+        try:
             os.unlink(os.path.join(self.directory, L.block_file_name(file_id)))
         except OSError:
             pass
 
-    def free(self, file_id: int, file_offset: int) -> None:
-        self.live.get(file_id, set()).discard(file_offset)
+    def free(self, file_id: int, file_offset: int, release_space: bool = True) -> None:
+        """A block nothing uses any more.  ``release_space=False`` keeps its bytes (a
+        zero-copy view may still read them; the space then goes with its file)."""
+        capacity = self.live.get(file_id, {}).pop(file_offset, None)
+        if capacity and release_space:
+            release(self.directory, file_id, file_offset, capacity)
 
     def offer(self, topic: str, file_id: int, file_offset: int) -> None:
-        """A regular block ``topic`` no longer uses, to give it again (it stays live meanwhile)."""
+        """A full block ``topic`` no longer uses, to give it again (it stays live and allocated meanwhile)."""
         self._reusable.setdefault(topic, deque()).append((file_id, file_offset, time.monotonic()))
 
     def expire(self, ttl: float) -> None:
-        """Free the offered blocks not taken within ``ttl`` seconds (their files may then go)."""
+        """Free the offered blocks not taken within ``ttl`` seconds (their space and files may then go)."""
         deadline = time.monotonic() - ttl
         for topic, pool in list(self._reusable.items()):
             while pool and pool[0][2] <= deadline:
@@ -126,6 +166,10 @@ class BlockAllocator:
 
     def reusable(self, topic: str) -> int:
         return len(self._reusable.get(topic, ()))
+
+    def reusable_bytes(self, topic: str) -> int:
+        """Space the blocks offered back to ``topic`` keep (part of its disk use)."""
+        return sum(self.live.get(f, {}).get(o, 0) for f, o, _ in self._reusable.get(topic, ()))
 
     def deletable(self) -> list[int]:
         """Files whose every handed-out block is free and that will hand out no more."""
@@ -141,3 +185,14 @@ class BlockAllocator:
             if file_id is not None:
                 found.append(file_id)
         return sorted(found)
+
+
+def no_space(directory: str, needed: int, what: str) -> OSError:
+    """ENOSPC that says which directory is full and how much was needed (still an OSError: callers catch it)."""
+    try:
+        st = os.statvfs(directory)
+        free = f"{st.f_bavail * st.f_frsize:,} bytes free of {st.f_blocks * st.f_frsize:,}"
+    except OSError:
+        free = "free space unknown"
+    return OSError(errno.ENOSPC, f"No space left on device: {directory} is full ({free}); "
+                                 f"{what} needed {needed:,} bytes")

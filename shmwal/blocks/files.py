@@ -1,13 +1,29 @@
-"""Block files: create (broker), map (everyone), fsync and delete (broker).
+"""Block files: create, allocate and release space (broker), map (everyone), fsync and delete (broker).
+
+A block file is sparse: it is made at its full size but takes no space until
+the broker allocates a block's range in it (``allocate``), and a block that
+goes back to the free pool gives its space back (``release``).  So a topic's
+files grow with its data, not by a whole file at a time.
+
+The invariant that keeps writers safe: **every byte a writer may store to is
+allocated before the block is handed out.**  Writers store through MAP_SHARED
+mappings, and a store into an unallocated hole of a file on a full filesystem
+is a SIGBUS, not an error; ``posix_fallocate`` beforehand turns a full disk
+into an ENOSPC the broker reports.  ``BlockAllocator.alloc`` is the only
+place that hands blocks out and it allocates each one first; ``release`` is
+called only for blocks no chain, no writer and no zero-copy view uses.
 
 A process maps each block file it touches once, whole and shared, and keeps
-the mapping: every later access is a slice of memory.  Mappings of files the
-broker deleted stay valid until dropped, so a reader never faults on a file
-reclaimed under it; ``drop`` releases them once the topic moved past.
+the mapping: every later access is a slice of memory.  Reading a hole gives
+zeros (walkers stop there: no record has a zero header), never a fault, since
+the file has its full size.  Mappings of files the broker deleted stay valid
+until dropped, so a reader never faults on a file reclaimed under it; ``drop``
+releases them once the topic moved past.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -15,20 +31,31 @@ import time
 
 from . import layout as L
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
 
 def create_block_file(directory: str, file_id: int, size: int) -> str:
-    """Create and pre-allocate a block file (0600, never overwriting one)."""
+    """Create a sparse block file of ``size`` bytes (0600, never overwriting one).
+
+    It takes no space yet: ``allocate`` gives each block its storage when the
+    block is handed out.  Durable before it is used: file, then directory.
+    """
     path = os.path.join(directory, L.block_file_name(file_id))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         try:
-            os.posix_fallocate(fd, 0, size)
+            os.ftruncate(fd, size)
+            os.fsync(fd)
         except OSError:
             os.close(fd)
             fd = -1
             os.unlink(path)
             raise
-        os.fsync(fd)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -38,6 +65,44 @@ def create_block_file(directory: str, file_id: int, size: int) -> str:
     finally:
         os.close(dfd)
     return path
+
+
+def allocate(directory: str, file_id: int, offset: int, length: int) -> None:
+    """Give ``[offset, offset + length)`` of a block file storage (see the module docstring).
+
+    Raises OSError (ENOSPC on a full filesystem) and then has allocated
+    nothing a writer will be told about.
+    """
+    fd = os.open(os.path.join(directory, L.block_file_name(file_id)), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.posix_fallocate(fd, offset, length)
+    finally:
+        os.close(fd)
+
+
+def release(directory: str, file_id: int, offset: int, length: int) -> bool:
+    """Give a free block's storage back (punch a hole; the file keeps its size).
+
+    Only for blocks nothing reads or writes any more: their bytes become
+    zeros.  Returns False where the filesystem cannot punch holes (the space
+    then goes with the file).
+    """
+    try:
+        fd = os.open(os.path.join(directory, L.block_file_name(file_id)), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False   # deleted meanwhile: its space is gone with it
+    try:
+        return _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
+    finally:
+        os.close(fd)
+
+
+def allocated_bytes(path: str) -> int:
+    """What a file takes on disk (st_blocks, in 512-byte units: not its apparent size); 0 if gone."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_blocks * 512
+    except OSError:
+        return 0
 
 
 class BlockFiles:

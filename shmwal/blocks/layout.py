@@ -5,12 +5,14 @@ A namespace directory ``<data_dir>/<key>/`` holds::
     broker.lock            flock()ed by the live broker (released by the kernel when it dies)
     broker.sock            the control endpoint (Unix stream socket, 0600)
     broker.run             JSON: pid and IPC names of the broker that runs or last ran
-    blocks/<id>.blk        pre-allocated block files; a block belongs to one topic
+    blocks/<id>.blk        sparse block files, space allocated block by block; a block belongs to one topic
     topics/<topic>/meta    the topic's shared state, mapped by every client (below)
 
 Block file
-    ``blocks_per_file`` blocks of ``block_size`` bytes, or one "jumbo" block
-    sized for an entry larger than a block.  Each block starts with a
+    ``blocks_per_file`` slots of ``block_size`` bytes, or one "jumbo" block
+    sized for an entry larger than a block.  The file is sparse: a block at
+    slot k starts at ``k * block_size`` and only its ``capacity`` bytes
+    (block_capacity: small for a topic's first blocks) take space.  Each block starts with a
     BLOCK_HEADER naming its topic, its index in the topic's chain and the
     offset of its first entry, so that chains can be rebuilt from blocks
     alone.  Records follow back to back, each starting on a 64-byte cache line (ALIGN).
@@ -53,6 +55,20 @@ DEFAULT_BLOCK_SIZE = 10 << 20
 DEFAULT_BLOCKS_PER_FILE = 100
 MIN_BLOCK_SIZE = 4096
 MAX_BLOCK_SIZE = 1 << 34
+# A topic's first blocks are small and grow by BLOCK_GROWTH per chain slot up to
+# block_size (64 KiB, 256 KiB, 1 MiB, 4 MiB, then 10 MiB by default): a topic of a
+# few entries takes 64 KiB of block space, a busy one reaches full blocks (and
+# block reuse, which is for full blocks only) after ~5 MiB.
+FIRST_BLOCK_SIZE = 64 << 10
+BLOCK_GROWTH = 4
+
+
+def block_capacity(chain_index: int, block_size: int) -> int:
+    """The capacity a topic's block at ``chain_index`` gets (more if one entry needs it)."""
+    if chain_index >= 32:
+        return block_size
+    return min(block_size, FIRST_BLOCK_SIZE * BLOCK_GROWTH ** chain_index)
+
 
 # ---- block header
 BLOCK_MAGIC = 0x314B4C42_4C574D53            # b"SMWLBLK1" little-endian

@@ -124,7 +124,7 @@ class Provisioner:
         """Give chain slot ``chain_index`` a fresh block. Caller holds the topic's chain mutex."""
         if chain_index % L.CHAIN_SLOTS_PER_PAGE == 0:
             meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
-        file_id, file_offset, capacity = self.allocator.alloc(min_capacity, meta.name)
+        file_id, file_offset, capacity = self.allocator.alloc(min_capacity, meta.name, chain_index)
         meta.set_chain_slot(chain_index, file_id, file_offset, capacity)
         if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):
             meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)

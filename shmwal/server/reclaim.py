@@ -139,8 +139,10 @@ class Reclaimer:
                            block_size=self.block_size, room=MAX_REUSABLE - self.allocator.reusable(meta.name))
         for file_id, file_offset in disposal.offer:
             self.allocator.offer(meta.name, file_id, file_offset)
+        pinned = {(file_id, file_offset) for (file_id, file_offset, _, _), n in zip(blocks, pins) if n != 0}
         for file_id, file_offset in disposal.free:
-            self.allocator.free(file_id, file_offset)
+            # A pinned block's bytes stay (a zero-copy view reads them) until its file goes.
+            self.allocator.free(file_id, file_offset, release_space=(file_id, file_offset) not in pinned)
 
     def _pins(self, file_id: int, file_offset: int) -> int:
         """Processes holding zero-copy views into the block (layout.B_PINS)."""

@@ -141,7 +141,7 @@ def adopt_topic(meta: TopicMeta, current_boot: int, registry: Registry, allocato
     for index in range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)):
         file_id, file_offset, capacity, _first = meta.chain(index)
         if capacity:   # 0: a slot whose writing was cut short
-            allocator.adopt(file_id, file_offset)
+            allocator.adopt(file_id, file_offset, capacity)
     registry.adopt(meta)
     return None
 
