@@ -278,6 +278,9 @@ class Broker:
             argv += ["--key", names.sanitize_key(self.key)]   # the same namespace, and no NUL in argv
         make_private_dir(self.data_dir)
         make_private_dir(self.root)
+        # Clients connecting meanwhile wait for this broker rather than fail at once (names.broker_ran).
+        os.close(os.open(os.path.join(self.root, "broker.lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
         log_path = os.path.join(self.root, "broker.log")
         with open(log_path, "ab", buffering=0) as log_file:
             os.chmod(log_path, 0o600)

@@ -53,6 +53,7 @@ class Client:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         check_timeout(timeout)
         self._data_dir = names.resolve_data_dir(data_dir)
+        self._given_dir = data_dir   # for messages: the directory as the user named it
         self._key = key
         self._root = names.namespace_dir(self._data_dir, key)
         self._timeout = 5.0 if timeout is None else timeout
@@ -351,8 +352,14 @@ class Client:
             except (OSError, control.ProtocolError, ValueError) as exc:
                 last_error = exc
                 self._drop_connections()
+            if not self._connected_once and not names.broker_ran(self._root):
+                # Nothing to wait for: no broker has ever run here (a restarting one has).
+                raise BrokerUnavailable(names.no_broker_message(self._given_dir, self._key, self._data_dir,
+                                                                ever_ran=False)) from None
             if time.monotonic() >= deadline:
-                raise BrokerUnavailable(f"no broker answers on {self._root}: {last_error}") from None
+                raise BrokerUnavailable(names.no_broker_message(self._given_dir, self._key, self._data_dir,
+                                                                ever_ran=True, waited=timeout,
+                                                                error=last_error)) from None
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
     def _open_connections(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 
 from ..errors import InvalidTopic
 
@@ -56,6 +57,37 @@ def resolve_data_dir(data_dir) -> str:
 
 def namespace_dir(data_dir, key) -> str:
     return os.path.join(resolve_data_dir(data_dir), sanitize_key(key))
+
+
+def broker_ran(root: str) -> bool:
+    """Whether a broker ever ran (or is being started) in namespace ``root``.
+
+    Every broker creates ``broker.lock`` first (``Broker.start`` even before it
+    spawns the process) and none removes it: without it there is no broker
+    data, and nothing a client could wait for.
+    """
+    return os.path.exists(os.path.join(root, "broker.lock"))
+
+
+def no_broker_message(given, key, data_dir: str, *, ever_ran: bool, waited: float = 0.0, error=None) -> str:
+    """Why ``connect`` found no broker, naming the directory as the user gave it, and how to start one."""
+    if given is None:
+        shown = os.environ.get("SHMWAL_DATA_DIR") or "shmwal_data"
+        origin = " ($SHMWAL_DATA_DIR)" if os.environ.get("SHMWAL_DATA_DIR") else " (the default data directory)"
+    else:
+        shown, origin = os.fspath(given), ""
+        if isinstance(shown, bytes):
+            shown = os.fsdecode(shown)
+    if not os.path.isabs(shown):
+        origin += f" (= {data_dir})"
+    where = f"{shown}{origin}" + (f", key {key!r}" if key is not None else "")
+    command = f"shmwal broker --data-dir {shlex.quote(shown)}" + (f" --key {shlex.quote(str(key))}" if key is not None else "")
+    handle = f"shmwal.Broker({shown!r}" + (f", key={key!r}" if key is not None else "") + ").start()"
+    how = f"start one with `{command}` or `{handle}`"
+    if not ever_ran:
+        return f"no shmwal broker data in {where}: no broker has run there; {how}"
+    detail = f" ({error})" if error else ""
+    return f"no broker answers on {where} within {waited:g} s{detail}; if none runs, {how}"
 
 
 def ipc_prefix(root: str) -> str:
