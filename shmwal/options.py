@@ -90,9 +90,10 @@ def parse_consistency(text: str) -> Consistency:
     """``strict`` or ``at-least-once:N`` (the command line's spelling)."""
     if text == "strict":
         return StrictlyAtOnce()
-    if text.startswith("at-least-once"):
-        _, _, n = text.partition(":")
-        return AtLeastOnce(persist_every=int(n) if n else 1000)
+    if text == "at-least-once":
+        return AtLeastOnce()
+    if text.startswith("at-least-once:"):
+        return AtLeastOnce(persist_every=int(text.partition(":")[2]))
     raise ValueError(f"unknown consistency {text!r}: use strict or at-least-once:N")
 
 

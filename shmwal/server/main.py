@@ -22,14 +22,72 @@ from ..options import parse_consistency, parse_fsync
 
 log = logging.getLogger("shmwal.broker")
 
+BROKER_DESCRIPTION = """\
+Run a shmwal broker in the foreground until SIGINT (Ctrl-C) or SIGTERM, then stop
+cleanly (writes and cursors flushed and fsynced) and exit 0. It logs to stderr.
+Options may differ from one run to the next on the same directory: they apply to what
+is created from then on, and everything written before stays readable.
+Exit status: 0 after a clean stop, 2 for bad options, 3 when a broker already runs on
+this directory and key, 1 for any other failure to start."""
+
+
+def consistency_arg(text: str):
+    """argparse type of --consistency: a bad value names the valid ones."""
+    try:
+        return parse_consistency(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from strict, at-least-once:N with N >= 1)") from None
+
+
+def fsync_arg(text: str):
+    """argparse type of --fsync: a bad value names the valid ones."""
+    try:
+        return parse_fsync(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from each, none, or MILLISECONDS > 0)") from None
+
+
+def _int_arg(low: int, high: int, multiple: int = 1, what: str = ""):
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high or value % multiple:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {what}")
+        return value
+    return check
+
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--key", default=None)
-    parser.add_argument("--consistency", default="strict", type=parse_consistency)
-    parser.add_argument("--fsync", default="200", type=parse_fsync)
-    parser.add_argument("--block-size", type=int, default=L.DEFAULT_BLOCK_SIZE)
-    parser.add_argument("--blocks-per-file", type=int, default=L.DEFAULT_BLOCKS_PER_FILE)
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where the broker keeps its files (created if missing; default: "
+                             "$SHMWAL_DATA_DIR, else ./shmwal_data)")
+    parser.add_argument("--key", default=None, metavar="KEY",
+                        help="namespace inside the data directory: the files go in DIR/KEY; one broker "
+                             "per directory and key (characters outside [A-Za-z0-9._-] become '_'; "
+                             "default: 'default')")
+    parser.add_argument("--consistency", default="strict", type=consistency_arg,
+                        metavar="{strict,at-least-once:N}",
+                        help="delivery to consumer groups: 'strict' (StrictlyAtOnce: a read moves its "
+                             "group's cursor durably before it returns; no entry is delivered twice) or "
+                             "'at-least-once:N' (AtLeastOnce: the cursor is made durable at least every N "
+                             "reads; after a crash a group may get up to N entries again) (default: strict)")
+    parser.add_argument("--fsync", default="200", type=fsync_arg, metavar="{each,none,MILLISECONDS}",
+                        help="when written data is fsynced: 'each' (SyncEach: before every append returns), "
+                             "'none' (NoFsync: never; survives process crashes, not a power cut) or a number "
+                             "of milliseconds (FsyncEvery: within that long) (default: 200)")
+    parser.add_argument("--block-size", type=_int_arg(L.MIN_BLOCK_SIZE, L.MAX_BLOCK_SIZE, L.PAGE,
+                                                      f"a multiple of {L.PAGE} from {L.MIN_BLOCK_SIZE} "
+                                                      f"to {L.MAX_BLOCK_SIZE}"),
+                        default=L.DEFAULT_BLOCK_SIZE, metavar="BYTES",
+                        help=f"bytes per block, the unit a topic's files grow and are deleted by; a multiple "
+                             f"of {L.PAGE} (default: {L.DEFAULT_BLOCK_SIZE})")
+    parser.add_argument("--blocks-per-file", type=_int_arg(1, 1 << 16, what="an integer from 1 to 65536"),
+                        default=L.DEFAULT_BLOCKS_PER_FILE, metavar="N",
+                        help=f"blocks per block file, 1 to 65536 (default: {L.DEFAULT_BLOCKS_PER_FILE})")
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -88,7 +146,8 @@ def _say(stream, line: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="shmwal broker", description="Run a shmwal broker in the foreground.")
+    parser = argparse.ArgumentParser(prog="shmwal broker", description=BROKER_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_broker_arguments(parser)
     return run_broker(parser.parse_args(argv))
 

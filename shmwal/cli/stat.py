@@ -1,0 +1,114 @@
+"""``shmwal stat`` (topics, groups, lag, files; ``--watch`` refreshes) and ``shmwal verify``.
+
+Both read the namespace's files, so they work whether or not a broker runs:
+published data never changes, so looking at it needs no lock.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import common, render
+from .render import Table
+
+STAT_HELP = "topics, offsets, groups, lag, files and bytes (works with or without a running broker)"
+VERIFY_HELP = "check every kept entry's checksum; name each damaged topic and offset (exit 1 if any)"
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("stat", help=STAT_HELP, description=STAT_HELP[0].upper() + STAT_HELP[1:] + ".",
+                       formatter_class=common.HelpFormatter)
+    common.add_namespace_args(p)
+    common.add_json_arg(p, "the namespace, its topics and groups")
+    p.add_argument("--watch", nargs="?", const=1.0, default=None, type=common.positive_float,
+                   metavar="SECONDS",
+                   help="refresh every SECONDS (default 1) until Ctrl-C: in place on a terminal, "
+                        "one snapshot after another on a pipe, one JSON document a line with --json")
+    p.set_defaults(run=cmd_stat)
+    p = sub.add_parser("verify", help=VERIFY_HELP, description=VERIFY_HELP[0].upper() + VERIFY_HELP[1:] + ".",
+                       formatter_class=common.HelpFormatter)
+    common.add_namespace_args(p)
+    common.add_json_arg(p, "the damage found")
+    p.set_defaults(run=cmd_verify)
+
+
+def snapshot(root: str) -> dict:
+    """{"root", "broker", "topics": {topic: topic_stats}} read from the files."""
+    from ..server.verify import open_topics, topic_stats
+    topics = {}
+    for name, meta in open_topics(root).items():
+        try:
+            topics[name] = topic_stats(meta)
+        finally:
+            meta.close()
+    return {"root": root, "broker": common.broker_status(root), "topics": topics}
+
+
+def view(snap: dict) -> tuple[str, list[Table]]:
+    topics = snap["topics"]
+    has_disk = any("disk_bytes" in s for s in topics.values())
+    header = ("topic", "entries", "first", "next", "bytes") + (("disk",) if has_disk else ()) + \
+             ("files", "blocks", "damaged")
+    rows = [(name, s["entries"], s["first_offset"], s["next_offset"], size(s["bytes"]))
+            + ((size(s.get("disk_bytes", 0)),) if has_disk else ())
+            + (s["files"], s["blocks"], s.get("damaged") or "-")
+            for name, s in topics.items()]
+    return f"{snap['root']}  broker: {snap['broker']}", [Table(header, rows, "(no topics)"), groups_table(topics)]
+
+
+def groups_table(topics: dict, empty: str = "") -> Table:
+    has_skipped = any("skipped" in g for s in topics.values() for g in s["groups"].values())
+    header = ("topic", "group", "position", "lag") + (("skipped",) if has_skipped else ())
+    rows = [(name, group, g["position"], g["lag"]) + ((g.get("skipped", 0),) if has_skipped else ())
+            for name, s in topics.items() for group, g in s["groups"].items()]
+    return Table(header, rows, empty)
+
+
+def cmd_stat(args) -> int:
+    root = common.namespace_root(args)
+    if args.watch is not None:
+        render.watch(lambda: snapshot(root), view, args.watch, args.json)
+    snap = snapshot(root)
+    if args.json:
+        import json
+        print(json.dumps(snap, indent=2))
+    else:
+        render.show(*view(snap))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from ..blocks.files import BlockFiles
+    from ..server.verify import open_topics, verify_topic
+    root = common.namespace_root(args)
+    files = BlockFiles(os.path.join(root, "blocks"))
+    found: dict[str, list] = {}
+    try:
+        for name, meta in open_topics(root).items():
+            try:
+                found[name] = verify_topic(meta, files)
+            finally:
+                meta.close()
+    finally:
+        files.close()
+    damaged = sum(len(problems) for problems in found.values())
+    if args.json:
+        import json
+        print(json.dumps({"root": root, "topics": len(found), "damaged": damaged,
+                          "damage": [{"topic": name, "offset": offset, "problem": what}
+                                     for name, problems in found.items() for offset, what in problems]},
+                         indent=2))
+    else:
+        for name, problems in found.items():
+            for offset, what in problems:
+                print(f"{name}@{offset}: {what}")
+        print(f"verified {len(found)} topic(s) in {root}: {f'{damaged} damaged' if damaged else 'no damage'}")
+    return 1 if damaged else 0
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,294 @@
+"""The data commands through real processes: produce, tail, groups, stat --watch, --version,
+bad options (exit 2, one line), failures (exit 1, one line) and a closed stdout (SIGPIPE)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import shmwal
+from conftest import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def shmwal_cli(*args, input=None, timeout=60, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmwal", *args], input=input, capture_output=True,
+                          timeout=timeout, env=env)
+
+
+def ns(broker) -> list[str]:
+    return ["--data-dir", broker.data_dir]
+
+
+def lines_of(result) -> list[bytes]:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.splitlines()
+
+
+def one_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert text.endswith("\n") and text.count("\n") == 1, f"not one line: {text!r}"
+    assert "Traceback" not in text
+    return text
+
+
+# ----------------------------------------------------------------------------- produce and tail
+
+def test_produce_appends_one_entry_per_line_and_tail_prints_them_back(broker, client):
+    payloads = [b"hello", b"", b"w\xc3\xb6rld", b"\xff\xfe binary", b"last without newline"]
+    result = shmwal_cli("produce", "t", "--json", *ns(broker), input=b"\n".join(payloads))
+    assert json.loads(lines_of(result)[0]) == {"topic": "t", "entries": 5, "first_offset": 0, "next_offset": 5}
+    assert [e.data for e in client.batch_read("t", 1 << 20, checkpoint=False)] == payloads
+
+    assert lines_of(shmwal_cli("tail", "t", *ns(broker))) == payloads
+    as_json = [json.loads(line) for line in lines_of(shmwal_cli("tail", "t", "--json", *ns(broker)))]
+    assert as_json[0] == {"topic": "t", "offset": 0, "data": "hello"}
+    assert as_json[2] == {"topic": "t", "offset": 2, "data": "wörld"}
+    assert as_json[3] == {"topic": "t", "offset": 3, "data_base64": "//4gYmluYXJ5"}
+    assert lines_of(shmwal_cli("tail", "t", "--format", "hex", "--from", "3", "-n", "1", *ns(broker))) == \
+        [b"3 " + b"\xff\xfe binary".hex().encode()]
+    assert lines_of(shmwal_cli("tail", "t", "--from", "latest", *ns(broker))) == []
+
+
+def test_produce_skips_empty_lines_when_asked_and_batches_a_long_input(broker, client):
+    text = b"".join(b"%d\n\n" % i for i in range(5000))
+    result = shmwal_cli("produce", "nums", "--skip-empty", "--json", *ns(broker), input=text)
+    assert json.loads(lines_of(result)[0])["next_offset"] == 5000
+    got = []
+    while len(got) < 5000:
+        got += [e.data for e in client.batch_read("nums", 1 << 20, group="check")]
+    assert got == [b"%d" % i for i in range(5000)]
+
+
+def test_tail_peeks_without_a_group_and_without_a_broker(start_broker, data_dir):
+    broker = start_broker()
+    with shmwal.connect(data_dir) as client:
+        client.batch_append("t", [b"a", b"b", b"c"])
+        assert client.read_next("t", group="g").data == b"a"
+    assert lines_of(shmwal_cli("tail", "t", *ns(broker))) == [b"a", b"b", b"c"]
+    with shmwal.connect(data_dir) as client:
+        stats = client.stats()["topics"]["t"]
+        assert stats["groups"].keys() == {"g"}            # the peek made no group
+        assert stats["groups"]["g"]["position"] == 1      # and moved no cursor
+    broker.stop()
+    assert lines_of(shmwal_cli("tail", "t", "--from", "1", *ns(broker))) == [b"b", b"c"]
+
+
+def test_tail_with_a_group_takes_entries_from_it(broker, client):
+    client.batch_append("t", [b"%d" % i for i in range(10)])
+    assert lines_of(shmwal_cli("tail", "t", "--group", "g", "-n", "3", *ns(broker))) == [b"0", b"1", b"2"]
+    assert client.position("t", group="g") == 3          # exactly three taken
+    assert lines_of(shmwal_cli("tail", "t", "-g", "g", *ns(broker))) == [b"%d" % i for i in range(3, 10)]
+    assert lines_of(shmwal_cli("tail", "t", "-g", "g", *ns(broker))) == []
+    assert lines_of(shmwal_cli("tail", "t", "-g", "g", "--from", "earliest", "-n", "1", *ns(broker))) == [b"0"]
+    assert lines_of(shmwal_cli("tail", "t", "-g", "g", "--from", "8", *ns(broker))) == [b"8", b"9"]
+    assert lines_of(shmwal_cli("tail", "t", "-g", "new", "--from", "latest", *ns(broker))) == []
+    assert client.position("t", group="new") == 10
+
+
+def test_tail_follow_prints_what_is_appended_later(broker, client):
+    client.append("t", b"before")
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "tail", "t", "--follow", *ns(broker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"before\n"
+        client.append("t", b"after")
+        assert proc.stdout.readline() == b"after\n"
+        proc.send_signal(signal.SIGINT)                 # Ctrl-C is how --follow ends
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_tail_follow_waits_for_a_topic_that_does_not_exist_yet(broker, client):
+    client.append("other", b"x")        # the namespace exists; topic "later" does not
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "tail", "later", "-f", *ns(broker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        client.append("later", b"first")
+        assert proc.stdout.readline() == b"first\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+# ----------------------------------------------------------------------------- a closed stdout
+
+def _keep_appending(client, topic, stop: threading.Event):
+    while not stop.wait(0.01):
+        client.append(topic, b"more")
+
+
+@pytest.mark.parametrize("command", [["tail", "t", "--follow"], ["tail", "t", "-g", "g", "--follow"],
+                                     ["stat", "--watch", "0.05"]])
+def test_a_closed_pipe_ends_the_command_quietly_by_sigpipe(broker, client, command):
+    client.append("t", b"first")
+    stop = threading.Event()
+    feeder = threading.Thread(target=_keep_appending, args=(client, "t", stop))
+    feeder.start()
+    try:
+        shell = f"{sys.executable} -m shmwal {' '.join(command)} --data-dir {broker.data_dir} | head -1; " \
+                "echo \"status ${PIPESTATUS[0]}\" >&2"
+        result = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=60)
+    finally:
+        stop.set()
+        feeder.join()
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr.decode() == f"status {128 + signal.SIGPIPE}\n"   # as `yes | head -1`
+
+
+@pytest.mark.parametrize("command", [["stat"], ["stat", "--json"], ["groups"], ["tail", "t"], ["verify"]])
+def test_output_into_a_closed_pipe_ends_by_sigpipe_without_a_traceback(broker, client, command):
+    # A finite output may fit in the pipe before `head` goes (pipes here hold megabytes), so
+    # the read end is closed before the command starts: its first write meets a closed pipe.
+    client.append("t", b"x")
+    client.read_next("t", group="g")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "shmwal", *command, *ns(broker)], stdout=write_end,
+                                stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.stderr == b""
+    assert result.returncode == -signal.SIGPIPE
+
+
+# ----------------------------------------------------------------------------- groups and stat
+
+def test_groups_lists_position_and_lag(broker, client):
+    client.batch_append("orders", [b"x"] * 7)
+    client.batch_append("audit", [b"y"] * 2)
+    client.batch_read("orders", 3, group="billing")      # 3 entries of 1 byte
+    client.read_next("audit", group="archive")
+    rows = [line.split() for line in lines_of(shmwal_cli("groups", *ns(broker)))]
+    assert rows[0][:4] == [b"topic", b"group", b"position", b"lag"]
+    assert [row[:4] for row in rows[1:]] == [[b"audit", b"archive", b"1", b"1"], [b"orders", b"billing", b"3", b"4"]]
+    as_json = json.loads(shmwal_cli("groups", "orders", "--json", *ns(broker)).stdout)
+    assert as_json["orders"]["billing"]["position"] == 3 and as_json["orders"]["billing"]["lag"] == 4
+    assert as_json.keys() == {"orders"}
+    missing = shmwal_cli("groups", "nothing", *ns(broker))
+    assert missing.returncode == 1 and "no topic 'nothing'" in one_line(missing.stderr)
+
+
+def test_stat_watch_refreshes_as_json_lines(broker, client):
+    client.append("t", b"x")
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "stat", "--watch", "0.05", "--json", *ns(broker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["topics"]["t"]["next_offset"] == 1
+        client.append("t", b"y")
+        assert wait_until(lambda: json.loads(proc.stdout.readline())["topics"]["t"]["next_offset"] == 2, 20)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_stat_on_a_terminal_draws_a_table(broker, client):
+    pytest.importorskip("rich")
+    client.append("orders", b"x")
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm")
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "stat", *ns(broker)], stdout=slave,
+                            stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:      # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    text = out.decode()
+    assert "orders" in text and "━" in text          # rich's table rule, not the plain layout
+
+
+# ----------------------------------------------------------------------------- options and failures
+
+def test_version():
+    result = shmwal_cli("--version")
+    assert result.returncode == 0 and result.stdout.decode() == f"shmwal {shmwal.__version__}\n"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["broker", "--consistency", "foo"], "argument --consistency: invalid choice: 'foo' (choose from strict, at-least-once:N"),
+    (["broker", "--consistency", "at-least-once:0"], "invalid choice: 'at-least-once:0'"),
+    (["broker", "--fsync", "sometimes"], "argument --fsync: invalid choice: 'sometimes' (choose from each, none, or MILLISECONDS"),
+    (["broker", "--block-size", "1000"], "argument --block-size: invalid value '1000': a multiple of 4096"),
+    (["tail", "t", "--format", "xml"], "argument --format: invalid choice: 'xml' (choose from "),
+    (["tail", "t", "--from", "yesterday"], "invalid choice: 'yesterday' (choose from earliest, latest, or an offset"),
+    (["tail", "bad topic"], "invalid topic 'bad topic'"),
+    (["tail", "t", "-n", "-1"], "argument --count/-n: invalid value '-1'"),
+    (["stat", "--watch", "0"], "argument --watch: invalid value '0'"),
+    (["groups", "--delete", "t"], "argument --delete: expected 2 arguments"),
+    (["groups", "--delete", "t", ".g"], "invalid group '.g'"),
+    (["groups", "t", "--delete", "t", "g"], "give either TOPIC or --delete TOPIC GROUP"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_a_bad_option_exits_2_with_one_line_that_says_what_is_valid(args, says, tmp_path):
+    result = shmwal_cli(*args, "--data-dir", str(tmp_path)) if args[:1] != ["nosuch"] and args else shmwal_cli(*args)
+    assert result.returncode == 2, result
+    line = one_line(result.stderr)
+    assert says in line and line.startswith("shmwal")
+    if "--format" in args:
+        assert all(value in line for value in ("raw", "hex", "json"))
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("args, says", [
+    (["stat"], "no shmwal data in"),
+    (["verify"], "no shmwal data in"),
+    (["groups"], "no shmwal data in"),
+    (["tail", "t"], "no shmwal data in"),
+    (["tail", "t", "--group", "g"], "no broker runs on"),
+    (["produce", "t"], "no broker runs on"),
+    (["groups", "--delete", "t", "g"], "no broker runs on"),
+])
+def test_no_data_or_no_broker_is_one_line_and_exit_1(args, says, tmp_path):
+    result = shmwal_cli(*args, "--data-dir", str(tmp_path / "missing"), input=b"x\n")
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith(f"shmwal {args[0]}: {says}")
+
+
+def test_tail_of_a_topic_that_does_not_exist_says_so(broker, client):
+    client.append("t", b"x")
+    result = shmwal_cli("tail", "nope", *ns(broker))
+    assert result.returncode == 1 and "no topic 'nope'" in one_line(result.stderr)
+
+
+def test_produce_to_a_bad_topic_name_is_refused_before_reading_input(broker):
+    result = shmwal_cli("produce", "x" * 256, *ns(broker), input=b"a\n")
+    assert result.returncode == 2 and "invalid topic" in one_line(result.stderr)
