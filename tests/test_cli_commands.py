@@ -292,3 +292,30 @@ def test_tail_of_a_topic_that_does_not_exist_says_so(broker, client):
 def test_produce_to_a_bad_topic_name_is_refused_before_reading_input(broker):
     result = shmwal_cli("produce", "x" * 256, *ns(broker), input=b"a\n")
     assert result.returncode == 2 and "invalid topic" in one_line(result.stderr)
+
+
+# ----------------------------------------------------------------------------- bench and broker
+
+def test_bench_without_its_extra_names_the_extra_to_install(tmp_path):
+    hidden = tmp_path / "hidden"
+    (hidden / "zmq").mkdir(parents=True)
+    (hidden / "faster_fifo.py").write_text("raise ImportError('hidden by the test')\n")
+    (hidden / "zmq" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=str(hidden))
+    result = shmwal_cli("bench", "--quick", "--contenders", "faster-fifo,zmq", "--no-png",
+                        "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert lines[0] == "shmwal bench: these contenders cannot run here and are skipped:"
+    assert len(lines) == 4   # faster-fifo, faster-fifo batch, zmq ipc
+    assert all("is not installed" in line and "pip install 'shmwal[bench]'" in line for line in lines[1:])
+
+
+def test_a_broker_started_from_python_writes_no_runtime_warning_into_its_log(data_dir):
+    broker = shmwal.Broker(data_dir, key="logged")
+    with broker:
+        shmwal.connect(data_dir, key="logged").close()
+    with open(os.path.join(broker.root, "broker.log")) as f:
+        log = f.read()
+    assert "broker ready on" in log and "broker stopped cleanly" in log   # the log is this one
+    assert "Warning" not in log and "Traceback" not in log

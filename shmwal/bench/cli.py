@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shmwal bench",
         description="Race shmwal against multiprocessing.Queue, faster-fifo and pyzmq, "
-                    "checking that every message arrives exactly once.",
+                    "checking that every message arrives exactly once. The peers are the "
+                    "bench extra: pip install 'shmwal[bench]'.",
     )
     p.add_argument("--quick", action="store_true", help="small counts: the whole race in under a minute")
     p.add_argument("--only", choices=("all", "peers", "shmwal"), default="all")
@@ -119,6 +120,15 @@ def main(argv=None) -> int:
     if not contenders:
         print("no contender selected", file=sys.stderr)
         return 2
+    missing = {c.name: c.unavailable() for c in contenders}
+    missing = {name: why for name, why in missing.items() if why}
+    if missing:
+        # Said first, and in the report: a race whose peers were all skipped is no race.
+        print("shmwal bench: these contenders cannot run here and are skipped:", file=sys.stderr)
+        for name, why in missing.items():
+            print(f"  {name}: {why}", file=sys.stderr)
+        if len(missing) == len(contenders):
+            return 1
     timeout = args.timeout if args.timeout is not None else (30.0 if args.quick else 120.0)
     ctx = multiprocessing.get_context(args.start_method)
     print(f"shmwal bench: {len(specs)} scenarios x {len(contenders)} contenders, "

@@ -48,11 +48,15 @@ FASTER_FIFO_BYTES = 32 * 2**20     # faster-fifo's ring buffer (its default, 1 M
 READ_BATCH_BYTES = 2**20
 
 
-def _missing(module: str) -> str | None:
+BENCH_EXTRA = "pip install 'shmwal[bench]'"
+
+
+def _missing(module: str, install: str = BENCH_EXTRA) -> str | None:
+    """Why a peer's module cannot be imported, saying how to install it; None if it can."""
     try:
         importlib.import_module(module)
     except ImportError as exc:
-        return f"{module} not importable: {exc}"
+        return f"{module} is not installed ({exc}): {install}"
     return None
 
 
