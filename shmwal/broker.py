@@ -18,6 +18,7 @@ through the mapped files themselves (see client/append.py and client/read.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import selectors
@@ -30,7 +31,7 @@ import time
 
 from .blocks import layout as L
 from .blocks.files import BlockFiles
-from .errors import BrokerAlreadyRunning, ShmwalError
+from .errors import BrokerAlreadyRunning, BrokerUnavailable, ShmwalError
 from .ipc import control, names
 from .ipc.fsio import make_private_dir
 from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
@@ -39,6 +40,7 @@ from .server.fsync import Syncer
 from .server.provisioning import Provisioner
 from .server.reclaim import RECLAIM_EVERY, Reclaimer
 from .server.registry import Registry
+from .timeouts import check_timeout, seconds_or_inf
 
 log = logging.getLogger("shmwal.broker")
 
@@ -267,48 +269,83 @@ class Broker:
         return self._process.pid if self._process is not None else None
 
     def start(self, timeout: float = 30.0) -> "Broker":
+        """Spawn the broker process; return once it accepts clients.
+
+        It lives until ``stop()`` or until the *process* that started it ends
+        (not the thread: a broker started from ``asyncio.to_thread`` or a pool
+        outlives the thread).  Raises BrokerAlreadyRunning, or ShmwalError
+        (BrokerUnavailable when it did not become ready within ``timeout``
+        seconds); whatever was started is stopped before it raises.
+        """
+        wait = seconds_or_inf(check_timeout(timeout))
         if self._process is not None and self._process.poll() is None:
             return self
-        read_fd, write_fd = os.pipe()
+        log_path = os.path.join(self.root, "broker.log")
+        try:
+            make_private_dir(self.data_dir)
+            make_private_dir(self.root)
+            # Clients connecting meanwhile wait for this broker rather than fail at once (names.broker_ran).
+            os.close(os.open(os.path.join(self.root, "broker.lock"),
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            raise ShmwalError(f"cannot prepare {self.root} for a broker: {exc}") from exc
         argv = [sys.executable, "-m", "shmwal.server.main", "--data-dir", self.data_dir,
                 "--consistency", _consistency_arg(self.consistency), "--fsync", _fsync_arg(self.fsync),
                 "--block-size", str(self.block_size), "--blocks-per-file", str(self.blocks_per_file),
                 "--ready-fd", str(write_fd), "--die-with-parent", str(os.getpid())]
         if self.key is not None:
             argv += ["--key", names.sanitize_key(self.key)]   # the same namespace, and no NUL in argv
-        make_private_dir(self.data_dir)
-        make_private_dir(self.root)
-        # Clients connecting meanwhile wait for this broker rather than fail at once (names.broker_ran).
-        os.close(os.open(os.path.join(self.root, "broker.lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
-        log_path = os.path.join(self.root, "broker.log")
-        with open(log_path, "ab", buffering=0) as log_file:
-            os.chmod(log_path, 0o600)
+        try:
             try:
-                self._process = subprocess.Popen(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                                                 stdout=log_file, stderr=log_file, close_fds=True)
+                with open(log_path, "ab", buffering=0) as log_file:
+                    os.chmod(log_path, 0o600)
+                    self._process = subprocess.Popen(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
+                                                     stdout=log_file, stderr=log_file, close_fds=True)
             finally:
                 os.close(write_fd)
-        try:
-            answer = _read_ready(read_fd, timeout)
+            answer = _read_ready(read_fd, wait)
+        except OSError as exc:
+            self._give_up()
+            raise ShmwalError(f"could not start a broker on {self.root}: {exc}") from exc
+        except BaseException:   # KeyboardInterrupt while waiting: leave nothing running
+            self._give_up()
+            raise
         finally:
             os.close(read_fd)
         if answer.startswith("ready"):
             return self
-        self._process.wait(timeout=10)
-        self._process = None
+        self._give_up()
         if answer.startswith("already-running"):
             raise BrokerAlreadyRunning(answer.partition(" ")[2] or f"a broker already runs on {self.root}")
-        raise ShmwalError(f"broker failed to start: {answer or 'no answer'} (log: {log_path})")
+        if not answer:
+            raise BrokerUnavailable(f"the broker of {self.root} was not ready within {timeout} s and was "
+                                    f"stopped (log: {log_path})")
+        raise ShmwalError(f"broker failed to start: {answer} (log: {log_path})")
+
+    def _give_up(self) -> None:
+        """Stop the process start() spawned (it said no, or said nothing in time) and reap it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+            if process.poll() is None:
+                process.send_signal(sig)   # SIGTERM: a clean stop, also for one that is exiting anyway
+            try:
+                process.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     def stop(self, timeout: float = 10) -> None:
+        wait = check_timeout(timeout)
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=timeout)
+                process.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -336,6 +373,7 @@ def _fsync_arg(f) -> str:
 
 
 def _read_ready(fd: int, timeout: float) -> str:
+    """The broker's one-line answer on the ready pipe ("" if none within ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
@@ -344,8 +382,8 @@ def _read_ready(fd: int, timeout: float) -> str:
             break
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        if not poller.poll(remaining * 1000):
-            break
+        if not poller.poll(None if remaining == math.inf else min(remaining * 1000, 2**31 - 1)):
+            continue   # a slice of a long wait ran out: look at the deadline again
         chunk = os.read(fd, 4096)
         if not chunk:
             break

@@ -30,7 +30,8 @@ from ..entry import Entry, Payloads
 from ..errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, InvalidTopic,
                      ShmwalError)
 from ..options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
-from .read import GroupReader, check_timeout
+from ..timeouts import check_timeout, seconds_or_inf
+from .read import GroupReader
 from .append import Appender
 from .reserve import Slot, check_nbytes
 
@@ -51,12 +52,12 @@ class Client:
                  _lazy: bool = False):
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
-        check_timeout(timeout)
+        checked = check_timeout(timeout)
         self._data_dir = names.resolve_data_dir(data_dir)
         self._given_dir = data_dir   # for messages: the directory as the user named it
         self._key = key
         self._root = names.namespace_dir(self._data_dir, key)
-        self._timeout = 5.0 if timeout is None else timeout
+        self._timeout = 5.0 if timeout is None else seconds_or_inf(checked)
         self._io = io
         self._rpc_lock = threading.RLock()
         self._sock: socket.socket | None = None

@@ -19,7 +19,6 @@ append.py for why no wake-up is lost.
 from __future__ import annotations
 
 import errno
-import math
 import struct
 import time
 import weakref
@@ -32,6 +31,7 @@ from ..blocks.chain import find_block, walk_to
 from ..blocks.codec import BadRecord, entry_bytes, read_record, xxh
 from ..entry import Entry, make_entry
 from ..errors import CorruptEntry
+from ..timeouts import check_timeout  # noqa: F401  (also imported from here)
 from . import heap
 from .hot import native
 
@@ -63,17 +63,6 @@ SPIN = 400          # publish-word loads before sleeping (~15 µs)
 def _unpin(mapping, word: int) -> None:
     if not mapping.closed:
         sync.atomic_add(word, -1)
-
-
-def check_timeout(timeout):
-    """None, or a finite number >= 0 (API.md)."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    return timeout
 
 
 class GroupReader:

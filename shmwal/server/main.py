@@ -9,11 +9,13 @@ running that one would warn (RuntimeWarning: found in sys.modules) in every brok
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
+import select
 import signal
 import sys
+import threading
+import time
 
 from ..blocks import layout as L
 from ..broker import Broker, BrokerServer
@@ -94,12 +96,8 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_broker(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shmwal-broker[%(process)d] %(levelname)s %(message)s")
-    if args.die_with_parent:
-        # A broker spawned by Broker.start() stops cleanly when its owner dies.
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != args.die_with_parent:
-            return 1
+    if args.die_with_parent and not watch_owner(args.die_with_parent):
+        return 1
     os.umask(0o077)
     ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
     try:
@@ -132,6 +130,44 @@ def run_broker(args) -> int:
         server.close()
         log.info("broker stopped cleanly")
     return 0
+
+
+def watch_owner(owner: int) -> bool:
+    """Stop this broker (a SIGTERM to itself: the clean path) when process ``owner`` ends.
+
+    The process, not the thread that spawned us: PR_SET_PDEATHSIG fires when the
+    spawning *thread* exits, so a broker started from ``asyncio.to_thread`` or a
+    pool died about a second after start() returned.  A pidfd becomes readable
+    when the whole process has exited; where there is none (Linux < 5.3) the
+    parent pid is polled, which changes when the owner process is gone (children
+    of an exiting thread are handed to another thread of its process: same pid).
+    False: the owner is already gone.
+    """
+    try:
+        pidfd = os.pidfd_open(owner)
+    except (AttributeError, OSError):
+        pidfd = None
+    # After pidfd_open: if the owner had died before it, we were reparented, and a
+    # pidfd of a reused pid is never watched.
+    if os.getppid() != owner:
+        if pidfd is not None:
+            os.close(pidfd)
+        return False
+    threading.Thread(target=_stop_when_gone, args=(owner, pidfd), name="shmwal-owner", daemon=True).start()
+    return True
+
+
+def _stop_when_gone(owner: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+    else:
+        while os.getppid() == owner:
+            time.sleep(0.1)
+    log.info("the process that started this broker (pid %d) has ended: stopping", owner)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _say(stream, line: str) -> None:
