@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import shmwal
-from conftest import ipc_leftovers
+from conftest import ipc_leftovers, wait_until
 
 
 def shmwal_cli(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -23,8 +23,11 @@ def foreground_broker(data_dir, *extra) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def connect_when_up(data_dir, **kwargs):
-    return shmwal.connect(data_dir, timeout=20, **kwargs)
+def connect_when_up(data_dir, key=None, **kwargs):
+    # connect fails at once where no broker ever ran: wait for the starting one's broker.lock.
+    lock = os.path.join(shmwal.Broker(data_dir, key=key).root, "broker.lock")
+    assert wait_until(lambda: os.path.exists(lock), 20), f"no broker came up on {data_dir}"
+    return shmwal.connect(data_dir, key=key, timeout=20, **kwargs)
 
 
 @pytest.mark.timeout(90)
