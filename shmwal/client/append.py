@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 
 from . import populate
 from ..ipc import sync
@@ -91,8 +90,8 @@ class _Lengths:
 class Appender:
     """Appends to one topic from this process (built by Client). Its caches change only under the writer mutex."""
 
-    def __init__(self, client, topic: str, meta, files, sem):
-        self.client = client
+    def __init__(self, link, topic: str, meta, files, sem):
+        self.link = link
         self.topic = topic
         self.meta = meta
         self.files = files
@@ -101,7 +100,7 @@ class Appender:
         self.mutex = meta.base + L.H_WRITER_MUTEX
         self._block = NO_BLOCK      # chain slot the cached buffer/limit belong to
         self._first_append = not meta.get(L.H_VISIBLE)
-        self._sync_each = client._sync_each     # handles are rebuilt when the broker (and so this) changes
+        self._sync_each = link.sync_each     # handles are rebuilt when the broker (and so this) changes
         self._meta_mm = meta.mm
         self._buf = None
         self._limit = 0
@@ -376,8 +375,7 @@ class Appender:
                 sync.unlock(chain)
             if usable:
                 break
-            self.client._rpc("alloc_block", topic=self.topic, chain_index=block, min_capacity=need,
-                             tid=threading.get_native_id())
+            self.link.alloc_block(self.topic, block, need)
         else:
             raise ShmwalError(f"no block for {self.topic} after {attempt + 1} requests")
         populate.block(self._buf, file_offset, capacity, need)

@@ -33,6 +33,7 @@ from ..options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_fro
 from ..timeouts import check_timeout, seconds_or_inf
 from .read import GroupReader
 from .append import Appender
+from .link import Link
 from .reserve import Slot, check_nbytes
 
 IO_MODES = ("auto", "uring", "mmap")
@@ -67,8 +68,6 @@ class Client:
         self._connected_once = False
         self._next_attempt = 0.0
         self._run_id = None
-        self._sync_each = False
-        self._strict_sync = False
         self.consistency = None
         self.fsync = None
         self.broker_pid = None
@@ -76,6 +75,7 @@ class Client:
         self._reset_handles()
         _CLIENTS.add(self)
         self._io_uring = _make_fetcher(io)
+        self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring)
         if not _lazy:
             self._connect(self._timeout)
 
@@ -109,7 +109,7 @@ class Client:
         wait while the block runs.  Bad arguments raise here, before anything is taken."""
         check_nbytes(nbytes)
         names.check_name(topic)
-        return Slot(self, topic, nbytes)
+        return Slot(self._appender_for, topic, nbytes)
 
     def _appender_for(self, topic) -> Appender:
         if not self._alive:
@@ -281,7 +281,7 @@ class Client:
     def _appender(self, topic) -> Appender:
         names.check_name(topic)
         meta, sem = self._topic(topic, create=True)
-        appender = Appender(self, topic, meta, self._files, sem)
+        appender = Appender(self._link, topic, meta, self._files, sem)
         self._appenders[topic] = appender
         return appender
 
@@ -298,7 +298,7 @@ class Client:
         slot = meta.group_names().get(group)
         if slot is None:
             slot = self._rpc("open_group", topic=topic, group=group)["slot"]
-        reader = GroupReader(self, topic, group, meta, self._files, sem, slot)
+        reader = GroupReader(self._link, topic, group, meta, self._files, sem, slot)
         self._readers[topic, group] = reader
         return reader
 
@@ -389,8 +389,8 @@ class Client:
         self.broker_pid = info["broker_pid"]
         self.consistency = consistency_from_wire(info["consistency"])
         self.fsync = fsync_from_wire(info["fsync"])
-        self._sync_each = isinstance(self.fsync, SyncEach)
-        self._strict_sync = self._sync_each and isinstance(self.consistency, StrictlyAtOnce)
+        self._link.sync_each = isinstance(self.fsync, SyncEach)
+        self._link.strict_sync = self._link.sync_each and isinstance(self.consistency, StrictlyAtOnce)
         thread = threading.Thread(target=_watch_broker, args=(watch, weakref.ref(self)),
                                   name="shmwal-watch", daemon=True)
         self._alive = True

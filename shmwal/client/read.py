@@ -68,8 +68,8 @@ def _unpin(mapping, word: int) -> None:
 class GroupReader:
     """Reads one topic for one group from this process."""
 
-    def __init__(self, client, topic: str, group: str, meta, files, sem, slot: int):
-        self.client = client
+    def __init__(self, link, topic: str, group: str, meta, files, sem, slot: int):
+        self.link = link
         self.topic = topic
         self.group = group
         self.stale = False      # set by the client when it drops its handles (a new broker)
@@ -89,7 +89,7 @@ class GroupReader:
         self.w_hint_pos = (at + L.G_HINT_POS) // 8
         self.w_reads = (at + L.G_READS) // 8
         self.at_cursor = at + L.G_CURSOR
-        self._strict_sync = client._strict_sync   # handles are rebuilt when the broker changes
+        self._strict_sync = link.strict_sync   # handles are rebuilt when the broker changes
         self._mm = meta.mm
         self._fast_block = -1          # _fast's cache: the hint's block, its mapping and limit,
         self._fast_buf = None          # and the first offset of the block after it once that
@@ -146,7 +146,7 @@ class GroupReader:
                         found = self._fast(checkpoint) if self.hot_next is self._no_hot else None
                         if found is not None:
                             taken = [found], 0
-                    elif self.client._io_uring is not None:
+                    elif self.link.fetcher is not None:
                         taken = self._take_uring(max_entries, max_bytes, checkpoint, payloads)
                     entries, seen_next = taken or self._take(max_entries, max_bytes, checkpoint, died,
                                                              zero_copy=zero_copy, payloads=payloads)
@@ -164,7 +164,7 @@ class GroupReader:
                     # The client reconnected to a new broker meanwhile: go on with
                     # fresh handles (the meta file may have been rebuilt).
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    fresh = self.client._reader(self.topic, self.group, create=True)
+                    fresh = self.link.fresh_reader(self.topic, self.group)
                     return fresh.read(max_entries, max_bytes, checkpoint, left, zero_copy, payloads=payloads)
             seen_next = None
 
@@ -217,10 +217,10 @@ class GroupReader:
             if found is None:   # the general path, for the time left
                 entries = self.read(1, L.MAX_ENTRY, checkpoint, left)
                 return entries[0] if entries else None
-            self.client._check_alive()
+            self.link.check_alive()
             if self.stale:
                 # The client reconnected to a new broker meanwhile: fresh handles (see read).
-                fresh = self.client._reader(self.topic, self.group, create=True)
+                fresh = self.link.fresh_reader(self.topic, self.group)
                 entries = fresh.read(1, L.MAX_ENTRY, checkpoint, left)
                 return entries[0] if entries else None
             if left == 0:
@@ -434,7 +434,7 @@ class GroupReader:
                 break
             b += 1
             p = meta.chain(b)[1] + L.BLOCK_HEADER_SIZE
-        fetcher = self.client._io_uring
+        fetcher = self.link.fetcher
         files = self.files
         self._forget_dropped_files()   # the ring's reads sweep files (files.fd) without _block
         try:
@@ -593,7 +593,7 @@ class GroupReader:
                 return False
         if self._hot is not None:
             self._hot.wait(seen_next, wait)   # the same steps in C: ~1 us less per wake-up
-            self.client._check_alive()
+            self.link.check_alive()
             return True
         sync.atomic_add(self.waiters, 1)  # a full barrier before the last look
         try:
@@ -604,5 +604,5 @@ class GroupReader:
                     pass
         finally:
             sync.atomic_add(self.waiters, -1)
-        self.client._check_alive()
+        self.link.check_alive()
         return True

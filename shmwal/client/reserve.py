@@ -36,10 +36,10 @@ def check_nbytes(nbytes) -> int:
 class Slot:
     """One reserved entry: ``buffer`` inside the ``with`` block, ``offset`` after it."""
 
-    __slots__ = ("_client", "_topic", "_nbytes", "_appender", "_place", "_state", "buffer", "offset")
+    __slots__ = ("_appender_for", "_topic", "_nbytes", "_appender", "_place", "_state", "buffer", "offset")
 
-    def __init__(self, client, topic: str, nbytes: int):
-        self._client = client
+    def __init__(self, appender_for, topic: str, nbytes: int):
+        self._appender_for = appender_for   # fn(topic) -> the client's Appender of the topic
         self._topic = topic
         self._nbytes = nbytes
         self._appender = None
@@ -55,7 +55,7 @@ class Slot:
     def __enter__(self) -> "Slot":
         if self._state != _NEW:
             raise RuntimeError("a reserve() slot is entered once")
-        self._appender = self._client._appender_for(self._topic)
+        self._appender = self._appender_for(self._topic)
         self._place, self.buffer = self._appender.reserve_begin(self._nbytes)
         self._state = _OPEN
         return self

@@ -1,0 +1,38 @@
+"""What appenders and readers need of their client: the narrow control protocol.
+
+``Appender`` (append.py) and ``GroupReader`` (read.py) move entries through
+the mapped files on their own; of the broker connection they need only this:
+ask for a block, check that the broker still lives, get a reader with fresh
+handles after a reconnect, the io_uring fetcher, and the two flags of the
+broker's policy that change the per-entry path.  The ``Client`` makes one
+``Link`` and refreshes its flags on every connect (handles built before a
+reconnect are dropped then, so each appender and reader reads them once).
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Link:
+    __slots__ = ("_rpc", "_check_alive", "_reader", "fetcher", "sync_each", "strict_sync")
+
+    def __init__(self, rpc, check_alive, reader, fetcher):
+        self._rpc = rpc                  # fn(op, **args) -> reply: one control request
+        self._check_alive = check_alive  # fn(): raises BrokerUnavailable if no broker answers
+        self._reader = reader            # fn(topic, group, create) -> GroupReader
+        self.fetcher = fetcher           # uring.fetch.UringFetcher, or None: batch reads map
+        self.sync_each = False           # SyncEach: every append fsyncs before it returns
+        self.strict_sync = False         # SyncEach and StrictlyAtOnce: every checkpoint too
+
+    def alloc_block(self, topic: str, chain_index: int, min_capacity: int) -> None:
+        """Ask the broker for chain slot ``chain_index`` (the caller holds the writer mutex)."""
+        self._rpc("alloc_block", topic=topic, chain_index=chain_index, min_capacity=min_capacity,
+                  tid=threading.get_native_id())
+
+    def check_alive(self) -> None:
+        self._check_alive()
+
+    def fresh_reader(self, topic: str, group: str):
+        """The group's reader with the handles of the broker that runs now."""
+        return self._reader(topic, group, create=True)
