@@ -37,7 +37,7 @@ from .broker import Broker
 from .client import Client, connect
 from .entry import Entry, Payloads
 from .errors import (BatchTooLarge, BrokerAlreadyRunning, BrokerUnavailable, ClientClosed,
-                     CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError)
+                     CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError, Unsupported)
 from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
 from .mpqueue import Queue
 from .aio import AsyncClient, connect_async
@@ -46,7 +46,7 @@ __all__ = [
     "Broker", "Client", "connect", "Entry", "Payloads",
     "StrictlyAtOnce", "AtLeastOnce", "SyncEach", "FsyncEvery", "NoFsync",
     "ShmwalError", "BrokerUnavailable", "BrokerAlreadyRunning", "InvalidTopic",
-    "EntryTooLarge", "BatchTooLarge", "CorruptEntry", "ClientClosed",
+    "EntryTooLarge", "BatchTooLarge", "CorruptEntry", "ClientClosed", "Unsupported",
     "Queue", "connect_async", "AsyncClient",
 ]
 __version__ = "0.1.0"

@@ -33,6 +33,10 @@ class ClientClosed(ShmwalError):
     """This client was closed by its owner (not the broker's fault)."""
 
 
+class Unsupported(ShmwalError, NotImplementedError):
+    """What a nats:// client cannot do (zero-copy, reserve, io=): it has no mapped blocks."""
+
+
 class CorruptEntry(ShmwalError):
     """An entry whose checksum does not match; its bytes are never returned."""
 

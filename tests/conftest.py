@@ -13,6 +13,10 @@ import pytest
 import shmwal
 from shmwal.ipc import names
 
+# Processes a wider-scoped fixture keeps alive across tests (the NATS cluster's nodes):
+# the per-test leftover check leaves these alone, and their fixture stops them.
+LONG_LIVED_PIDS: set[int] = set()
+
 
 def ipc_leftovers(root: str) -> list[str]:
     """POSIX IPC objects in /dev/shm that belong to the broker of ``root``."""
@@ -72,7 +76,11 @@ def no_leftover_processes():
     """Every process a test starts is gone when it ends (killed drills included)."""
     yield
     me = psutil.Process()
-    children = wait_until(lambda: not me.children(recursive=True), 10) or me.children(recursive=True)
+
+    def ours():
+        return [c for c in me.children(recursive=True) if c.pid not in LONG_LIVED_PIDS]
+
+    children = wait_until(lambda: not ours(), 10) or ours()
     leftover = [] if children is True else children
     for child in leftover:
         try:
@@ -80,3 +88,32 @@ def no_leftover_processes():
         except psutil.NoSuchProcess:
             pass
     assert not leftover, f"the test left processes behind: {leftover}"
+
+
+# ----------------------------------------------------------------------------- NATS
+
+def nats_missing() -> str | None:
+    """Why the NATS tests cannot run here, or None."""
+    from shmwal.nats.cluster import server_binary
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return "nats-py is not installed (pip install 'shmwal[nats]')"
+    if server_binary() is None:
+        return "nats-server is not installed (apt-get install nats-server)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def nats_cluster():
+    """A 3-node JetStream cluster on 127.0.0.1 for the whole session (tests isolate
+    themselves by key: each key is its own set of streams)."""
+    reason = nats_missing()
+    if reason:
+        pytest.skip(reason)
+    from shmwal.nats.cluster import Cluster
+    cluster = Cluster(3).start()
+    LONG_LIVED_PIDS.update(cluster.pids)
+    yield cluster
+    LONG_LIVED_PIDS.difference_update(n.process.pid for n in cluster.nodes if n.process)
+    cluster.stop()

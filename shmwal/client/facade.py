@@ -43,8 +43,16 @@ _CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
 _ERRORS = {cls.__name__: cls for cls in (InvalidTopic, ShmwalError, BrokerAlreadyRunning)}
 
 
-def connect(data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto") -> "Client":
-    """Connect to the broker of ``data_dir`` and ``key`` (API.md "Connecting")."""
+def connect(data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto", **remote) -> "Client":
+    """Connect to the broker of ``data_dir`` and ``key`` (API.md "Connecting").
+
+    ``data_dir`` ``"nats://host:port[,host:port...]"``: the same API on NATS JetStream
+    (``shmwal.nats``, imported only then; ``remote`` takes its options)."""
+    if isinstance(data_dir, str) and data_dir.startswith(("nats://", "tls://")):
+        from ..nats.client import NatsClient
+        return NatsClient(data_dir, key=key, timeout=timeout, io=None if io == "auto" else io, **remote)
+    if remote:
+        raise TypeError(f"unexpected keyword arguments for a local client: {sorted(remote)}")
     return Client(data_dir, key=key, timeout=timeout, io=io)
 
 
