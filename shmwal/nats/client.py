@@ -146,8 +146,8 @@ class NatsClient:
         if io not in (None, "auto"):
             raise Unsupported("io= chooses how a local client reads its mapped files; "
                               "a nats:// client reads over the network")
-        from ..client.read import check_timeout
-        check_timeout(timeout)
+        from ..timeouts import check_timeout
+        timeout = check_timeout(timeout)
         if consistency is None:
             consistency = StrictlyAtOnce()
         if not isinstance(consistency, (StrictlyAtOnce, AtLeastOnce)):
@@ -471,7 +471,7 @@ class NatsClient:
         return Payloads(self.position(topic, group=group), [])
 
     def _read(self, topic, group, max_count, max_bytes, checkpoint, timeout, zero_copy):
-        from ..client.read import check_timeout
+        from ..timeouts import check_timeout
         if zero_copy:
             raise Unsupported("zero_copy=True returns views into mapped blocks; entries from NATS "
                               "arrive over the network: read without zero_copy")
