@@ -22,6 +22,7 @@ is waited on by looking at the size again with a growing pause (up to
 from __future__ import annotations
 
 import math
+import pickle
 import queue as _stdlib_queue
 import time
 
@@ -35,6 +36,10 @@ LARGE = 64 * 1024        # items at least this big are read zero-copy (one copy 
 FULL_POLL_MIN = 50e-6
 FULL_POLL_MAX = 5e-3
 _W_NEXT = L.H_NEXT_OFFSET // 8
+_PROTOCOL = objects.PROTOCOL
+_TAG_PICKLE = objects.TAG_PICKLE
+_dumps = pickle.dumps
+_loads = pickle.loads
 
 
 class Queue:
@@ -63,11 +68,18 @@ class Queue:
             timeout = _check_timeout(timeout)
         if self._maxsize:
             self._wait_for_room(block, timeout)
-        parts, total = objects.encode(obj)
         client = self._client or self._connect()
-        reserve = getattr(client, "reserve", None)
-        if reserve is not None and len(parts) > 1 and total >= LARGE:
-            with reserve(self._name, total) as slot:   # copied once: straight into the block
+        if type(obj) is not bytes:
+            buffers = []
+            stream = _dumps(obj, _PROTOCOL, buffer_callback=buffers.append)
+            if not buffers:   # the common case, kept short: one pickle, one append
+                client.append(self._name, stream)
+                return
+            parts, total = objects.with_buffers(stream, buffers)
+        else:
+            parts, total = objects.encode(obj)
+        if len(parts) > 1 and total >= LARGE:
+            with client.reserve(self._name, total) as slot:   # copied once: straight into the block
                 objects.write_parts(slot.buffer, parts)
         else:
             client.append(self._name, objects.gather(parts, total))
@@ -88,7 +100,7 @@ class Queue:
         data = entry.data
         del entry   # the view alone keeps its block pinned, and only until decoded
         self._read_large = len(data) >= LARGE
-        return objects.decode(data)
+        return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
 
     def put_nowait(self, obj) -> None:
         self.put(obj, False)

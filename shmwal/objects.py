@@ -55,6 +55,11 @@ def encode(obj) -> tuple[list, int]:
     stream = _dumps(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
     if not buffers:
         return [stream], len(stream)
+    return with_buffers(stream, buffers)
+
+
+def with_buffers(stream: bytes, buffers: list) -> tuple[list, int]:
+    """``encode``'s parts for a pickle ``stream`` and the out-of-band ``buffers`` it named."""
     raws = [buffer.raw() for buffer in buffers]   # flat "B" views of the objects' own memory
     lengths = [raw.nbytes for raw in raws]
     head = HEAD.pack(TAG_BUFFERS, len(raws), len(stream)) + struct.pack(f"<{len(raws)}Q", *lengths)
