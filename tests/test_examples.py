@@ -57,6 +57,8 @@ def test_pub_sub_pair_with_a_broker_service(tmp_path):
     broker = subprocess.Popen([sys.executable, "-m", "shmwal", "broker", "--data-dir", data_dir],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # connect fails at once where no broker ever ran: wait for the starting one's lock file.
+        assert wait_until(lambda: os.path.exists(os.path.join(data_dir, "default", "broker.lock")), 30)
         with shmwal.connect(data_dir, timeout=30):
             pass   # it answers
         subscribers = [subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "subscriber.py"),
