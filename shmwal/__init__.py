@@ -2,8 +2,9 @@
 
 General layout
 --------------
-The public API (``../shared/API.md``) is the names re-exported here, plus two additions:
-``batch_read(zero_copy=True)`` and ``batch_read_payloads`` (``Payloads``).
+The public API is the names re-exported here; ``docs/API.md`` in the repository is its
+reference (every name, parameter, error and guarantee) and ``docs/CLI.md`` the command
+line's (generated from ``--help``: ``python -m shmwal.cli.docs``).
 
 Folders by role:
 

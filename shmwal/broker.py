@@ -240,7 +240,16 @@ class BrokerServer:
 # ----------------------------------------------------------------------------- the public handle
 
 class Broker:
-    """Starts and stops a broker process for one data directory and key (API.md)."""
+    """Starts and stops a broker process for one data directory and key.
+
+    ``data_dir=None``: ``$SHMWAL_DATA_DIR``, else ``./shmwal_data``; the files go in
+    ``data_dir/<sanitized key>/``. ``consistency``: ``StrictlyAtOnce()`` (default) or
+    ``AtLeastOnce(persist_every=N)``; ``fsync``: ``SyncEach()``, ``FsyncEvery(milliseconds=M)``
+    (default 200 ms) or ``NoFsync()``; ``block_size`` (a multiple of 4096) and
+    ``blocks_per_file`` (1 to 65536) size the block files. Bad options raise
+    ``TypeError``/``ValueError`` here, before anything starts. ``with Broker(...)``
+    starts on enter and stops on exit. docs/API.md "Starting a broker".
+    """
 
     def __init__(self, data_dir=None, *, key=None, consistency=None, fsync=None,
                  block_size: int = L.DEFAULT_BLOCK_SIZE, blocks_per_file: int = L.DEFAULT_BLOCKS_PER_FILE):
@@ -266,6 +275,7 @@ class Broker:
 
     @property
     def pid(self) -> int | None:
+        """The broker process's id while this handle runs one, else ``None``."""
         return self._process.pid if self._process is not None else None
 
     def start(self, timeout: float = 30.0) -> "Broker":
@@ -338,6 +348,9 @@ class Broker:
                 continue
 
     def stop(self, timeout: float = 10) -> None:
+        """Stop the broker cleanly (SIGTERM): writes and cursors flushed and fsynced, its IPC
+        objects removed; killed if it has not stopped within ``timeout`` seconds. A handle
+        that runs nothing: no-op."""
         wait = check_timeout(timeout)
         process, self._process = self._process, None
         if process is None:

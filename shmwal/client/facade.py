@@ -44,10 +44,16 @@ _ERRORS = {cls.__name__: cls for cls in (InvalidTopic, ShmwalError, BrokerAlread
 
 
 def connect(data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto", **remote) -> "Client":
-    """Connect to the broker of ``data_dir`` and ``key`` (API.md "Connecting").
+    """Connect to the broker of ``data_dir`` and ``key``; return a :class:`Client`.
 
+    ``data_dir=None``: ``$SHMWAL_DATA_DIR``, else ``./shmwal_data``. ``timeout``: seconds
+    to wait for a broker that is starting (``None``: 5). ``io``: how ``batch_read``
+    reads, ``"auto"`` | ``"uring"`` | ``"mmap"``. Raises ``BrokerUnavailable`` when no
+    broker answers (at once where none ever ran), ``ValueError`` for a bad ``io``.
     ``data_dir`` ``"nats://host:port[,host:port...]"``: the same API on NATS JetStream
-    (``shmwal.nats``, imported only then; ``remote`` takes its options)."""
+    (``shmwal.nats``, imported only then; ``remote`` takes its options).
+    docs/API.md "Connecting".
+    """
     if isinstance(data_dir, str) and data_dir.startswith(("nats://", "tls://")):
         from ..nats.client import NatsClient
         return NatsClient(data_dir, key=key, timeout=timeout, io=None if io == "auto" else io, **remote)
@@ -57,6 +63,16 @@ def connect(data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto", 
 
 
 class Client:
+    """A connection to one broker; every method may be called from any thread.
+
+    Entries move through the mapped block files, never through the broker. When the
+    broker dies, calls raise ``BrokerUnavailable`` (within 2 s, none hangs) until a
+    broker runs again on the same directory; then this same Client carries on.
+    ``consistency`` and ``fsync`` say what the broker runs with. A Client pickles to
+    its address: unpickled in another process it connects there. After ``close()``
+    every call raises ``ClientClosed``. docs/API.md has the full contract.
+    """
+
     def __init__(self, data_dir=None, *, key=None, timeout: float = 5.0, io: str = "auto",
                  _lazy: bool = False):
         if io not in IO_MODES:
@@ -89,6 +105,14 @@ class Client:
 
     # ================================================================== data path
     def append(self, topic, data) -> int:
+        """Append one entry; return its offset (0, 1, 2, ... per topic, no gaps).
+
+        ``data``: any C-contiguous bytes-like object, up to 1 GiB (``TypeError``,
+        ``EntryTooLarge``). ``topic``: 1 to 255 of ``[A-Za-z0-9._-]``, not starting with
+        ``.`` (``InvalidTopic``); it exists from its first append. Returns once the
+        entry is visible to readers and as durable as the fsync schedule promises; a
+        call that raised wrote nothing.
+        """
         if not self._alive:
             self._revive()
         try:
@@ -101,6 +125,13 @@ class Client:
         return appender.append(data)
 
     def batch_append(self, topic, items) -> range:
+        """Append ``items`` atomically; return the range of their offsets, in order.
+
+        Readers see all of the batch or none of it, and no other writer's entry lands
+        between its entries, whoever writes at once and whoever is killed on the way.
+        At most 2,000 entries and 10 GiB (``BatchTooLarge``); an empty batch writes
+        nothing and returns an empty range. Errors as for :meth:`append`.
+        """
         if not self._alive:
             self._revive()
         try:
@@ -128,8 +159,15 @@ class Client:
             return self._appender(topic)
 
     def read_next(self, topic, *, group="default", checkpoint=True, timeout=0.0, zero_copy: bool = False):
-        """API.md's read_next.  ``zero_copy=True``: ``Entry.data`` is a read-only memoryview
-        into the mapped block, as for ``batch_read(..., zero_copy=True)``."""
+        """The group's next entry (an :class:`Entry`), or ``None`` if none came in time.
+
+        Each (topic, group) has one cursor shared by every process: within a group each
+        entry goes to one reader; every group sees every entry. ``checkpoint=False``
+        peeks (the cursor stays). ``timeout``: ``0`` returns at once, ``None`` waits as
+        long as it takes, a number waits up to that many seconds. ``zero_copy=True``:
+        ``Entry.data`` is a read-only memoryview into the mapped block (checksum
+        verified). A damaged entry raises ``CorruptEntry`` and the cursor stays on it.
+        """
         if timeout is not None and (timeout != 0.0 or type(timeout) is not float):
             timeout = check_timeout(timeout)
         if not self._alive:
@@ -156,9 +194,16 @@ class Client:
 
     def batch_read(self, topic, max_bytes, *, group="default", checkpoint=True, timeout=0.0,
                    zero_copy: bool = False) -> list:
-        """API.md's batch_read.  ``zero_copy=True``: each ``Entry.data`` is a read-only
+        """The group's next entries (a list of :class:`Entry`), up to ``max_bytes`` of payload.
+
+        Takes entries in order from the cursor while their payloads add up to at most
+        ``max_bytes``, except that an entry larger than ``max_bytes`` comes alone; never
+        more than 2,000. Waiting, ``checkpoint`` and errors as for :meth:`read_next`
+        (the wait is for the first entry; nothing came: ``[]``); the next call goes on
+        where this one stopped. ``zero_copy=True``: each ``Entry.data`` is a read-only
         memoryview into the mapped block (checksum verified, no copy), valid for as
-        long as it is referenced, even after the block is reclaimed."""
+        long as it is referenced, even after the block is reclaimed.
+        """
         reader, timeout = self._batch_reader(topic, max_bytes, group, timeout)
         if reader is None:
             return []
@@ -197,6 +242,12 @@ class Client:
             return self._reader(topic, group, create=timeout != 0), timeout
 
     def seek(self, topic, offset, *, group="default") -> None:
+        """Move the group's cursor: its next read returns ``offset``.
+
+        Past the end: the group waits at the end. Before the oldest kept entry: it
+        starts at the oldest. ``seek(topic, bad.offset + 1)`` steps over a
+        ``CorruptEntry``. Creates the group if it does not exist.
+        """
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
         if not self._alive:
@@ -205,6 +256,8 @@ class Client:
         reader.seek(max(0, offset))
 
     def position(self, topic, *, group="default") -> int:
+        """The offset the group reads next (a group that does not exist: where it would
+        start, the oldest kept entry; nothing is created)."""
         if not self._alive:
             self._revive()
         names.check_name(topic)
@@ -224,17 +277,24 @@ class Client:
 
     # ================================================================== introspection
     def topics(self) -> list[str]:
+        """The names of the topics that exist, as a list of str."""
         return self._rpc("topics")
 
     def stats(self) -> dict:
+        """``{"topics": {topic: {...}}}``: per topic ``entries``, ``bytes``, ``first_offset``,
+        ``next_offset``, ``files``, ``blocks`` and ``groups: {group: {"position", "lag"}}``
+        (ints; see docs/API.md "Introspection" for every key)."""
         return self._rpc("stats")
 
     @property
     def io(self) -> str:
+        """How ``batch_read`` reads: ``"auto"``, ``"uring"`` or ``"mmap"`` (as connected)."""
         return self._io
 
     # ================================================================== lifecycle
     def close(self) -> None:
+        """Let go of the broker connection and the mappings; later calls raise
+        ``ClientClosed``. Closing twice is fine; ``with connect(...) as client:`` closes."""
         if self._closed:
             return
         self._closed = True
