@@ -65,8 +65,8 @@ def consume(client, group: int, total: int, out: str, start) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="shmwal demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=300_000, help="entries per producer")
-    parser.add_argument("--size", type=int, default=100, help="payload bytes")
+    parser.add_argument("--entries", type=int, default=300_000, help="entries per producer (default: 300000)")
+    parser.add_argument("--size", type=int, default=100, help="payload bytes of each entry (default: 100)")
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory, removed at the end")
     args = parser.parse_args(argv)
     if args.size < _ID.size:

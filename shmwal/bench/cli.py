@@ -49,16 +49,20 @@ def parser() -> argparse.ArgumentParser:
                     "bench extra: pip install 'shmwal[bench]'.",
     )
     p.add_argument("--quick", action="store_true", help="small counts: the whole race in under a minute")
-    p.add_argument("--only", choices=("all", "peers", "shmwal"), default="all")
+    p.add_argument("--only", choices=("all", "peers", "shmwal"), default="all",
+                   help="race only the peers or only shmwal's rows (default: all)")
     p.add_argument("--contenders", default="", metavar="A,B",
                    help="only contenders whose name contains one of these substrings")
-    p.add_argument("--sizes", type=_sizes, default=list(plan.DEFAULT_SIZES), metavar="100,4KiB,64KiB")
+    p.add_argument("--sizes", type=_sizes, default=list(plan.DEFAULT_SIZES), metavar="100,4KiB,64KiB",
+                   help="message sizes, comma-separated, in bytes or with a KiB/MiB suffix "
+                        f"(default: {','.join(str(x) for x in plan.DEFAULT_SIZES)})")
     p.add_argument("--count", type=int, help="messages per run, for every size (default: by size)")
     p.add_argument("--latency-count", type=int, help="paced messages per latency run (default 2000; quick 200)")
     p.add_argument("--latency-period-us", type=int, default=1000, help="pacing of latency runs (default 1000)")
-    p.add_argument("--scenarios", type=_kinds, default=list(plan.KINDS), metavar=",".join(plan.KINDS))
-    p.add_argument("--out", default="bench_out", help="directory for bench.json and bench.png")
-    p.add_argument("--no-png", action="store_true")
+    p.add_argument("--scenarios", type=_kinds, default=list(plan.KINDS), metavar=",".join(plan.KINDS),
+                   help=f"which scenarios to run, comma-separated, from {', '.join(plan.KINDS)} (default: all)")
+    p.add_argument("--out", default="bench_out", help="directory for bench.json and bench.png (default: bench_out)")
+    p.add_argument("--no-png", action="store_true", help="write no chart (bench.png needs matplotlib)")
     p.add_argument("--data-dir", default=tempfile.gettempdir(),
                    help="where each run makes its fresh shmwal data directory and zmq sockets "
                         "(default: the temp dir, a real disk, so fsync costs what it costs; /dev/shm: tmpfs)")
@@ -69,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds before a run is killed as TIMEOUT (default 120; quick 30)")
     # fork: children start in milliseconds and inherit the queues; spawn/forkserver also work
     # (every channel pickles) and are what a fork-unsafe library would need.
-    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork")
+    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork",
+                   help="how the producer and consumer processes start (default: fork)")
     return p
 
 
