@@ -245,6 +245,8 @@ class GroupReader:
         if cursor >= next_first:
             return None   # the entry is in a later block
         buf = self._fast_buf
+        if pos + 48 > self._fast_limit:
+            return None
         count, batch_left, first, data_bytes, check, length, digest = _single_unpack(buf, pos)
         end = pos + 48 + length
         if count != 1 or first != cursor or end > self._fast_limit:
@@ -283,6 +285,13 @@ class GroupReader:
 
         ``resume`` = (next_offset, offset, block, position, entries, total)
         continues a batch that ``_take_uring`` started (same caps, same cursor rules).
+
+        Damage (a record that does not check out, a payload that fails its
+        checksum, a block file cut short or gone) ends a batch before it: the
+        entries taken so far are returned and the cursor stops on the damaged
+        entry, so the next call raises CorruptEntry with its offset, and
+        ``seek(offset + 1)`` steps over it.  The hint stored with the cursor is
+        only ever a position this take validated (see _commit).
         """
         words = self.words
         if resume is None:
@@ -295,10 +304,11 @@ class GroupReader:
             self.took_from = cursor
             if cursor >= next_offset:
                 return [], next_offset
+            block, pos = -1, -1
             if hinted:
                 block, pos = words[self.w_hint_chain], words[self.w_hint_pos]
-            else:
-                block, pos = -1, -1
+                if not words[_W_FIRST_BLOCK] <= block < words[_W_PUBLISHED]:
+                    block, pos = -1, -1   # not a block of this topic's chain: find it
             out = []
             total = 0
         else:
@@ -306,8 +316,9 @@ class GroupReader:
         published = words[_W_PUBLISHED]
         topic = self.topic
         c = cursor
-        record = None
-        index = 0
+        # Invariant: the record holding entry c starts at hint_pos of chain slot
+        # hint_block, or c is the first entry of a later block (-1: not known).
+        hint_block, hint_pos = (block, pos) if pos >= 0 else (-1, -1)
         decode = _decode
         try:
             while True:
@@ -324,7 +335,7 @@ class GroupReader:
                                                    max_entries - len(out), max_bytes - total, bool(out),
                                                    None if payloads else topic, out, zero_copy)
                     total += taken
-                    record = None
+                    hint_block, hint_pos = block, pos   # decode checked every record up to pos
                     if status == _DONE:
                         return out, next_offset
                     if status == _BLOCK_END:
@@ -332,34 +343,45 @@ class GroupReader:
                 if pos < 0:
                     pos, record = walk_to(buf, file_offset, capacity, block_first, c)
                 else:
-                    record = self._parse(block, buf, pos, file_offset + capacity)
-                    if not record.first_offset <= c < record.first_offset + record.count:
+                    try:
+                        record = self._parse(block, buf, pos, limit)
+                    except BadRecord:
+                        record = None   # walk to it: what the block holds there decides
+                    if record is None or not record.first_offset <= c < record.first_offset + record.count:
                         pos = -1
                         continue
+                hint_block, hint_pos = block, pos
                 index = c - record.first_offset
                 lengths, sums, starts = record.lengths, record.sums, record.starts
                 count = record.count
                 append = out.append
+                full = False
                 # codec.entry_bytes, inlined: per entry, two calls cost as much as the copy.
                 while index < count:
                     length = lengths[index]
                     if out and total + length > max_bytes:
-                        return out, next_offset
+                        full = True
+                        break
                     start = starts[index]
                     data = buf[start:start + length]
                     if zero_copy or type(data) is not bytes:
                         data = data if zero_copy else bytes(data)
                     if _xxh(data, (c * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) != sums[index]:  # L.entry_seed
                         if out:
-                            return out, next_offset
+                            return out, next_offset   # the next call raises for c
                         raise CorruptEntry(topic, c)
                     append(data if payloads else make_entry(Entry, (topic, c, data)))
                     total += length
                     c += 1
                     index += 1
                     if len(out) >= max_entries or c >= next_offset:
-                        return out, next_offset
-                pos += record.size
+                        full = True
+                        break
+                if index >= count:
+                    pos += record.size
+                    hint_pos = pos
+                if full:
+                    return out, next_offset
         except BadRecord as exc:
             if out:
                 return out, next_offset
@@ -377,24 +399,31 @@ class GroupReader:
             self._pin = None   # the entries' views hold their pins; the reader holds none
             self.took_bytes = total
             if checkpoint and out:
-                if record is not None and index < record.count:
-                    hint_pos = record.pos
-                else:
-                    hint_pos = pos if record is None else record.pos + record.size
-                words[self.w_hint_offset] = NO_HINT  # the hint is rewritten: void it first
-                words[self.w_hint_chain] = block
-                words[self.w_hint_pos] = hint_pos
-                words[self.w_hint_offset] = c
-                words[self.w_cursor] = c
-                words[self.w_reads] += len(out)
-                if self._strict_sync:
-                    self.meta.mm.flush(self.group_page, L.PAGE)
-                if block != self._hot_block and self._hot is not None:
-                    # read_next's compiled path serves the hint's block from now on.
-                    found = self._blocks.get(block)
-                    if found is not None:
-                        self._hot.set_block(block, found[0], found[4])
-                        self._hot_block = block
+                self._commit(c, hint_block, hint_pos, len(out))
+
+    def _commit(self, cursor: int, hint_block: int, hint_pos: int, taken: int) -> None:
+        """Move the cursor to ``cursor`` after ``taken`` entries, with the hint if one is known.
+
+        Under the group mutex.  The hint is voided first and its offset stored
+        last, so a reader killed in between leaves a hint that is ignored.  An
+        unknown position (-1) is never stored: the next take finds the block.
+        """
+        words = self.words
+        words[self.w_hint_offset] = NO_HINT
+        if hint_pos >= 0:
+            words[self.w_hint_chain] = hint_block
+            words[self.w_hint_pos] = hint_pos
+            words[self.w_hint_offset] = cursor
+        words[self.w_cursor] = cursor
+        words[self.w_reads] += taken
+        if self._strict_sync:
+            self.meta.mm.flush(self.group_page, L.PAGE)
+        if hint_pos >= 0 and hint_block != self._hot_block and self._hot is not None:
+            # read_next's compiled path serves the hint's block from now on.
+            found = self._blocks.get(hint_block)
+            if found is not None:
+                self._hot.set_block(hint_block, found[0], found[4])
+                self._hot_block = hint_block
 
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool, payloads: bool = False):
         """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
@@ -522,6 +551,9 @@ class GroupReader:
         pin = self._pin
         if pin is not None and pin[0] == block and pin[1] is mapping:
             return pin[2]
+        if file_offset + L.BLOCK_HEADER_SIZE > len(mapping):
+            # A file cut short (damage): its pin word is not mapped, and storing there would fault.
+            raise OSError(errno.ENODATA, f"block {block} lies past the end of its (truncated) file")
         address, exporter = sync.buffer_address(mapping)
         word = address + file_offset + L.B_PINS
         sync.atomic_add(word, 1)
@@ -552,7 +584,8 @@ class GroupReader:
             file_id, file_offset, capacity, first = self.meta.chain(block)
             mapping = self.files.map(file_id)   # may sweep deleted files: forget them next
             self._forget_dropped_files()
-            found = (mapping, file_offset, capacity, first, file_offset + capacity)
+            # A file cut short (damage) maps shorter than its block: no read goes past the mapping.
+            found = (mapping, file_offset, capacity, first, min(file_offset + capacity, len(mapping)))
             if len(self._blocks) > 64:
                 self._blocks.clear()
             self._blocks[block] = found
