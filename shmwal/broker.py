@@ -17,6 +17,7 @@ through the mapped files themselves (see client/append.py and client/read.py).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -191,12 +192,21 @@ class BrokerServer:
         except ShmwalError as exc:
             return {"error": type(exc).__name__, "message": str(exc)}
         except OSError as exc:
-            return {"error": "OSError", "errno": exc.errno, "message": str(exc)}
+            return {"error": "OSError", "errno": exc.errno, "message": self._os_error_message(exc)}
         except (TypeError, ValueError, KeyError) as exc:
             return {"error": "ProtocolError", "message": f"bad {op} request: {exc}"}
         except Exception as exc:  # never let one request take the broker down
             log.exception("op %s failed", op)
             return {"error": "ShmwalError", "message": f"{op} failed: {exc}"}
+
+    def _os_error_message(self, exc: OSError) -> str:
+        """The text of an OSError for the client (which raises OSError(errno, text) again: no "[Errno N]" here)."""
+        text = exc.strerror or str(exc)
+        if exc.filename is not None:
+            text += f": {exc.filename}"
+        if exc.errno == errno.ENOSPC and " is full" not in text:   # blocks/allocator.no_space says more
+            text += f" ({self.root} is full)"
+        return text
 
     # ------------------------------------------------------------------ ops of the server itself
     def _hello(self, pid=None, **_):
@@ -207,7 +217,10 @@ class BrokerServer:
         }
 
     def _stats(self, **_):
-        return {"topics": self.registry.topic_stats(), "blocks_reused": self.provisioner.allocator.reused}
+        topics = self.registry.topic_stats()
+        for name, stats in topics.items():   # blocks kept for the topic's reuse take space too
+            stats["disk_bytes"] += self.provisioner.allocator.reusable_bytes(name)
+        return {"topics": topics, "blocks_reused": self.provisioner.allocator.reused}
 
     # ------------------------------------------------------------------ stop
     def close(self) -> None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
+import textwrap
 
 import pytest
 
+import shmwal
 from shmwal.blocks import layout as L
 from shmwal.blocks.allocator import BlockAllocator
 from shmwal.blocks.files import allocated_bytes
+from shmwal.server.verify import open_topics, topic_stats
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -112,3 +116,124 @@ def test_a_full_disk_is_enospc_naming_the_directory_and_the_bytes_and_hands_out_
         allocator.alloc(3 * MiB, "orders")
     assert caught.value.errno == errno.ENOSPC and f"{3 * MiB:,} bytes" in str(caught.value)
     assert sorted(os.listdir(mnt)) == [L.block_file_name(allocator._current)]
+
+
+# ----------------------------------------------------------------------------- a real broker
+
+PATHS = {"compiled": {}, "pure": {"SHMWAL_PURE_PYTHON": "1"}}
+
+
+def run_client(code: str, path: str, timeout: float = 120) -> str:
+    """Run ``code`` (``import shmwal`` done) in a fresh process on the compiled or pure path; its output."""
+    done = subprocess.run([sys.executable, "-c", "import shmwal\n" + textwrap.dedent(code)],
+                          env={**os.environ, **PATHS[path]}, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def block_files_bytes(root: str) -> int:
+    blocks = os.path.join(root, "blocks")
+    return sum(allocated_bytes(os.path.join(blocks, name)) for name in os.listdir(blocks))
+
+
+def offline_stats(root: str) -> dict:
+    topics = open_topics(root)
+    try:
+        return {name: dict(topic_stats(meta), allocated=meta.get(L.H_ALLOCATED_BLOCKS),
+                           published=meta.get(L.H_PUBLISHED_BLOCKS)) for name, meta in topics.items()}
+    finally:
+        for meta in topics.values():
+            meta.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.timeout(120)
+def test_a_topic_of_ten_small_entries_takes_under_1_MiB_while_running_and_after_stop(tmp_path, path):
+    data_dir = str(tmp_path / "data")
+    broker = shmwal.Broker(data_dir).start()            # the API's defaults: 10 MiB blocks, 100 a file
+    try:
+        out = run_client(f"""
+            client = shmwal.connect({data_dir!r})
+            for i in range(10):
+                client.append("t", b"entry-%04d" % i)
+            print(client.stats()["topics"]["t"]["disk_bytes"])
+        """, path)
+        running = du(data_dir)
+        assert running < 1 * MiB, running
+        meta_path = os.path.join(broker.root, "topics", "t", "meta")
+        # disk_bytes is exact: the meta file's blocks and the one small block, nothing else of the files
+        assert int(out) == allocated_bytes(meta_path) + block_files_bytes(broker.root)
+        assert block_files_bytes(broker.root) == L.FIRST_BLOCK_SIZE
+    finally:
+        broker.stop()
+    stopped = du(data_dir)
+    assert stopped < 1 * MiB, stopped
+    with shmwal.Broker(data_dir), shmwal.connect(data_dir) as client:   # what was kept is all there
+        assert [e.data for e in client.batch_read("t", 1 << 20)] == [b"entry-%04d" % i for i in range(10)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.timeout(180)
+def test_a_stopped_broker_leaves_only_the_blocks_its_chains_keep(tmpfs, path):
+    # On tmpfs st_blocks counts data pages only (ext4 adds extent-tree blocks once a
+    # file has many holes), so what the files take can be compared exactly.
+    data_dir = os.path.join(tmpfs("64m"), "data")
+    broker = shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=8).start()
+    try:
+        # A busy topic: it goes through its small first blocks, gets spares ahead and reuses
+        # consumed blocks; a quiet one beside it: one small block.
+        run_client(f"""
+            client = shmwal.connect({data_dir!r})
+            client.append("quiet", b"q")
+            item = bytes(2000)
+            for round in range(40):
+                client.batch_append("busy", [item] * 500)
+                got = 0
+                while got < 500:
+                    got += len(client.batch_read("busy", 1 << 20, group="g"))
+            print(client.stats()["blocks_reused"])
+        """, path)
+    finally:
+        broker.stop()
+    stats = offline_stats(broker.root)
+    busy, quiet = stats["busy"], stats["quiet"]
+    assert busy["allocated"] == busy["published"] and quiet["allocated"] == quiet["published"], stats  # no spares
+    meta_bytes = sum(allocated_bytes(os.path.join(broker.root, "topics", t, "meta")) for t in stats)
+    # Every allocated byte of the block files belongs to a block a chain still holds.
+    assert block_files_bytes(broker.root) == busy["disk_bytes"] + quiet["disk_bytes"] - meta_bytes
+    assert quiet["disk_bytes"] - allocated_bytes(os.path.join(broker.root, "topics", "quiet", "meta")) \
+        == L.FIRST_BLOCK_SIZE
+    assert busy["entries"] * 2000 >= busy["disk_bytes"] - 2 * MiB    # consumed blocks went (all but what is kept)
+    with shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=8), shmwal.connect(data_dir) as client:
+        assert client.append("busy", b"after") == 20_000               # a restarted broker carries on
+        assert client.read_next("busy", group="g").data == b"after"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.timeout(120)
+def test_enospc_from_append_names_the_full_directory_and_what_the_topic_needed(tmpfs, path):
+    mnt = tmpfs("2m")
+    broker = shmwal.Broker(mnt).start()
+    try:
+        out = run_client(f"""
+            import errno
+            client = shmwal.connect({mnt!r})
+            client.append("t", b"small")
+            try:
+                client.append("t", bytes(3 << 20))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                print(exc)
+            else:
+                raise SystemExit("a 3 MiB entry fitted on a 2 MiB filesystem")
+            assert client.append("t", b"after") == 1        # nothing was written; the topic goes on
+            print([e.data for e in client.batch_read("t", 1 << 20)])
+        """, path)
+    finally:
+        broker.stop()
+    message, entries = out.splitlines()
+    blocks_dir = os.path.join(mnt, "default", "blocks")
+    assert message.startswith(f"[Errno {errno.ENOSPC}] No space left on device: {blocks_dir} is full (")
+    needed = (3 << 20) + L.BLOCK_HEADER_SIZE + 48
+    assert f"a new block of topic 't' needed {(needed + L.PAGE - 1) // L.PAGE * L.PAGE:,} bytes" in message
+    assert entries == "[b'small', b'after']"

@@ -94,6 +94,10 @@ class BlockAllocator:
             release(self.directory, file_id, file_offset, capacity)   # what a failed fallocate may have kept (ext4)
             if exc.errno != errno.ENOSPC:
                 raise
+            if self._reusable:
+                # Blocks kept for reuse only save page faults: entries come first.
+                self.expire(float("-inf"))
+                return self._allocate(file_id, file_offset, capacity, topic)
             raise no_space(self.directory, capacity, f"a new block of topic {topic!r}" if topic else "a new block") \
                 from None
 

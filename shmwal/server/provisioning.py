@@ -31,6 +31,7 @@ from .registry import Registry
 log = logging.getLogger("shmwal.broker")
 
 SPARE_BLOCKS = 2           # blocks kept allocated (and faulted in) ahead of a busy writer
+BUSY_WITHIN = 1.0          # s: a writer that moved to a new block this soon after its last move is busy
 MAX_REQUEST_SLACK = 1 << 20   # alloc_block: capacity a request may ask beyond the largest batch and a header
 
 
@@ -89,11 +90,15 @@ class Provisioner:
 
     # ------------------------------------------------------------------ ahead of need
     def provision(self) -> None:
-        """Keep SPARE_BLOCKS blocks allocated ahead of every writer that moved to a new block.
+        """Keep SPARE_BLOCKS blocks allocated ahead of every busy writer.
 
         A writer then moves to its next block without asking us, and the
         block's pages are already faulted in (on a real disk, converting
         pre-allocated extents costs as much per entry as the rest of an append).
+        Spares cost space, so only for writers that fill blocks (moved twice
+        within BUSY_WITHIN: a topic of a few entries gets none, and its first
+        blocks are small anyway), and only while the filesystem keeps room
+        (``_room_for``): a writer that finds no spare asks for its block itself.
         """
         for state in list(self.registry.topics.values()):
             meta = state.meta
@@ -102,14 +107,17 @@ class Provisioner:
                 continue
             state.seen_tail = tail
             state.busy = True
-            state.moved_at = time.monotonic()
-            if tail == L.NO_BLOCK:
+            now = time.monotonic()
+            previous_move, state.moved_at = state.moved_at, now
+            if tail == L.NO_BLOCK or now - previous_move > BUSY_WITHIN:
                 continue
             fresh = []
             with chain_mutex(meta):
                 while meta.get(L.H_ALLOCATED_BLOCKS) < min(tail + 1 + SPARE_BLOCKS, L.CHAIN_SLOTS):
                     index = meta.get(L.H_ALLOCATED_BLOCKS)
                     reused = self.allocator.reused
+                    if not self.allocator.reusable(meta.name) and not self._room_for(index):
+                        break
                     try:
                         self._allocate_slot(meta, index, L.BLOCK_HEADER_SIZE)
                     except OSError as exc:
@@ -120,6 +128,18 @@ class Provisioner:
             for file_id, file_offset, capacity in fresh:   # outside the mutex: it takes a while
                 self._populate(file_id, file_offset, capacity)
 
+    def _room_for(self, chain_index: int) -> bool:
+        """Whether a spare for ``chain_index`` leaves the filesystem room: at least two
+        full blocks and a quarter of it free afterwards.  Spares only save a writer a
+        request; on a small filesystem (a container's 64 MiB /dev/shm) that space is
+        better left for entries, which a writer's own request then gets."""
+        try:
+            st = os.statvfs(self.allocator.directory)
+        except OSError:
+            return False
+        free_after = st.f_bavail * st.f_frsize - L.block_capacity(chain_index, self.allocator.block_size)
+        return free_after >= max(2 * self.allocator.block_size, st.f_blocks * st.f_frsize // 4)
+
     def _allocate_slot(self, meta: TopicMeta, chain_index: int, min_capacity: int) -> int:
         """Give chain slot ``chain_index`` a fresh block. Caller holds the topic's chain mutex."""
         if chain_index % L.CHAIN_SLOTS_PER_PAGE == 0:
@@ -129,6 +149,26 @@ class Provisioner:
         if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):
             meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)
         return file_id
+
+    def _release_spares(self, meta: TopicMeta) -> None:
+        """(clean stop) Take back the blocks handed out ahead that no writer moved into.
+
+        Under the chain mutex, from the top down: the count shrinks before a
+        block's space goes, so a broker killed midway leaves no slot pointing at
+        a hole.  A slot a writer moved into has its first offset set (it does that
+        under this mutex); there the walk stops.  Clients append only through a
+        live broker, so none moves on meanwhile; the next broker provisions anew.
+        """
+        with chain_mutex(meta):
+            index = meta.get(L.H_ALLOCATED_BLOCKS)
+            published = meta.get(L.H_PUBLISHED_BLOCKS)
+            while index > published and meta.chain(index - 1)[3] == L.UNSET:
+                index -= 1
+                file_id, file_offset, capacity, _ = meta.chain(index)
+                meta.set(L.H_ALLOCATED_BLOCKS, index)
+                meta.set(L.chain_slot_at(index) + L.C_CAPACITY, 0)
+                if capacity:
+                    self.allocator.free(file_id, file_offset)
 
     def _populate(self, file_id: int, file_offset: int, capacity: int) -> None:
         if not self._populate_broken:
@@ -150,7 +190,18 @@ class Provisioner:
 
     # ------------------------------------------------------------------ stop
     def close(self) -> None:
-        """Stop the disk threads; the prepared next file goes (it holds nothing)."""
+        """Stop the disk threads and give back what holds no entry: the spares, the
+        blocks kept for reuse, the prepared next file and files left with no block
+        (a stopped broker leaves only what is kept)."""
         self._faulting.shutdown(wait=True, cancel_futures=True)
+        for state in list(self.registry.topics.values()):
+            try:
+                self._release_spares(state.meta)
+            except Exception:   # a damaged meta file must not stop the others' shutdown
+                log.exception("could not release the spare blocks of %s", state.meta.name)
+        self.allocator.expire(float("-inf"))
+        for file_id in self.allocator.deletable():
+            self.allocator.forget(file_id)
+            self.files.remove(file_id)
         self.allocator.discard_spare()
         self._disk.shutdown(wait=True)

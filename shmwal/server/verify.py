@@ -12,7 +12,7 @@ import os
 from ..ipc import names
 from ..blocks import layout as L
 from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record
-from ..blocks.files import BlockFiles
+from ..blocks.files import BlockFiles, allocated_bytes
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 
@@ -33,6 +33,21 @@ def open_topics(root: str) -> dict[str, TopicMeta]:
     return found
 
 
+def disk_bytes(meta: TopicMeta) -> int:
+    """What the topic takes on disk: its meta file's allocated bytes and the space of
+    every block its chain holds (written, or handed out ahead of its writer).
+
+    A block's space is exactly its capacity: the allocator fallocates that much
+    before handing it out and punches it when the block is freed (blocks/files.py).
+    Block files hold blocks of several topics, so a file's st_blocks cannot be
+    split among them; the chain says which ranges are whose.
+    """
+    total = allocated_bytes(meta.path)
+    for index in range(meta.get(L.H_FIRST_BLOCK), min(meta.get(L.H_ALLOCATED_BLOCKS), L.CHAIN_SLOTS)):
+        total += meta.chain(index)[2]
+    return total
+
+
 def topic_stats(meta: TopicMeta) -> dict:
     first_block, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
     next_offset, first_offset = meta.get(L.H_NEXT_OFFSET), meta.get(L.H_FIRST_OFFSET)
@@ -45,6 +60,7 @@ def topic_stats(meta: TopicMeta) -> dict:
         "entries": next_offset - first_offset,
         # A meta file rebuilt from blocks starts its byte count afresh: never below 0.
         "bytes": max(0, meta.get(L.H_BYTES) - meta.get(L.H_RECLAIMED_BYTES)),
+        "disk_bytes": disk_bytes(meta),
         "first_offset": first_offset,
         "next_offset": next_offset,
         "files": len(files),
