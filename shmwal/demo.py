@@ -10,6 +10,7 @@ are checked: every entry exactly once, payloads intact.
 from __future__ import annotations
 
 import argparse
+import errno
 import multiprocessing as mp
 import os
 import shutil
@@ -34,13 +35,45 @@ def payload(producer: int, seq: int, size: int) -> bytes:
 def produce(client, producer: int, count: int, size: int, batch: int, start) -> None:
     client.topics()          # connected before the start line: the clock measures the log, not start-up
     start.wait()
+    waits = 0
     if batch <= 1:
         append = client.append
         for seq in range(count):
-            append(TOPIC, payload(producer, seq, size))
-        return
-    for start in range(0, count, batch):
-        client.batch_append(TOPIC, [payload(producer, seq, size) for seq in range(start, min(count, start + batch))])
+            data = payload(producer, seq, size)
+            try:
+                append(TOPIC, data)
+            except OSError as exc:
+                waits += _wait_for_room(exc, client.append, TOPIC, data)
+    else:
+        for first in range(0, count, batch):
+            items = [payload(producer, seq, size) for seq in range(first, min(count, first + batch))]
+            try:
+                client.batch_append(TOPIC, items)
+            except OSError as exc:
+                waits += _wait_for_room(exc, client.batch_append, TOPIC, items)
+    if waits:
+        print(f"  producer-{producer} waited {waits:,} times for the consumers to free space "
+              f"(the disk was full of entries not read yet)", flush=True)
+
+
+def _wait_for_room(exc: OSError, call, *args) -> int:
+    """Retry an append that met a full disk until it fits; how many times it waited.
+
+    Unread entries are never dropped, so on a small filesystem (a container's
+    64 MiB /dev/shm) producers faster than the slowest group fill it; a call
+    that raised wrote nothing, and space comes back as groups read on.
+    """
+    waits = 0
+    while True:
+        if exc.errno != errno.ENOSPC:
+            raise exc
+        waits += 1
+        time.sleep(0.02)
+        try:
+            call(*args)
+            return waits
+        except OSError as again:
+            exc = again
 
 
 def consume(client, group: int, total: int, out: str, start) -> None:
@@ -73,6 +106,8 @@ def main(argv=None) -> int:
         parser.error(f"--size must be at least {_ID.size}")
     scratch = args.data_dir is None
     data_dir = tempfile.mkdtemp(prefix="shmwal-demo-") if scratch else args.data_dir
+    # What each consumer got goes elsewhere: the data directory may be a small /dev/shm.
+    results = tempfile.mkdtemp(prefix="shmwal-demo-results-")
     ctx = mp.get_context("spawn")
     producers = [(0, 1), (1, 100), (2, 1000)]           # (producer id, batch size)
     groups = {"workers": 2, "audit": 1}
@@ -89,7 +124,7 @@ def main(argv=None) -> int:
             start = ctx.Barrier(sum(groups.values()) + len(producers) + 1)
             for group, n in groups.items():
                 for i in range(n):
-                    out = os.path.join(data_dir, f"{group}-{i}.npy")
+                    out = os.path.join(results, f"{group}-{i}.npy")
                     outs.setdefault(group, []).append(out)
                     workers.append(ctx.Process(target=consume, args=(client, group, total, out, start),
                                                name=f"{group}-{i}"))
@@ -119,6 +154,7 @@ def main(argv=None) -> int:
             if w.is_alive():
                 w.kill()
             w.join()
+        shutil.rmtree(results, ignore_errors=True)
         if scratch:
             shutil.rmtree(data_dir, ignore_errors=True)
     return 0 if ok else 1
