@@ -9,6 +9,7 @@ what ``du`` shows), never apparent sizes.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -237,3 +238,40 @@ def test_enospc_from_append_names_the_full_directory_and_what_the_topic_needed(t
     needed = (3 << 20) + L.BLOCK_HEADER_SIZE + 48
     assert f"a new block of topic 't' needed {(needed + L.PAGE - 1) // L.PAGE * L.PAGE:,} bytes" in message
     assert entries == "[b'small', b'after']"
+
+
+def shmwal_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmwal", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_stat_shows_disk_use_and_verify_says_how_many_entries_it_checked(start_broker):
+    broker = start_broker(block_size=1 * MiB)
+    with shmwal.connect(broker.data_dir) as client:
+        client.batch_append("t", [b"x" * 100] * 50)
+        client.append("u", b"y")
+        disk = {name: s["disk_bytes"] for name, s in client.stats()["topics"].items()}
+    result = shmwal_cli("stat", "--data-dir", broker.data_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    snap = json.loads(result.stdout)
+    assert {name: s["disk_bytes"] for name, s in snap["topics"].items()} == disk
+    assert snap["disk_bytes"] == du(broker.root) - os.lstat(broker.root).st_blocks * 512
+    text = shmwal_cli("stat", "--data-dir", broker.data_dir).stdout
+    lines = text.splitlines()
+    assert "disk: " in lines[0] and "disk" in next(line for line in lines if line.startswith("topic")).split()
+    result = shmwal_cli("verify", "--data-dir", broker.data_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"verified 51 entries in 2 topic(s) in {broker.root}: no damage" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_demo_runs_in_a_64_MiB_tmpfs(tmpfs, tmp_path):
+    mnt = tmpfs("64m")
+    result = subprocess.run([sys.executable, "-m", "shmwal", "demo", "--data-dir", os.path.join(mnt, "demo")],
+                            capture_output=True, text=True, timeout=570, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "RESULT: OK" in result.stdout
+    assert result.stdout.count("every entry exactly once") == 2
+    # Stopped: only the tail block of the fully read topic, its meta file and the broker's notes are left.
+    assert du(mnt) <= 10 * MiB + 1 * MiB, du(mnt)

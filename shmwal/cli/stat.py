@@ -41,7 +41,19 @@ def snapshot(root: str) -> dict:
             topics[name] = topic_stats(meta)
         finally:
             meta.close()
-    return {"root": root, "broker": common.broker_status(root), "topics": topics}
+    return {"root": root, "broker": common.broker_status(root), "disk_bytes": allocated_under(root), "topics": topics}
+
+
+def allocated_under(root: str) -> int:
+    """What the namespace takes on disk, as du counts it (st_blocks, not apparent sizes)."""
+    total = 0
+    for parent, dirs, names in os.walk(root):
+        for name in dirs + names:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+            except OSError:
+                pass   # removed meanwhile
+    return total
 
 
 def view(snap: dict) -> tuple[str, list[Table]]:
@@ -53,7 +65,10 @@ def view(snap: dict) -> tuple[str, list[Table]]:
             + ((size(s.get("disk_bytes", 0)),) if has_disk else ())
             + (s["files"], s["blocks"], s.get("damaged") or "-")
             for name, s in topics.items()]
-    return f"{snap['root']}  broker: {snap['broker']}", [Table(header, rows, "(no topics)"), groups_table(topics)]
+    title = f"{snap['root']}  broker: {snap['broker']}"
+    if "disk_bytes" in snap:
+        title += f"  disk: {size(snap['disk_bytes'])} allocated"
+    return title, [Table(header, rows, "(no topics)"), groups_table(topics)]
 
 
 def groups_table(topics: dict, empty: str = "") -> Table:
@@ -83,10 +98,11 @@ def cmd_verify(args) -> int:
     root = common.namespace_root(args)
     files = BlockFiles(os.path.join(root, "blocks"))
     found: dict[str, list] = {}
+    counts = {"entries": 0}
     try:
         for name, meta in open_topics(root).items():
             try:
-                found[name] = verify_topic(meta, files)
+                found[name] = verify_topic(meta, files, counts)
             finally:
                 meta.close()
     finally:
@@ -94,7 +110,7 @@ def cmd_verify(args) -> int:
     damaged = sum(len(problems) for problems in found.values())
     if args.json:
         import json
-        print(json.dumps({"root": root, "topics": len(found), "damaged": damaged,
+        print(json.dumps({"root": root, "topics": len(found), "entries": counts["entries"], "damaged": damaged,
                           "damage": [{"topic": name, "offset": offset, "problem": what}
                                      for name, problems in found.items() for offset, what in problems]},
                          indent=2))
@@ -102,7 +118,8 @@ def cmd_verify(args) -> int:
         for name, problems in found.items():
             for offset, what in problems:
                 print(f"{name}@{offset}: {what}")
-        print(f"verified {len(found)} topic(s) in {root}: {f'{damaged} damaged' if damaged else 'no damage'}")
+        print(f"verified {counts['entries']:,} entries in {len(found)} topic(s) in {root}: "
+              f"{f'{damaged} damaged' if damaged else 'no damage'}")
     return 1 if damaged else 0
 
 

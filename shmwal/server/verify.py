@@ -70,8 +70,11 @@ def topic_stats(meta: TopicMeta) -> dict:
     }
 
 
-def verify_topic(meta: TopicMeta, files: BlockFiles) -> list[tuple[int, str]]:
-    """Check every kept entry's record and checksum; return (offset, what is wrong) for each damage."""
+def verify_topic(meta: TopicMeta, files: BlockFiles, counts: dict | None = None) -> list[tuple[int, str]]:
+    """Check every kept entry's record and checksum; return (offset, what is wrong) for each damage.
+
+    ``counts["entries"]``, when given, grows by the entries whose checksum was checked.
+    """
     damage: list[tuple[int, str]] = []
     first_block, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
     next_offset = meta.get(L.H_NEXT_OFFSET)
@@ -107,5 +110,7 @@ def verify_topic(meta: TopicMeta, files: BlockFiles) -> list[tuple[int, str]]:
             for i in range(record.count):
                 if entry_bytes(buf, record, i) is None:
                     damage.append((off + i, "checksum mismatch"))
+            if counts is not None:
+                counts["entries"] = counts.get("entries", 0) + record.count
             off, pos = record.end_offset, pos + record.size
     return damage
