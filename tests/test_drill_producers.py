@@ -376,7 +376,8 @@ def test_a_dead_appenders_block_request_does_not_take_the_block_the_next_appende
     broker = start_broker(block_size=BLOCK, blocks_per_file=4)
     client = shmwal.connect(data_dir)
     rng = random.Random(8)
-    before = [make_payload(1, 0, i, 0, 1, 500, rng) for i in range(40)]
+    # Enough to fill blocks: the broker keeps spares only ahead of a busy writer.
+    before = [make_payload(1, 0, i, 0, 1, 500, rng) for i in range(300)]
     for p in before:
         client.append(TOPIC, p)
     view = MetaView(meta_path(broker.root, TOPIC))

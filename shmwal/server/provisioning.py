@@ -96,8 +96,8 @@ class Provisioner:
         block's pages are already faulted in (on a real disk, converting
         pre-allocated extents costs as much per entry as the rest of an append).
         Spares cost space, so only for writers that fill blocks (moved twice
-        within BUSY_WITHIN: a topic of a few entries gets none, and its first
-        blocks are small anyway), and only while the filesystem keeps room
+        within BUSY_WITHIN, or past two blocks between two looks: a topic of a
+        few entries gets none, and its first blocks are small anyway), and only while the filesystem keeps room
         (``_room_for``): a writer that finds no spare asks for its block itself.
         """
         for state in list(self.registry.topics.values()):
@@ -105,11 +105,14 @@ class Provisioner:
             tail = meta.get(L.H_TAIL_CHAIN)
             if tail == state.seen_tail:
                 continue
-            state.seen_tail = tail
+            seen, state.seen_tail = state.seen_tail, tail
             state.busy = True
             now = time.monotonic()
             previous_move, state.moved_at = state.moved_at, now
-            if tail == L.NO_BLOCK or now - previous_move > BUSY_WITHIN:
+            if tail == L.NO_BLOCK:
+                continue
+            moved_over = tail + 1 if seen == L.NO_BLOCK else tail - seen   # blocks filled since our last look
+            if moved_over < 2 and now - previous_move > BUSY_WITHIN:
                 continue
             fresh = []
             with chain_mutex(meta):
