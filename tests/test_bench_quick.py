@@ -183,7 +183,7 @@ def test_a_hanging_contender_is_killed_as_timeout(tmp_path):
 
 
 def test_failed_row_makes_the_exit_code_nonzero(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "all_contenders", lambda consistency: [_FaultyQueue()])
+    monkeypatch.setattr(cli, "all_contenders", lambda consistency, read_bytes=None: [_FaultyQueue()])
     code = cli.main(["--scenarios", "throughput", *TINY, "--out", str(tmp_path)])
     assert code == 1
 
@@ -235,6 +235,71 @@ def test_shmwal_tiny_race_passes_its_checks(tmp_path):
     assert code == 0 and not bad, bad
     groups = [r for r in ran if r["separate_groups"]]
     assert groups and all(r["received"] == r["messages"] for r in groups)
+
+
+def _iceoryx2_missing():
+    return contenders.IceoryxContender().unavailable()
+
+
+@pytest.mark.skipif(_iceoryx2_missing() is not None, reason=f"iceoryx2 not installed: {_iceoryx2_missing()}")
+def test_iceoryx2_tiny_race_passes_its_checks(tmp_path):
+    """Every message exactly once through iceoryx2 (blocking backpressure, no drops), one
+    consumer and separate groups; work-queue shapes are n/a; nothing left in /dev/shm."""
+    import os
+
+    import tempfile
+
+    def leftovers():
+        return ({n for n in os.listdir("/dev/shm") if n.startswith("iox2sb")},
+                {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("iox2sb-")})
+
+    before = leftovers()
+    code = cli.main(["--contenders", "=iceoryx2", *TINY, "--out", str(tmp_path / "out"),
+                     "--data-dir", str(tmp_path)])
+    with open(tmp_path / "out" / "bench.json") as f:
+        data = json.load(f)
+    rows = data["rows"]
+    ran = [r for r in rows if r["status"] != "n/a"]
+    assert code == 0, [(r["scenario"], r["status"], r["detail"]) for r in ran]
+    assert {r["contender"] for r in rows} == {"iceoryx2"}
+    assert {r["kind"] for r in ran} == {"throughput", "latency", "scaling"}
+    assert all(r["status"] == "ok" and r["received"] == r["messages"] for r in ran)
+    assert any(r["separate_groups"] and r["consumers"] == 4 for r in ran)
+    assert {r["scenario"] for r in rows if r["status"] == "n/a"} == {"1p->2c work", "1p->4c work"}
+    assert all('--contenders "=iceoryx2"' in r["command"] for r in ran)
+    assert data["meta"]["versions"]["iceoryx2"]
+    assert leftovers() == before   # its shared memory and its root directory went
+
+
+@pytest.mark.skipif(not _shmwal_ready(), reason="shmwal.connect does not exist yet")
+def test_reserve_rows_and_reproduce_commands(tmp_path):
+    code = cli.main(["--contenders", "=shmwal nofsync reserve zero-copy,=shmwal nofsync reserve zero-copy batch,"
+                     "=mp.Queue", "--scenarios", "throughput,latency", "--count", "300", "--sizes", "100,16KiB",
+                     "--latency-count", "40", "--repeat", "2", "--timeout", "60", "--no-png",
+                     "--read-batch-bytes", "64KiB", "--out", str(tmp_path)])
+    with open(tmp_path / "bench.json") as f:
+        data = json.load(f)
+    rows = data["rows"]
+    assert code == 0, [(r["contender"], r["status"], r["detail"]) for r in rows]
+    reserve = [r for r in rows if "reserve" in r["contender"]]
+    assert {(r["contender"], r["size"], r["kind"], r["status"]) for r in reserve} == {
+        ("shmwal nofsync reserve zero-copy", 100, "throughput", "n/a"),
+        ("shmwal nofsync reserve zero-copy", 100, "latency", "n/a"),
+        ("shmwal nofsync reserve zero-copy", 16384, "throughput", "ok"),
+        ("shmwal nofsync reserve zero-copy", 16384, "latency", "ok"),
+        ("shmwal nofsync reserve zero-copy batch", 100, "throughput", "n/a"),
+        ("shmwal nofsync reserve zero-copy batch", 100, "latency", "n/a"),
+        ("shmwal nofsync reserve zero-copy batch", 16384, "throughput", "ok"),
+        ("shmwal nofsync reserve zero-copy batch", 16384, "latency", "n/a"),   # batched: no latency row
+    }
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(len(r["trials"]) == 2 and r["received"] == r["messages"] for r in ok)
+    row = next(r for r in ok if r["contender"] == "shmwal nofsync reserve zero-copy batch")
+    assert row["command"] == ('python -m shmwal bench --scenarios throughput --sizes 16KiB --contenders '
+                              '"=mp.Queue,=shmwal nofsync reserve zero-copy batch" --repeat 2 --consistency strict '
+                              f'--start-method fork --data-dir {cli.parser().get_default("data_dir")} --count 300 '
+                              '--latency-count 40 --read-batch-bytes 64KiB')
+    assert data["meta"]["read_batch_bytes"] == 65536 and data["meta"]["command"].startswith("python -m shmwal bench")
 
 
 def test_tally_ignores_nothing_it_cannot_place():

@@ -44,7 +44,7 @@ def _kinds(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shmwal bench",
-        description="Race shmwal against multiprocessing.Queue, faster-fifo and pyzmq, "
+        description="Race shmwal against multiprocessing.Queue, faster-fifo, pyzmq and iceoryx2, "
                     "checking that every message arrives exactly once. The peers are the "
                     "bench extra: pip install 'shmwal[bench]'.",
     )
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=("all", "peers", "shmwal"), default="all",
                    help="race only the peers or only shmwal's rows (default: all)")
     p.add_argument("--contenders", default="", metavar="A,B",
-                   help="only contenders whose name contains one of these substrings")
+                   help="only contenders whose name contains one of these substrings, or is exactly =NAME")
     p.add_argument("--sizes", type=_sizes, default=list(plan.DEFAULT_SIZES), metavar="100,4KiB,64KiB",
                    help="message sizes, comma-separated, in bytes or with a KiB/MiB suffix "
                         f"(default: {','.join(str(x) for x in plan.DEFAULT_SIZES)})")
@@ -75,17 +75,80 @@ def parser() -> argparse.ArgumentParser:
     # (every channel pickles) and are what a fork-unsafe library would need.
     p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork",
                    help="how the producer and consumer processes start (default: fork)")
+    p.add_argument("--read-batch-bytes", type=_size, metavar="SIZE",
+                   help="shmwal's batch_read budget (max_bytes) per call, e.g. 64MiB "
+                        "(default: 1 MiB, at most 1,000 messages)")
     return p
 
 
+def _size(text: str) -> int:
+    (size,) = _sizes(text)
+    return size
+
+
 def select_contenders(args) -> list:
-    chosen = all_contenders(args.consistency)
+    """``--contenders``: names containing one of the items, or exactly ``=name``."""
+    chosen = all_contenders(args.consistency, args.read_batch_bytes)
     if args.only != "all":
         chosen = [c for c in chosen if (c.family == "peer") == (args.only == "peers")]
     if args.contenders:
         wanted = [w.strip() for w in args.contenders.split(",") if w.strip()]
-        chosen = [c for c in chosen if any(w in c.name for w in wanted)]
+        chosen = [c for c in chosen if any(c.name == w[1:] if w.startswith("=") else w in c.name for w in wanted)]
     return chosen
+
+
+def _size_arg(size: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
+
+
+def add_commands(rows, args, repeat: int) -> None:
+    """Each row's ``command``: the bench run that measures its cell again, with the same
+    counts and options, for this row's contender and every peer of the cell (its ratio's
+    denominator), named exactly."""
+    cells: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r.status != "n/a":
+            cells.setdefault((r.kind, r.size), [])
+            if r.family == "peer" and r.contender not in cells[r.kind, r.size]:
+                cells[r.kind, r.size].append(r.contender)
+    common = [f"--repeat {repeat}", f"--consistency {args.consistency}", f"--start-method {args.start_method}",
+              f"--data-dir {args.data_dir}"]
+    if args.quick:
+        common.insert(0, "--quick")
+    if args.count is not None:
+        common.append(f"--count {args.count}")
+    if args.latency_count is not None:
+        common.append(f"--latency-count {args.latency_count}")
+    if args.latency_period_us != 1000:
+        common.append(f"--latency-period-us {args.latency_period_us}")
+    if args.read_batch_bytes is not None:
+        common.append(f"--read-batch-bytes {_size_arg(args.read_batch_bytes)}")
+    for r in rows:
+        if r.status == "n/a":
+            continue
+        names = list(dict.fromkeys(cells[r.kind, r.size] + [r.contender]))
+        r.command = (f"python -m shmwal bench --scenarios {r.kind} --sizes {_size_arg(r.size)} "
+                     f"--contenders \"{','.join('=' + n for n in names)}\" {' '.join(common)}")
+
+
+def _git_commit() -> str | None:
+    """The commit of the shmwal source that ran (with '+dirty' if it had local changes), if it is a checkout."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if not commit:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _version(dist: str) -> str | None:
@@ -109,7 +172,10 @@ def metadata(args, argv, load_before) -> dict:
         "repeat": args.repeat if args.repeat is not None else (1 if args.quick else 3),
         "data_dir": args.data_dir,
         "shmwal_consistency": args.consistency,
-        "versions": {d: _version(d) for d in ("shmwal", "faster-fifo", "pyzmq", "numpy", "matplotlib")},
+        "versions": {d: _version(d) for d in ("shmwal", "faster-fifo", "pyzmq", "iceoryx2", "numpy", "matplotlib")},
+        "shmwal_commit": _git_commit(),
+        "read_batch_bytes": args.read_batch_bytes,
+        "command": "python -m shmwal bench " + " ".join(argv),
         "clock": "CLOCK_MONOTONIC (time.monotonic_ns), shared by all processes",
         "mb": "10**6 bytes of payload",
     }
@@ -141,6 +207,7 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     rows = run_plan(specs, contenders, ctx, args.data_dir, timeout, repeat)
+    add_commands(rows, args, repeat)
     meta = metadata(args, argv, load_before)
     print(report.finish(rows, meta, args.out, png=not args.no_png))
     load = meta["load_average_1min"]

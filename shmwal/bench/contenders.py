@@ -29,6 +29,7 @@ except ``multiprocessing.Queue``, whose feeder thread pickles later, so it gets 
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import tempfile
 import time
@@ -41,11 +42,13 @@ from . import messages
 FOREVER = 3600.0
 BATCH = 1000                       # messages per batched send (issue: batches of 1,000)
 FASTER_FIFO_BYTES = 32 * 2**20     # faster-fifo's ring buffer (its default, 1 MB, starves 64 KiB)
-# Batched consumers take at most this many bytes a call (but at least one message): a batch of
-# many megabytes of bytes objects makes glibc hand the memory back to the kernel after each batch
-# and fault it in again for the next (measured, shmwal batch_read of 64 KiB entries: 1 MiB
-# batches 11.9 GB/s, 8 MiB 2.2 GB/s, 64 MiB 1.9 GB/s).
+# Batched consumers take at most this many bytes a call (but at least one message), unless
+# --read-batch-bytes says otherwise for shmwal. Bigger budgets used to lose: a batch of many
+# megabytes of bytes objects made glibc hand the memory back to the kernel after each batch and
+# fault it in again for the next (64 KiB entries: 1 MiB batches 11.9 GB/s, 8 MiB 2.2 GB/s,
+# 64 MiB 1.9 GB/s); shmwal/client/heap.py keeps it now.
 READ_BATCH_BYTES = 2**20
+RESERVE_MIN_SIZE = 16 * 1024   # reserve rows run from this size: zero copies matter for large messages
 
 
 BENCH_EXTRA = "pip install 'shmwal[bench]'"
@@ -342,6 +345,179 @@ class ZmqReceiver:
         self.ctx.term()
 
 
+# ---------------------------------------------------------------- iceoryx2
+
+ICEORYX_BUFFER_BYTES = 16 * 2**20  # per subscriber: samples its queue holds (blocking backpressure beyond)
+
+
+class IceoryxContender(Contender):
+    """iceoryx2 publish-subscribe with a slice payload: the publisher loans a sample from its
+    shared-memory pool, copies the message into it and sends it; the subscriber reads it in
+    place. Nothing is dropped: no safe overflow, RetryUntilDelivered backpressure (a full
+    subscriber queue blocks the publisher), and each producer waits until every subscriber
+    is connected before its first message and until every consumer took its end token before
+    it goes (its samples live in its own data segment). Subscribers sleep on an event service
+    the producers notify after each send."""
+
+    name = "iceoryx2"
+    pubsub = True
+
+    def unavailable(self):
+        return _missing("iceoryx2")
+
+    def unsupported(self, spec):
+        if spec.consumers > 1 and not spec.separate_groups:
+            return "no work queue (every subscriber gets every message)"
+        return super().unsupported(spec)
+
+    def open(self, spec, ctx, workdir):
+        return IceoryxSession(spec, ctx, workdir)
+
+
+class IceoryxSession:
+    def __init__(self, spec, ctx, workdir):
+        # A root directory and file prefix of its own: nothing is shared with other runs
+        # or other iceoryx2 users, and close() removes all of it, after killed runs too.
+        # In the temp dir, not workdir: its listeners are Unix sockets under this root,
+        # and a socket path holds at most 107 bytes.
+        self.dir = tempfile.mkdtemp(prefix="iox2sb-")
+        self.prefix = f"iox2sb{uuid.uuid4().hex[:10]}_"
+        acks = ctx.RawArray("b", spec.producers * spec.consumers)
+        self.channel = IceoryxChannel(self.dir, self.prefix, spec.size, spec.producers, spec.consumers, acks)
+
+    def send_baton(self):
+        pass  # producers end their own streams (IceoryxSender.finish)
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for name in os.listdir("/dev/shm"):
+            if name.startswith(self.prefix):
+                try:
+                    os.unlink(os.path.join("/dev/shm", name))
+                except OSError:
+                    pass
+
+
+class IceoryxChannel:
+    def __init__(self, root, prefix, size, producers, consumers, acks):
+        self.root, self.prefix = root, prefix
+        self.size = size
+        self.producers, self.consumers = producers, consumers
+        self.acks = acks
+
+    def open(self):
+        """(iceoryx2 module, node, pub/sub service, event service) in this process."""
+        import ctypes
+
+        import iceoryx2 as iox2
+
+        config = iox2.config.default()
+        config.global_cfg.prefix = iox2.FileName.new(self.prefix)
+        config.global_cfg.root_path = iox2.Path.new(self.root + "/")
+        node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
+        queue = max(2, min(1024, ICEORYX_BUFFER_BYTES // self.size))
+        data = (node.service_builder(iox2.ServiceName.new("bench/data"))
+                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+                .enable_safe_overflow(False).history_size(0).subscriber_max_buffer_size(queue)
+                .subscriber_max_borrowed_samples(2)
+                .max_publishers(max(2, self.producers)).max_subscribers(max(2, self.consumers))
+                .open_or_create())
+        event = node.service_builder(iox2.ServiceName.new("bench/data-ready")).event().open_or_create()
+        return iox2, node, data, event
+
+    def sender(self, producer):
+        return IceoryxSender(self, producer)
+
+    def receiver(self, consumer):
+        return IceoryxReceiver(self, consumer)
+
+
+class IceoryxSender:
+    def __init__(self, channel, producer):
+        import ctypes
+
+        self.channel, self.producer = channel, producer
+        iox2, self.node, self.data, self.event = channel.open()
+        self.publisher = (self.data.publisher_builder().initial_max_slice_len(channel.size)
+                          .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered).create())
+        self.notifier = self.event.notifier_builder().create()
+        # The handshake: every subscriber connected before the first message (consumers
+        # exist before producers start, runner.py).
+        deadline = time.monotonic() + 10
+        while self.data.dynamic_config.number_of_subscribers < channel.consumers:
+            if time.monotonic() > deadline:
+                raise TimeoutError("iceoryx2: not every subscriber connected")
+            time.sleep(0.001)
+        self.publisher.update_connections()
+        self._memmove = ctypes.memmove
+        self._char = ctypes.c_char
+        self._addressof = ctypes.addressof
+        self._source = None     # (buffer, ctypes view of it): the harness reuses one buffer
+
+    def _address(self, buf) -> int:
+        held = self._source
+        if held is None or held[0] is not buf:
+            if isinstance(buf, bytes):
+                held = (buf, buf)
+            else:
+                held = (buf, (self._char * len(buf)).from_buffer(buf))
+            self._source = held
+        view = held[1]
+        return view if isinstance(view, bytes) else self._addressof(view)
+
+    def send(self, buf):
+        n = len(buf)
+        sample = self.publisher.loan_slice_uninit(n)
+        self._memmove(sample.payload_ptr, self._address(buf), n)
+        sample.assume_init().send()
+        self.notifier.notify()
+
+    def finish(self):
+        self.send(messages.token(self.producer))
+        acks, n = self.channel.acks, self.channel.consumers
+        mine = slice(self.producer * n, (self.producer + 1) * n)
+        # Our samples live in our data segment: stay until every consumer has taken our token.
+        deadline = time.monotonic() + FOREVER
+        while not all(acks[mine]) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    def close(self):
+        self._source = None
+        self.publisher = self.notifier = self.data = self.event = self.node = None
+
+
+class IceoryxReceiver:
+    views = True   # data are views into the current sample: the harness copies what it keeps
+
+    def __init__(self, channel, consumer):
+        self.channel, self.consumer = channel, consumer
+        iox2, self.node, self.data, self.event = channel.open()
+        self.subscriber = self.data.subscriber_builder().create()
+        self.listener = self.event.listener_builder().create()
+        self._slice = iox2.Duration.from_millis(100)
+        self._sample = None    # the sample the last message returned is a view of
+        self.ended = set()
+
+    def recv(self):
+        receive, wait = self.subscriber.receive, self.listener.timed_wait
+        while True:
+            sample = receive()
+            if sample is not None:
+                self._sample = sample   # holds the previous one until now (2 borrowed at most)
+                return sample.payload().as_memory_view()
+            wait(self._slice)   # woken by the producer's notify; the timeout only bounds a miss
+
+    def on_token(self, msg) -> bool:
+        producer = messages.token_arg(msg)
+        self.channel.acks[producer * self.channel.consumers + self.consumer] = 1
+        self.ended.add(producer)
+        return len(self.ended) == self.channel.producers
+
+    def close(self):
+        self._sample = None
+        self.subscriber = self.listener = self.data = self.event = self.node = None
+
+
 # ---------------------------------------------------------------- shmwal
 
 TOPIC = "bench"
@@ -374,19 +550,33 @@ class ShmwalContender(Contender):
     pubsub = True
 
     def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="strict",
-                 payloads=False):
+                 payloads=False, reserve=False, read_bytes=None):
         self.fsync_ms = fsync_ms            # None: NoFsync()
-        self.batched = batched or zero_copy or payloads
+        self.batched = batched or (zero_copy and not reserve) or payloads
         self.zero_copy = zero_copy
         self.payloads = payloads            # batch_read_payloads: the data without an Entry each
+        self.reserve = reserve              # producers fill client.reserve slots, consumers read zero-copy
         self.consistency = consistency
-        mode = "zero-copy" if zero_copy else ("payloads" if payloads else ("batch" if batched else "entry"))
+        self.read_bytes = read_bytes        # batch_read's max_bytes (None: READ_BATCH_BYTES rules)
+        if reserve:
+            mode = "reserve zero-copy batch" if batched else "reserve zero-copy"
+        else:
+            mode = "zero-copy" if zero_copy else ("payloads" if payloads else ("batch" if batched else "entry"))
         durability = "nofsync" if fsync_ms is None else f"fsync{fsync_ms}ms"
         self.name = f"shmwal {durability} {mode}"
 
     def unavailable(self):
         missing = _shmwal_missing()
+        if missing is None and self.reserve:
+            import shmwal
+            if not hasattr(shmwal.Client, "reserve"):
+                return "shmwal lacks Client.reserve"
         return missing
+
+    def unsupported(self, spec):
+        if self.reserve and spec.size < RESERVE_MIN_SIZE:
+            return f"zero-copy writes are for large messages (rows from {RESERVE_MIN_SIZE // 1024} KiB)"
+        return super().unsupported(spec)
 
     def open(self, spec, ctx, workdir):
         return ShmwalSession(self, spec, workdir)
@@ -409,9 +599,12 @@ class ShmwalSession(BatonSession):
         except BaseException:
             self.close()
             raise
-        read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
+        if contender.read_bytes is None:
+            read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
+        else:
+            read_bytes = max(spec.size, contender.read_bytes)
         super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups, read_bytes,
-                                       contender.zero_copy, contender.payloads))
+                                       contender.zero_copy, contender.payloads, contender.reserve))
 
     def send_baton(self):
         import shmwal
@@ -428,8 +621,9 @@ class ShmwalSession(BatonSession):
 
 
 class ShmwalChannel:
-    def __init__(self, data_dir, key, separate_groups, max_bytes, zero_copy, payloads=False):
+    def __init__(self, data_dir, key, separate_groups, max_bytes, zero_copy, payloads=False, reserve=False):
         self.data_dir, self.key = data_dir, key
+        self.reserve = reserve              # senders write through client.reserve
         self.separate_groups = separate_groups
         self.max_bytes = max_bytes          # per batch_read: BATCH messages, at most READ_BATCH_BYTES
         self.zero_copy = zero_copy          # batch_read(zero_copy=True): entries' data are views
@@ -441,7 +635,7 @@ class ShmwalChannel:
         return shmwal.connect(self.data_dir, key=self.key)
 
     def sender(self, producer):
-        return ShmwalSender(self._connect())
+        return (ShmwalReserveSender if self.reserve else ShmwalSender)(self._connect())
 
     def receiver(self, consumer):
         group = f"g{consumer}" if self.separate_groups else "work"
@@ -467,6 +661,21 @@ class ShmwalSender:
         self.client.close()
 
 
+class ShmwalReserveSender(ShmwalSender):
+    """Each message written in place: a reserved slot of the mapped block is filled with it
+    (the one copy every contender makes from the harness's buffer) and published."""
+
+    def send(self, buf):
+        with self.client.reserve(TOPIC, len(buf)) as slot:
+            slot.buffer[:] = buf
+
+    def send_many(self, bufs):
+        reserve = self.client.reserve
+        for buf in bufs:
+            with reserve(TOPIC, len(buf)) as slot:
+                slot.buffer[:] = buf
+
+
 class ShmwalReceiver:
     def __init__(self, client, group, channel):
         self.client, self.group = client, group
@@ -476,6 +685,8 @@ class ShmwalReceiver:
         self.views = self.zero_copy   # the consumer copies what it keeps of each message
         if channel.payloads:
             self.recv_many = self._recv_payloads
+        if channel.zero_copy:
+            self.recv = self._recv_view
         if channel.separate_groups:
             # Make the group exist before any producer writes: a group born later starts
             # at the oldest entry *kept*, and blocks all older groups read past may be gone.
@@ -483,6 +694,9 @@ class ShmwalReceiver:
 
     def recv(self):
         return self.client.read_next(TOPIC, group=self.group, timeout=None).data
+
+    def _recv_view(self):
+        return self.client.read_next(TOPIC, group=self.group, timeout=None, zero_copy=True).data
 
     def recv_many(self):
         entries = self.client.batch_read(TOPIC, self.max_bytes, group=self.group, timeout=None,
@@ -502,10 +716,14 @@ class ShmwalReceiver:
         self.client.close()
 
 
-def all_contenders(consistency: str = "strict") -> list[Contender]:
-    """Every contender, peers first (the report's 'best peer' is taken among family 'peer')."""
+def all_contenders(consistency: str = "strict", read_bytes: int | None = None) -> list[Contender]:
+    """Every contender, peers first (the report's 'best peer' is taken among family 'peer').
+
+    ``read_bytes``: shmwal's batch_read budget (``--read-batch-bytes``); None keeps the
+    default (READ_BATCH_BYTES, at most BATCH messages)."""
     shmwal_rows = [
-        ShmwalContender(fsync_ms, batched=mode != "entry", payloads=mode == "payloads", consistency=consistency)
+        ShmwalContender(fsync_ms, batched=mode != "entry", payloads=mode == "payloads", consistency=consistency,
+                        read_bytes=read_bytes)
         for fsync_ms in (None, 200)
         for mode in ("entry", "batch", "payloads")
     ]
@@ -514,6 +732,10 @@ def all_contenders(consistency: str = "strict") -> list[Contender]:
         FasterFifoContender(),
         FasterFifoContender(batched=True),
         ZmqContender(),
+        IceoryxContender(),
         *shmwal_rows,
-        ShmwalContender(None, zero_copy=True, consistency=consistency),
+        ShmwalContender(None, zero_copy=True, consistency=consistency, read_bytes=read_bytes),
+        ShmwalContender(None, zero_copy=True, reserve=True, consistency=consistency),
+        ShmwalContender(None, zero_copy=True, reserve=True, batched=True, consistency=consistency,
+                        read_bytes=read_bytes),
     ]

@@ -33,6 +33,7 @@ class Row:
     vs_best_peer: float | None = None       # > 1: better than the best peer (msgs/s or p50)
     vs_best_peer_p99: float | None = None   # latency rows: the same for p99
     trials: list = field(default_factory=list)   # the figure of every repeat (--repeat)
+    command: str = ""        # reproduces this row's cell: this contender and the peers it is compared with
 
     @property
     def figure(self) -> float | None:
@@ -146,6 +147,10 @@ def tables(rows: list[Row]) -> str:
             ["scenario", "contender", "msgs/s", "MB/s", "x best peer", "spread", "check"],
             [[r.scenario, r.contender, _num(r.msgs_per_s), _num(r.mb_per_s, ",.1f"),
               _ratio(r.vs_best_peer), _spread(r), _status(r)] for r in scl]))
+    commands = list(dict.fromkeys(r.command for r in shown if r.command))
+    if commands:
+        out.append("== Reproduce (one command per cell: its contenders and the peers they are compared with) ==\n"
+                   + "\n".join(commands))
     problems = [r for r in rows if r.status in BAD or r.status == "SKIPPED"]
     if problems:
         out.append("== Not ok ==")

@@ -131,9 +131,16 @@ def _result(heads: list, spec, t_last: int, stride: int = HEADER_LEN) -> dict:
     return {"t_last": t_last, "tally": check.tally(b"".join(heads), _per_producer(spec), stride)}
 
 
+def _copying(append):
+    """``append`` of a copy: for receivers whose messages are views of memory they reuse."""
+    return lambda view: append(bytes(view))
+
+
 def _receive_each(rx, spec) -> dict:
     heads: list = []
     keep, recv, on_token, clock = heads.append, rx.recv, rx.on_token, clock_ns
+    if getattr(rx, "views", False):
+        keep = _copying(keep)
     t_last = 0
     while True:
         msg = recv()
@@ -215,6 +222,8 @@ def _receive_stamped(rx, spec) -> dict:
     heads: list = []
     times: list = []
     keep, stamp, recv, clock = heads.append, times.append, rx.recv, clock_ns
+    if getattr(rx, "views", False):
+        keep = _copying(keep)
     while True:
         msg = recv()
         t = clock()
