@@ -97,7 +97,8 @@ def consume(client, group: int, total: int, out: str, start) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="shmwal demo", description=__doc__.splitlines()[0])
+    from .cli.common import Parser   # a bad option: one line, exit 2, as every shmwal command
+    parser = Parser(prog="shmwal demo", description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=300_000, help="entries per producer (default: 300000)")
     parser.add_argument("--size", type=int, default=100, help="payload bytes of each entry (default: 100)")
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory, removed at the end")

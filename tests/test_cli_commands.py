@@ -319,3 +319,18 @@ def test_a_broker_started_from_python_writes_no_runtime_warning_into_its_log(dat
         log = f.read()
     assert "broker ready on" in log and "broker stopped cleanly" in log   # the log is this one
     assert "Warning" not in log and "Traceback" not in log
+
+
+def test_demo_runs_and_checks_every_entry(tmp_path):
+    result = shmwal_cli("demo", "--entries", "500", "--data-dir", str(tmp_path / "demo"), timeout=110)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    assert "RESULT: OK" in result.stdout.decode()
+
+
+@pytest.mark.parametrize("args, says", [(["demo", "--entries", "many"], "argument --entries: invalid int value"),
+                                        (["bench", "--only", "nobody"], "argument --only: invalid choice: 'nobody'"),
+                                        (["bench", "--sizes", "huge"], "argument --sizes: bad size 'huge'")])
+def test_demo_and_bench_refuse_bad_options_in_one_line_too(args, says):
+    result = shmwal_cli(*args)
+    assert result.returncode == 2
+    assert says in one_line(result.stderr)

@@ -42,7 +42,8 @@ def _kinds(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from ..cli.common import Parser   # a bad option: one line, exit 2, as every shmwal command
+    p = Parser(
         prog="shmwal bench",
         description="Race shmwal against multiprocessing.Queue, faster-fifo, pyzmq and iceoryx2, "
                     "checking that every message arrives exactly once. The peers are the "
