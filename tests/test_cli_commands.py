@@ -205,12 +205,14 @@ def test_stat_watch_refreshes_as_json_lines(broker, client):
         proc.stderr.close()
 
 
-def test_stat_on_a_terminal_draws_a_table(broker, client):
-    pytest.importorskip("rich")
-    client.append("orders", b"x")
+def _on_a_terminal(args, until: bytes, interrupt: bool):
+    """Run ``shmwal ARGS`` with a pseudo-terminal as stdout; return (status, what it drew).
+
+    Reads until ``until`` shows (then SIGINT if ``interrupt``) and the child closes the terminal.
+    """
     master, slave = pty.openpty()
     env = dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm")
-    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "stat", *ns(broker)], stdout=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", *args], stdout=slave,
                             stderr=subprocess.PIPE, env=env)
     os.close(slave)
     out = b""
@@ -223,15 +225,32 @@ def test_stat_on_a_terminal_draws_a_table(broker, client):
             if not chunk:
                 break
             out += chunk
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+            if interrupt and until in out and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                interrupt = False
+        return proc.wait(timeout=30), out.decode(errors="replace")
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
-    text = out.decode()
+
+
+def test_stat_on_a_terminal_draws_a_table(broker, client):
+    pytest.importorskip("rich")
+    client.append("orders", b"x")
+    status, text = _on_a_terminal(["stat", *ns(broker)], b"orders", interrupt=False)
+    assert status == 0
     assert "orders" in text and "━" in text          # rich's table rule, not the plain layout
+
+
+def test_stat_watch_on_a_terminal_redraws_until_ctrl_c(broker, client):
+    pytest.importorskip("rich")
+    client.append("orders", b"x")
+    status, text = _on_a_terminal(["stat", "--watch", "0.05", *ns(broker)], b"orders", interrupt=True)
+    assert status == 0                                 # Ctrl-C is how --watch ends
+    assert "orders" in text and "━" in text and "Traceback" not in text
 
 
 # ----------------------------------------------------------------------------- options and failures
