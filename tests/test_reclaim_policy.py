@@ -50,3 +50,53 @@ def test_due_for_delete_waits_the_grace_period_once_per_file():
     assert due_for_delete(pending, [7, 8], now=100.0 + DELETE_GRACE / 2) == []   # 7 keeps its first time
     assert due_for_delete(pending, [7, 8], now=100.0 + DELETE_GRACE) == [7]
     assert pending == {8: 100.0 + DELETE_GRACE * 1.5}
+
+
+# ----------------------------------------------------------------------------- parked blocks
+
+class _Allocator:
+    def __init__(self):
+        self.offered, self.freed = [], []
+
+    def offer(self, topic, file_id, file_offset):
+        self.offered.append((topic, file_id, file_offset))
+
+    def free(self, file_id, file_offset, release_space=True):
+        self.freed.append((file_id, file_offset, release_space))
+
+    def reusable(self, topic):
+        return 0
+
+
+class _State:
+    def __init__(self, moved_ago: float):
+        import time
+        from types import SimpleNamespace
+        self.meta = SimpleNamespace(name="t")
+        self.moved_at = time.monotonic() - moved_ago
+
+
+@pytest.mark.parametrize("pins, moved_ago, parked_for, expected", [
+    (1, 0.0, 10.0, "parked"),          # still pinned, in time: kept back
+    (0, 0.0, 10.0, "offered"),         # the views went, the writer is active: reused
+    (0, 5.0, 10.0, "freed+released"),  # the views went, the writer is idle: freed, space back
+    (1, 0.0, -1.0, "freed+kept"),      # still pinned past its time: freed, bytes kept for the views
+    (-1, 0.0, 10.0, "freed+kept"),     # unreadable pin word: never reused
+])
+def test_parked_blocks_are_reused_once_their_pins_go(monkeypatch, pins, moved_ago, parked_for, expected):
+    import time
+    from shmwal.server.reclaim import Reclaimer
+
+    allocator = _Allocator()
+    reclaimer = Reclaimer(registry=None, allocator=allocator, files=None, block_size=BLOCK)
+    monkeypatch.setattr(reclaimer, "_pins", lambda file_id, file_offset: pins)
+    reclaimer.parked["t"] = [(1, BLOCK, time.monotonic() + parked_for)]
+    reclaimer._unpark(_State(moved_ago))
+    outcome = {
+        "parked": [b[:2] for b in reclaimer.parked.get("t", [])] == [(1, BLOCK)]
+                  and not allocator.offered and not allocator.freed,
+        "offered": allocator.offered == [("t", 1, BLOCK)] and not allocator.freed and "t" not in reclaimer.parked,
+        "freed+released": allocator.freed == [(1, BLOCK, True)] and not allocator.offered,
+        "freed+kept": allocator.freed == [(1, BLOCK, False)] and not allocator.offered,
+    }
+    assert [k for k, v in outcome.items() if v] == [expected], (reclaimer.parked, allocator.offered, allocator.freed)

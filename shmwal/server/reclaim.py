@@ -100,6 +100,11 @@ class Reclaimer:
         self.files = files
         self.block_size = block_size
         self.pending_delete: dict[int, float] = {}
+        # topic -> [(file_id, file_offset, until)]: reclaimed blocks a zero-copy view still
+        # pinned, held back (live) for reuse once the pin goes, until REUSE_TTL has passed.
+        # Freeing them at once made a topic read zero-copy fault fresh blocks in, while its
+        # reader dropped the views of the block it left a moment after the reclamation.
+        self.parked: dict[str, list] = {}
 
     def reclaim(self) -> None:
         """Free blocks every group has read past; delete files left with no live block."""
@@ -113,12 +118,14 @@ class Reclaimer:
     def reclaim_busy(self) -> None:
         """Between full passes, reclaim the topics whose writers moved on (so their blocks can be reused soon)."""
         for state in list(self.registry.topics.values()):
-            if state.busy:
+            if state.busy or state.meta.name in self.parked:
                 state.busy = False
                 self.reclaim_topic(state)
 
     def reclaim_topic(self, state: TopicState) -> None:
         meta = state.meta
+        if meta.name in self.parked:
+            self._unpark(state)
         cursors = [meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in meta.group_names().values()]
         first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
         k = reclaimable(meta.chain, first, published, cursors)
@@ -139,10 +146,35 @@ class Reclaimer:
                            block_size=self.block_size, room=MAX_REUSABLE - self.allocator.reusable(meta.name))
         for file_id, file_offset in disposal.offer:
             self.allocator.offer(meta.name, file_id, file_offset)
-        pinned = {(file_id, file_offset) for (file_id, file_offset, _, _), n in zip(blocks, pins) if n != 0}
+        pinned = {(file_id, file_offset): n for (file_id, file_offset, _, _), n in zip(blocks, pins) if n != 0}
+        capacity = {(file_id, file_offset): cap for file_id, file_offset, cap, _ in blocks}
+        until = time.monotonic() + REUSE_TTL
         for file_id, file_offset in disposal.free:
+            n = pinned.get((file_id, file_offset), 0)
+            if n > 0 and capacity[file_id, file_offset] == self.block_size:
+                # Pinned now, maybe not in a moment: reuse it then (_unpark). No new pin can
+                # take hold: H_FIRST_BLOCK is past it, and a reader that pins loads that after.
+                self.parked.setdefault(meta.name, []).append((file_id, file_offset, until))
+                continue
             # A pinned block's bytes stay (a zero-copy view reads them) until its file goes.
-            self.allocator.free(file_id, file_offset, release_space=(file_id, file_offset) not in pinned)
+            self.allocator.free(file_id, file_offset, release_space=n == 0)
+
+    def _unpark(self, state: TopicState) -> None:
+        """Offer the parked blocks whose pins went (writer still active, room left); free
+        those past their time; keep the rest parked."""
+        name = state.meta.name
+        now = time.monotonic()
+        keep = []
+        for file_id, file_offset, until in self.parked.pop(name, ()):
+            pins = self._pins(file_id, file_offset)
+            if pins == 0 and now - state.moved_at < REUSE_TTL and self.allocator.reusable(name) < MAX_REUSABLE:
+                self.allocator.offer(name, file_id, file_offset)
+            elif pins > 0 and now < until:
+                keep.append((file_id, file_offset, until))
+            else:
+                self.allocator.free(file_id, file_offset, release_space=pins == 0)
+        if keep:
+            self.parked[name] = keep
 
     def _pins(self, file_id: int, file_offset: int) -> int:
         """Processes holding zero-copy views into the block (layout.B_PINS)."""
