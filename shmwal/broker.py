@@ -77,6 +77,8 @@ class BrokerServer:
             "hello": self._hello,
             "open_topic": self.registry.open_topic,
             "open_group": self.registry.open_group,
+            "groups": self.registry.group_names,
+            "delete_group": self.registry.delete_group,
             "topics": self.registry.visible_topics,
             "stats": self._stats,
         }

@@ -226,7 +226,7 @@ class MetaView:
 
     def group_slot(self, group: str) -> int | None:
         raw = group.encode()
-        for slot in range(L.GROUP_SLOTS):
+        for slot in range(min(self.word(L.H_GROUP_HIGH), L.GROUP_SLOTS)):
             at = L.group_slot_at(slot)
             if self.word(at + L.G_USED) and self.word(at + L.G_NAME_LEN) == len(raw) \
                     and self.mm[at + L.G_NAME:at + L.G_NAME + len(raw)] == raw:

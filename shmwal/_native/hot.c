@@ -67,16 +67,18 @@ static inline uint64_t checksum(const void *data, size_t length, uint64_t seed)
 #define H_TAIL_OFFSET 208
 #define H_BYTES 216
 #define H_WAITERS 256
-#define GROUP_SLOTS 256
+#define CHAIN_AT PAGE
+#define CHAIN_SLOT 32
+#define CHAIN_SLOTS (1ULL << 20)
+#define GROUP_SLOTS (1ULL << 16)
 #define GROUP_SLOT 512
-#define GROUPS_AT PAGE
+#define GROUPS_AT (CHAIN_AT + CHAIN_SLOTS * CHAIN_SLOT)
 #define G_MUTEX 0
 #define G_CURSOR 64
 #define G_HINT_OFFSET 72
 #define G_HINT_CHAIN 80
 #define G_HINT_POS 88
-#define CHAIN_AT (GROUPS_AT + GROUP_SLOTS * GROUP_SLOT)
-#define CHAIN_SLOT 32
+#define G_GEN 384
 #define C_FIRST_OFFSET 24
 #define RECORD_HEADER_SIZE 32
 #define TABLE_ENTRY_SIZE 16
@@ -84,7 +86,7 @@ static inline uint64_t checksum(const void *data, size_t length, uint64_t seed)
 #define MAX_ENTRY (1ULL << 30)
 #define MAX_BATCH_ENTRIES 2000
 #define MAX_BATCH_BYTES (10ULL << 30)
-#define META_MIN_SIZE (CHAIN_AT + CHAIN_SLOT)
+#define META_MIN_SIZE (GROUPS_AT + GROUP_SLOTS * GROUP_SLOT)
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define NONE64 UINT64_MAX
 #define WAITERS_SANE (1ULL << 20)   /* above: an underflow from a reader killed mid-sleep */
@@ -523,6 +525,7 @@ typedef struct {
     PyObject_HEAD
     Pin meta;
     size_t slot;             /* byte offset of the group slot in the meta file */
+    uint64_t gen;            /* the slot's G_GEN when this group had it (layout.G_GEN) */
     PyObject *topic;
     CachedBlock hinted;      /* the block of the group's hint */
     uint64_t next_first;     /* first offset of block + 1 once published, else NONE64 */
@@ -537,8 +540,9 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 {
     PyObject *meta, *topic;
     Py_ssize_t slot;
+    unsigned long long gen;
     const char *sem_name;
-    if (!PyArg_ParseTuple(args, "OnUs", &meta, &slot, &topic, &sem_name))
+    if (!PyArg_ParseTuple(args, "OnKUs", &meta, &slot, &gen, &topic, &sem_name))
         return -1;
     if (entry_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "shmwal._hot.configure() was not called");
@@ -548,7 +552,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Reader initialised twice");
         return -1;
     }
-    if (slot < 0 || slot >= GROUP_SLOTS) {
+    if (slot < 0 || (unsigned long long)slot >= GROUP_SLOTS) {
         PyErr_SetString(PyExc_ValueError, "group slot out of range");
         return -1;
     }
@@ -561,6 +565,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     if (pin(&self->meta, meta, 1, META_MIN_SIZE) < 0)
         return -1;
     self->slot = GROUPS_AT + (size_t)slot * GROUP_SLOT;
+    self->gen = gen;
     Py_INCREF(topic);
     self->topic = topic;
     self->hinted.index = NONE64;
@@ -605,6 +610,8 @@ static PyObject *next_entry(Reader *self, int checkpoint)
         pthread_mutex_unlock(mutex);
         Py_RETURN_NONE;
     }
+    if (load(m, g + G_GEN) != self->gen)
+        goto hand_back;   /* the group was deleted: Python finds out and asks the broker again */
     uint64_t cursor = load(m, g + G_CURSOR);
     uint64_t next_offset = load(m, H_NEXT_OFFSET);   /* before the record: the publish order */
     if (load(m, g + G_HINT_OFFSET) != cursor || cursor < load(m, H_FIRST_OFFSET))
@@ -618,7 +625,7 @@ static PyObject *next_entry(Reader *self, int checkpoint)
     if (block != self->hinted.index || self->hinted.base == NULL)
         goto hand_back;
     if (self->next_first == NONE64 && block + 1 < load(m, H_PUBLISHED_BLOCKS)
-            && block + 1 < (uint64_t)((self->meta.view.len - CHAIN_AT) / CHAIN_SLOT))
+            && block + 1 < CHAIN_SLOTS)
         /* Published once, a block's first offset never changes. */
         self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
     uint64_t limit = self->hinted.limit;
@@ -791,7 +798,7 @@ static PyTypeObject ReaderType = {
     .tp_name = "shmwal._hot.Reader",
     .tp_basicsize = sizeof(Reader),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Reader(meta_mmap, group_slot, topic, semaphore_name): one group's read path",
+    .tp_doc = "Reader(meta_mmap, group_slot, generation, topic, semaphore_name): one group's read path",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
@@ -1082,7 +1089,7 @@ PyMODINIT_FUNC PyInit__hot(void)
     if (module == NULL)
         return NULL;
     PyObject *layout = Py_BuildValue(
-        "{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+        "{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
         "PAGE", (unsigned long long)PAGE, "ALIGN", (unsigned long long)ALIGN,
         "H_VISIBLE", (unsigned long long)H_VISIBLE, "H_WRITER_MUTEX", (unsigned long long)H_WRITER_MUTEX,
         "H_NEXT_OFFSET", (unsigned long long)H_NEXT_OFFSET,
@@ -1094,6 +1101,7 @@ PyMODINIT_FUNC PyInit__hot(void)
         "GROUPS_AT", (unsigned long long)GROUPS_AT, "G_MUTEX", (unsigned long long)G_MUTEX,
         "G_CURSOR", (unsigned long long)G_CURSOR, "G_HINT_OFFSET", (unsigned long long)G_HINT_OFFSET,
         "G_HINT_CHAIN", (unsigned long long)G_HINT_CHAIN, "G_HINT_POS", (unsigned long long)G_HINT_POS,
+        "G_GEN", (unsigned long long)G_GEN, "CHAIN_SLOTS", (unsigned long long)CHAIN_SLOTS,
         "CHAIN_AT", (unsigned long long)CHAIN_AT, "CHAIN_SLOT", (unsigned long long)CHAIN_SLOT,
         "C_FIRST_OFFSET", (unsigned long long)C_FIRST_OFFSET,
         "MAX_ENTRY", (unsigned long long)MAX_ENTRY, "MAX_BATCH_ENTRIES", (unsigned long long)MAX_BATCH_ENTRIES);

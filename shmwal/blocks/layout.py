@@ -26,11 +26,15 @@ Record (one append, or the part of a batch that fits in one block)
     ``batch_left`` counts the entries of the same batch in later records, so a
     batch torn by a power cut can be cut back to its start.
 
-Topic meta file (``topics/<topic>/meta``)
+Topic meta file (``topics/<topic>/meta``), META_VERSION 3
     page 0: topic header (writer mutex, publish words, reclaim words)
-    GROUP_SLOTS group slots of GROUP_SLOT bytes (mutex, cursor, read hint, name)
     CHAIN_SLOTS chain slots of CHAIN_SLOT bytes (which file, where, capacity, first offset)
-    The file is sparse: only touched pages take space.
+    GROUP_SLOTS group slots of GROUP_SLOT bytes (mutex, cursor, read hint, name, generation)
+    The file is sparse: the broker reserves storage (posix_fallocate) for a
+    page of chain or group slots before the first slot in it is used, since a
+    store to an unreserved hole on a full filesystem is a SIGBUS, not an error.
+    Version 2 (256 group slots between the header and the chain) is migrated
+    at broker start (blocks/migrate.py).
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ def record_seed(count: int, batch_left: int, first_offset: int, data_bytes: int)
 
 # ---- topic meta file
 META_MAGIC = 0x3150_4F54_4C57_4D53           # b"SMWLTOP1"
-META_VERSION = 2
+META_VERSION = 3
 MUTEX_BYTES = 64                             # pthread_mutex_t is 40 on x86-64 glibc; room to spare
 
 # topic header words (byte offsets in page 0); each 8-byte aligned u64.
@@ -145,6 +149,8 @@ H_PUBLISHED_BLOCKS = 136 # chain slots readers may use (stored before H_NEXT_OFF
 H_ALLOCATED_BLOCKS = 144 # chain slots the broker has handed out (>= published)
 H_FIRST_BLOCK = 152      # oldest kept chain slot (reclamation moves it)
 H_FIRST_OFFSET = 160     # oldest kept entry
+H_FORCED_OFFSET = 168    # entries below it were dropped unread by Retention.max_bytes (stored
+                         # before H_FIRST_OFFSET moves): a cursor below both lost what lies between
 # line 192: the appender's own bookkeeping, under the writer mutex
 H_TAIL_POS = 192         # byte position of the next record in the tail block
 H_TAIL_CHAIN = 200       # chain slot of the tail block
@@ -154,15 +160,31 @@ H_BYTES = 216            # payload bytes ever published (stats)
 H_WAITERS = 256          # readers asleep on the topic semaphore (atomic add)
 H_ZERO_COPY = 264        # unused since zero-copy views pin their blocks (B_PINS); was: 1 once a
                          # zero-copy read handed out views (the broker then reused no block)
+H_GROUP_HIGH = 272       # group slots below it have storage and an initialised mutex (broker only;
+                         # every scan of the group table stops here)
 H_NAME_LEN = 320
 H_NAME = 328             # topic name, up to 255 bytes
 H_CHAIN_MUTEX = 640      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
                          # the appender that moves to a new block); robust
 
-GROUP_SLOTS = 256
+CHAIN_SLOTS = 1 << 20
+CHAIN_SLOT = 32
+CHAIN_SLOTS_PER_PAGE = PAGE // CHAIN_SLOT   # the broker reserves a chain page when it hands out its first slot
+CHAIN_AT = PAGE
+C_FILE_ID = 0
+C_FILE_OFFSET = 8        # where the block starts in its file
+C_CAPACITY = 16          # bytes in the block, header included; 0 = no usable block (stored last)
+C_FIRST_OFFSET = 24      # offset of the block's first record (set when the writer moves in)
+
+# Group slots.  A slot is found by name through the broker (which keeps a dict; clients
+# cache slot and generation per (topic, group)), never by a scan on a read path.
+# A deleted group's slot is reused: G_GEN moves (under the group mutex) when it is
+# freed, and every read checks it under that mutex, so a reader still holding the
+# old slot learns the group is gone instead of moving another group's cursor.
+GROUP_SLOTS = 1 << 16
 GROUP_SLOT = 512
-GROUPS_AT = PAGE
-G_MUTEX = 0              # serialises the group's readers; robust
+GROUPS_AT = CHAIN_AT + CHAIN_SLOTS * CHAIN_SLOT
+G_MUTEX = 0              # serialises the group's readers; robust; initialised once, never again while in use
 G_CURSOR = 64            # next offset the group reads: the durable delivery state
 G_HINT_OFFSET = 72       # the offset the hint below locates (valid iff == cursor)
 G_HINT_CHAIN = 80
@@ -171,19 +193,20 @@ G_USED = 96              # 1 once the slot is fully initialised (stored last)
 G_NAME_LEN = 104
 G_NAME = 112             # group name, up to 255 bytes
 G_READS = 376            # checkpointed reads (stats)
+G_GEN = 384              # generation: +1 each time the slot is freed (under G_MUTEX)
+G_SKIPPED = 392          # entries this group lost to Retention.max_bytes (stats; under G_MUTEX)
 
-CHAIN_SLOTS = 1 << 20
-CHAIN_SLOT = 32
-CHAIN_SLOTS_PER_PAGE = PAGE // CHAIN_SLOT   # the broker reserves a chain page when it hands out its first slot
-CHAIN_AT = GROUPS_AT + GROUP_SLOTS * GROUP_SLOT
-C_FILE_ID = 0
-C_FILE_OFFSET = 8        # where the block starts in its file
-C_CAPACITY = 16          # bytes in the block, header included; 0 = no usable block (stored last)
-C_FIRST_OFFSET = 24      # offset of the block's first record (set when the writer moves in)
+META_SIZE = GROUPS_AT + GROUP_SLOTS * GROUP_SLOT
 
-META_SIZE = CHAIN_AT + CHAIN_SLOTS * CHAIN_SLOT
+assert CHAIN_AT % PAGE == 0 and GROUPS_AT % PAGE == 0 and PAGE % GROUP_SLOT == 0
+assert G_SKIPPED + 8 <= GROUP_SLOT and H_NAME + 255 <= H_CHAIN_MUTEX
 
-assert CHAIN_AT % PAGE == 0 and G_READS + 8 <= GROUP_SLOT and H_NAME + 255 <= H_CHAIN_MUTEX
+# ---- version 2 meta file (read only by blocks/migrate.py)
+V2_META_VERSION = 2
+V2_GROUP_SLOTS = 256
+V2_GROUPS_AT = PAGE
+V2_CHAIN_AT = V2_GROUPS_AT + V2_GROUP_SLOTS * GROUP_SLOT
+V2_META_SIZE = V2_CHAIN_AT + CHAIN_SLOTS * CHAIN_SLOT
 
 
 def chain_slot_at(index: int) -> int:

@@ -15,6 +15,13 @@ Who writes what (the invariants each reader relies on):
   The cursor is the truth; the hint is used only when ``G_HINT_OFFSET``
   equals the cursor, so a reader killed between the two stores leaves a
   stale hint that is simply ignored.
+* The broker alone makes and deletes groups (``init_group``/``free_group``),
+  under the group's mutex once the slot was ever used, and bumps ``G_GEN``
+  when it frees one.  A reader checks ``G_GEN`` against the generation it was
+  given right after taking the mutex, before it trusts the cursor: a deleted
+  or reused slot is never read or moved through a stale handle.  A delete
+  moves ``G_GEN`` before it clears ``G_USED``: a broker killed between the two
+  leaves a group that still exists, whose old handles already fail the check.
 * A SIGKILL anywhere leaves the file consistent for the next lock holder:
   robust mutexes report the death, and ``H_TAIL_OFFSET != H_NEXT_OFFSET``
   tells the next appender to recompute the tail from published state.
@@ -22,8 +29,10 @@ Who writes what (the invariants each reader relies on):
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import time
 import zlib
 
 from . import layout as L
@@ -101,22 +110,15 @@ class TopicMeta:
     def reserve_chain_slot(self, index: int) -> None:
         """Make sure the page holding chain slot ``index`` has storage (broker, before handing it out)."""
         page = L.chain_slot_at(index) // L.PAGE * L.PAGE
-        if page < L.CHAIN_AT + L.PAGE:
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            os.posix_fallocate(fd, page, L.PAGE)
-        finally:
-            os.close(fd)
+        if page >= L.CHAIN_AT + L.PAGE:
+            self._reserve(page)
 
     def reinit_mutexes(self) -> None:
         """After a reboot: every mutex word may name a TID of the old boot. Broker start only."""
         sync.mutex_init(self.base + L.H_WRITER_MUTEX)
         sync.mutex_init(self.base + L.H_CHAIN_MUTEX)
-        for slot in range(L.GROUP_SLOTS):
-            at = L.group_slot_at(slot)
-            if self.words[(at + L.G_USED) // _Q]:
-                sync.mutex_init(self.base + at + L.G_MUTEX)
+        for slot in range(self.group_high()):   # free slots too: their mutexes are used again
+            sync.mutex_init(self.base + L.group_slot_at(slot) + L.G_MUTEX)
         self.words[L.H_BOOT // _Q] = boot_hash()
 
     # ------------------------------------------------------------ words
@@ -150,35 +152,108 @@ class TopicMeta:
         words = self.words
         return words[w], words[w + 1], words[w + 2], words[w + 3]
 
+    # ------------------------------------------------------------ group table
+    def group_high(self) -> int:
+        """Slots ever used (every scan stops here; above it the file may have no storage)."""
+        return min(self.words[L.H_GROUP_HIGH // _Q], L.GROUP_SLOTS)
+
     def group_names(self) -> dict[str, int]:
-        """Names of the groups in use -> slot."""
+        """Names of the groups in use -> slot (a scan: for the broker's start, stat and recovery)."""
         found = {}
-        for slot in range(L.GROUP_SLOTS):
+        words, mm = self.words, self.mm
+        for slot in range(self.group_high()):
             at = L.group_slot_at(slot)
-            if self.words[(at + L.G_USED) // _Q]:
-                n = self.words[(at + L.G_NAME_LEN) // _Q]
+            if words[(at + L.G_USED) // _Q]:
+                n = words[(at + L.G_NAME_LEN) // _Q]
                 if 0 < n <= 255:
-                    found[bytes(self.mm[at + L.G_NAME:at + L.G_NAME + n]).decode("ascii", "replace")] = slot
+                    found[bytes(mm[at + L.G_NAME:at + L.G_NAME + n]).decode("ascii", "replace")] = slot
         return found
 
-    def init_group(self, slot: int, name: str, cursor: int) -> None:
-        """Fill a free group slot (broker only, under the broker's own bookkeeping)."""
+    def group_word(self, slot: int, field: int) -> int:
+        return self.words[(L.group_slot_at(slot) + field) // _Q]
+
+    def init_group(self, slot: int, name: str, cursor: int) -> int:
+        """Make ``slot`` the group ``name`` starting at ``cursor`` (broker only); returns its generation.
+
+        A slot below H_GROUP_HIGH was used before: its mutex is initialised and a
+        reader of the group that had it may still lock it, so it is rewritten under
+        that mutex and never re-initialised (G_GEN already moved when it was freed).
+        A slot at the high mark gets storage first (no SIGBUS on a full disk), then
+        a fresh mutex; the mark moves only once the slot is whole.
+        """
         at = L.group_slot_at(slot)
-        self.mm[at:at + L.GROUP_SLOT] = bytes(L.GROUP_SLOT)
-        sync.mutex_init(self.base + at + L.G_MUTEX)
-        raw = name.encode()
-        self.mm[at + L.G_NAME:at + L.G_NAME + len(raw)] = raw
         w = self.words
-        w[(at + L.G_NAME_LEN) // _Q] = len(raw)
-        w[(at + L.G_CURSOR) // _Q] = cursor
-        w[(at + L.G_HINT_OFFSET) // _Q] = 2**64 - 1
-        w[(at + L.G_USED) // _Q] = 1  # last: readers scan for used slots
+        high = self.group_high()
+        fresh = slot >= high
+        if fresh:
+            if slot != high:
+                raise ValueError(f"group slot {slot} skips the high mark {high}")
+            self._reserve(at // L.PAGE * L.PAGE)
+            self.mm[at:at + L.GROUP_SLOT] = bytes(L.GROUP_SLOT)
+            sync.mutex_init(self.base + at + L.G_MUTEX)
+        else:
+            self.lock_group(slot)
+        try:
+            w[(at + L.G_USED) // _Q] = 0
+            raw = name.encode()
+            self.mm[at + L.G_NAME:at + L.G_NAME + len(raw)] = raw
+            w[(at + L.G_NAME_LEN) // _Q] = len(raw)
+            w[(at + L.G_HINT_OFFSET) // _Q] = 2**64 - 1
+            w[(at + L.G_CURSOR) // _Q] = cursor
+            w[(at + L.G_READS) // _Q] = 0
+            w[(at + L.G_SKIPPED) // _Q] = 0
+            w[(at + L.G_USED) // _Q] = 1  # last: scans take used slots only
+            if fresh:
+                w[L.H_GROUP_HIGH // _Q] = slot + 1
+        finally:
+            if not fresh:
+                sync.unlock(self.base + at + L.G_MUTEX)
         w[L.H_GROUPS // _Q] += 1
+        return w[(at + L.G_GEN) // _Q]
+
+    def free_group(self, slot: int) -> None:
+        """Delete the group in ``slot`` (broker only): under its mutex, so no read is half-way
+        through it, the slot goes out of use and its generation moves on."""
+        at = L.group_slot_at(slot)
+        w = self.words
+        self.lock_group(slot)
+        try:
+            w[(at + L.G_GEN) // _Q] += 1   # first: see the module's invariants
+            w[(at + L.G_HINT_OFFSET) // _Q] = 2**64 - 1
+            w[(at + L.G_USED) // _Q] = 0
+        finally:
+            sync.unlock(self.base + at + L.G_MUTEX)
+        w[L.H_GROUPS // _Q] = max(0, w[L.H_GROUPS // _Q] - 1)
+
+    def lock_group(self, slot: int, timeout: float = 2.0) -> None:
+        """Take a group's mutex for the broker, which must not hang on a stopped reader."""
+        address = self.base + L.group_slot_at(slot) + L.G_MUTEX
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = sync.trylock(address)
+            if rc == 0:
+                return
+            if rc != errno.EBUSY:
+                sync.lock_contended(address, rc)   # a dead holder: the slot is rewritten anyway
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"group slot {slot} of {self.name} stayed locked")
+            time.sleep(0.001)
+
+    def _reserve(self, at: int) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.posix_fallocate(fd, at, L.PAGE)
+        finally:
+            os.close(fd)
 
     def flush(self, upto: int | None = None) -> None:
-        """msync the header and group pages (and chain slots up to ``upto``)."""
+        """msync the header, the group slots in use (and chain slots up to ``upto``)."""
         length = L.CHAIN_AT if upto is None else L.chain_slot_at(upto)
         self.mm.flush(0, (length + L.PAGE - 1) // L.PAGE * L.PAGE)
+        groups_end = L.group_slot_at(self.group_high())
+        if groups_end > L.GROUPS_AT:
+            self.mm.flush(L.GROUPS_AT, (groups_end - L.GROUPS_AT + L.PAGE - 1) // L.PAGE * L.PAGE)
 
     def close(self) -> None:
         try:

@@ -31,7 +31,7 @@ from ..errors import (BrokerAlreadyRunning, BrokerUnavailable, ClientClosed, Inv
                      ShmwalError)
 from ..options import StrictlyAtOnce, SyncEach, consistency_from_wire, fsync_from_wire
 from ..timeouts import check_timeout, seconds_or_inf
-from .read import GroupReader
+from .read import GroupGone, GroupReader
 from .append import Appender
 from .link import Link
 from .reserve import Slot, check_nbytes
@@ -99,7 +99,7 @@ class Client:
         self._reset_handles()
         _CLIENTS.add(self)
         self._io_uring = _make_fetcher(io)
-        self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring)
+        self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring, self._reader_again)
         if not _lazy:
             self._connect(self._timeout)
 
@@ -253,7 +253,10 @@ class Client:
         if not self._alive:
             self._revive()
         reader = self._reader(topic, group, create=True)
-        reader.seek(max(0, offset))
+        try:
+            reader.seek(max(0, offset))
+        except GroupGone:
+            self._reader_again(reader).seek(max(0, offset))
 
     def position(self, topic, *, group="default") -> int:
         """The offset the group reads next (a group that does not exist: where it would
@@ -262,18 +265,55 @@ class Client:
             self._revive()
         names.check_name(topic)
         names.check_name(group, "group")
+        reader = self._readers.get((topic, group))
+        if reader is not None:
+            try:
+                return reader.position()
+            except GroupGone:
+                self._forget_reader(reader)
+        handle = self._topic(topic, create=False)
+        if handle is None:
+            return 0
+        reader = self._reader(topic, group, create=False, make_group=False)
+        if reader is None:
+            return handle[0].get(L.H_FIRST_OFFSET)  # a new group starts at the oldest kept entry
         try:
-            reader = self._readers[topic, group]
-        except KeyError:
-            handle = self._topic(topic, create=False)
-            if handle is None:
-                return 0
-            meta = handle[0]
-            slot = meta.group_names().get(group)
-            if slot is None:
-                return meta.get(L.H_FIRST_OFFSET)  # a new group starts at the oldest kept entry
-            reader = self._reader(topic, group, create=True)
-        return reader.position()
+            return reader.position()
+        except GroupGone:   # deleted this instant: it does not exist
+            self._forget_reader(reader)
+            return handle[0].get(L.H_FIRST_OFFSET)
+
+    # ================================================================== groups
+    def create_group(self, topic, group, *, start="earliest") -> bool:
+        """Make ``group`` of ``topic`` (API.md "Groups and retention"); True if it is new.
+
+        ``start``: "earliest" (the oldest entry still kept), "latest" (the next
+        entry to be written) or an offset (clamped to those two).  A group that
+        exists already is left as it is.
+        """
+        names.check_name(topic)
+        names.check_name(group, "group")
+        start = check_start(start)
+        answer = self._rpc("open_group", topic=topic, group=group, create=True, start=start)
+        return bool(answer["created"])
+
+    def groups(self, topic) -> list[str]:
+        """The topic's groups, sorted (none for a topic that does not exist)."""
+        names.check_name(topic)
+        return self._rpc("groups", topic=topic)
+
+    def delete_group(self, topic, group) -> bool:
+        """Delete ``group``: its cursor goes and it holds no entry back; True if it existed.
+
+        A later read or seek naming the group creates it anew (at the oldest kept entry).
+        """
+        names.check_name(topic)
+        names.check_name(group, "group")
+        deleted = self._rpc("delete_group", topic=topic, group=group)
+        reader = self._readers.get((topic, group))
+        if reader is not None:
+            self._forget_reader(reader)
+        return bool(deleted)
 
     # ================================================================== introspection
     def topics(self) -> list[str]:
@@ -353,7 +393,7 @@ class Client:
         self._appenders[topic] = appender
         return appender
 
-    def _reader(self, topic, group, create: bool):
+    def _reader(self, topic, group, create: bool, make_group: bool = True):
         names.check_name(topic)
         names.check_name(group, "group")
         reader = self._readers.get((topic, group))
@@ -363,12 +403,23 @@ class Client:
         if handle is None:
             return None
         meta, sem = handle
-        slot = meta.group_names().get(group)
-        if slot is None:
-            slot = self._rpc("open_group", topic=topic, group=group)["slot"]
-        reader = GroupReader(self._link, topic, group, meta, self._files, sem, slot)
+        # The broker knows every group by name (a dict); its answer is cached with the
+        # reader.  ``make_group`` False: only a group that exists (position()).
+        answer = self._rpc("open_group", topic=topic, group=group, create=make_group)
+        if answer is None:
+            return None
+        reader = GroupReader(self._link, topic, group, meta, self._files, sem, answer["slot"], answer["gen"])
         self._readers[topic, group] = reader
         return reader
+
+    def _forget_reader(self, reader) -> None:
+        if self._readers.get((reader.topic, reader.group)) is reader:
+            del self._readers[reader.topic, reader.group]
+
+    def _reader_again(self, reader) -> GroupReader:
+        """A fresh reader for a group deleted under ``reader`` (the read names it: it is made again)."""
+        self._forget_reader(reader)
+        return self._reader(reader.topic, reader.group, create=True)
 
     # ================================================================== control connection
     def _rpc(self, op: str, **args):
@@ -495,6 +546,19 @@ class Client:
         self._rpc_lock = threading.RLock()
         self._alive = False
         self._next_attempt = 0.0
+
+
+def check_start(start):
+    """create_group's ``start``: "earliest", "latest" or an offset >= 0."""
+    if isinstance(start, str):
+        if start not in ("earliest", "latest"):
+            raise ValueError(f'start must be "earliest", "latest" or an offset, not {start!r}')
+        return start
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise TypeError(f'start must be "earliest", "latest" or an int offset, not {type(start).__name__}')
+    if start < 0:
+        raise ValueError(f"start offset must be >= 0, got {start}")
+    return start
 
 
 def _make_fetcher(io: str):

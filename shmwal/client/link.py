@@ -15,12 +15,13 @@ import threading
 
 
 class Link:
-    __slots__ = ("_rpc", "_check_alive", "_reader", "fetcher", "sync_each", "strict_sync")
+    __slots__ = ("_rpc", "_check_alive", "_reader", "_reader_again", "fetcher", "sync_each", "strict_sync")
 
-    def __init__(self, rpc, check_alive, reader, fetcher):
+    def __init__(self, rpc, check_alive, reader, fetcher, reader_again):
         self._rpc = rpc                  # fn(op, **args) -> reply: one control request
         self._check_alive = check_alive  # fn(): raises BrokerUnavailable if no broker answers
         self._reader = reader            # fn(topic, group, create) -> GroupReader
+        self._reader_again = reader_again   # fn(GroupReader) -> GroupReader, for a deleted group
         self.fetcher = fetcher           # uring.fetch.UringFetcher, or None: batch reads map
         self.sync_each = False           # SyncEach: every append fsyncs before it returns
         self.strict_sync = False         # SyncEach and StrictlyAtOnce: every checkpoint too
@@ -36,3 +37,7 @@ class Link:
     def fresh_reader(self, topic: str, group: str):
         """The group's reader with the handles of the broker that runs now."""
         return self._reader(topic, group, create=True)
+
+    def reader_again(self, reader):
+        """A fresh reader for a group deleted under ``reader`` (the read names it: it is made anew)."""
+        return self._reader_again(reader)

@@ -8,6 +8,16 @@ with ``checkpoint=True`` the cursor has moved before the read returns
 (StrictlyAtOnce: a reader killed after that point is never given the entry
 again; killed before it, the cursor never moved and the next reader gets it).
 
+A group's slot is given by the broker with its generation (layout.G_GEN):
+every read checks the generation right after taking the group mutex, and a
+mismatch (the group was deleted, its slot maybe reused) raises GroupGone,
+upon which the client asks the broker for the group again (a read that names
+a group creates it).
+
+When Retention.max_bytes dropped entries this group had not read, the cursor
+is below the oldest kept entry: the next checkpointed read moves it up and
+adds what lay between to the group's G_SKIPPED, under the mutex (stats).
+
 The group slot also keeps a hint (block and record position of the entry at
 the cursor) so that a read is O(1) instead of a walk; it is trusted only when
 ``G_HINT_OFFSET`` equals the cursor.
@@ -39,6 +49,7 @@ _W_NEXT = L.H_NEXT_OFFSET // 8
 _W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
 _W_FIRST_BLOCK = L.H_FIRST_BLOCK // 8
 _W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
+_W_FORCED = L.H_FORCED_OFFSET // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
 NO_HINT = 2**64 - 1
 _ALIGN_MASK = L.ALIGN - 1
@@ -60,6 +71,16 @@ WAIT_SLICE = 0.25   # a sleeping reader looks at the broker's liveness this ofte
 SPIN = 400          # publish-word loads before sleeping (~15 µs)
 
 
+class GroupGone(Exception):
+    """The group this reader was made for was deleted (internal: the client asks again)."""
+
+
+def lost_below(words, cursor: int) -> int:
+    """Entries below the oldest kept one that a group at ``cursor`` never read and
+    never will: those Retention.max_bytes dropped (layout.H_FORCED_OFFSET)."""
+    return max(0, min(words[_W_FIRST_OFFSET], words[_W_FORCED]) - cursor)
+
+
 def _unpin(mapping, word: int) -> None:
     if not mapping.closed:
         sync.atomic_add(word, -1)
@@ -68,7 +89,7 @@ def _unpin(mapping, word: int) -> None:
 class GroupReader:
     """Reads one topic for one group from this process."""
 
-    def __init__(self, link, topic: str, group: str, meta, files, sem, slot: int):
+    def __init__(self, link, topic: str, group: str, meta, files, sem, slot: int, gen: int = 0):
         self.link = link
         self.topic = topic
         self.group = group
@@ -88,6 +109,10 @@ class GroupReader:
         self.w_hint_chain = (at + L.G_HINT_CHAIN) // 8
         self.w_hint_pos = (at + L.G_HINT_POS) // 8
         self.w_reads = (at + L.G_READS) // 8
+        self.w_gen = (at + L.G_GEN) // 8
+        self.w_skipped = (at + L.G_SKIPPED) // 8
+        self.gen = gen
+        self.lost = 0           # entries the cursor jumps over in the take under way (see _take)
         self.at_cursor = at + L.G_CURSOR
         self._strict_sync = link.strict_sync   # handles are rebuilt when the broker changes
         self._mm = meta.mm
@@ -107,7 +132,7 @@ class GroupReader:
         self._hot_block = -1
         self.hot_next = self._no_hot
         if native is not None:
-            self._hot = native.Reader(meta.mm, slot, topic, sem.name)
+            self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
             if not self._strict_sync:
                 self.hot_next = self._hot.next
 
@@ -118,6 +143,18 @@ class GroupReader:
     # ------------------------------------------------------------------ public
     def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False,
              seen_next: int | None = None, payloads: bool = False) -> list:
+        """Take entries as batch_read does, waiting up to ``timeout`` for the first.
+
+        See ``_read``; a group deleted under this reader is asked for again.
+        """
+        try:
+            return self._read(max_entries, max_bytes, checkpoint, timeout, zero_copy, seen_next, payloads)
+        except GroupGone:
+            fresh = self.link.reader_again(self)
+            return fresh.read(max_entries, max_bytes, checkpoint, timeout, zero_copy, payloads=payloads)
+
+    def _read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False,
+              seen_next: int | None = None, payloads: bool = False) -> list:
         """Take entries as batch_read does, waiting up to ``timeout`` for the first.
 
         ``seen_next``: the caller has just looked and found nothing below this
@@ -194,8 +231,12 @@ class GroupReader:
             if found is not None:
                 return found
             entries, seen_next = self._take(1, L.MAX_ENTRY, checkpoint, died)
+        except GroupGone:
+            entries = None
         finally:
             _unlock(mutex)
+        if entries is None:
+            return self.link.reader_again(self).read_one(checkpoint, timeout)
         if entries:
             return entries[0]
         if timeout == 0:
@@ -230,8 +271,9 @@ class GroupReader:
         words = self.words
         mm = self._mm
         cursor, hint_offset, block, pos = _group_unpack(mm, self.at_cursor)
-        if cursor != hint_offset or cursor >= words[_W_NEXT]:
-            return None
+        if cursor != hint_offset or cursor >= words[_W_NEXT] or cursor < words[_W_FIRST_OFFSET] \
+                or words[self.w_gen] != self.gen:
+            return None   # _take knows what to do
         if block != self._fast_block:
             found = self._blocks.get(block)
             if found is None:
@@ -267,16 +309,25 @@ class GroupReader:
         sync.lock(self.mutex)   # a dead holder's hint is voided below anyway
         try:
             words = self.words
+            if words[self.w_gen] != self.gen:
+                raise GroupGone
+            lost = lost_below(words, words[self.w_cursor])
             offset = max(offset, words[_W_FIRST_OFFSET])
             offset = min(offset, words[_W_NEXT])  # past the end: wait at the end
             words[self.w_hint_offset] = NO_HINT
+            if lost:
+                words[self.w_skipped] += lost   # lost before the seek: still lost (stats)
             words[self.w_cursor] = offset
         finally:
             sync.unlock(self.mutex)
         self._flush_if_strict()
 
     def position(self) -> int:
-        return max(self.words[self.w_cursor], self.words[_W_FIRST_OFFSET])
+        words = self.words
+        position = max(words[self.w_cursor], words[_W_FIRST_OFFSET])
+        if words[self.w_gen] != self.gen:
+            raise GroupGone
+        return position
 
     # ------------------------------------------------------------------ under the group mutex
     def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool,
@@ -295,11 +346,15 @@ class GroupReader:
         """
         words = self.words
         if resume is None:
+            if words[self.w_gen] != self.gen:
+                raise GroupGone
             cursor = words[self.w_cursor]
             next_offset = words[_W_NEXT]   # loaded before the chain: see append.py's publish order
             first_offset = words[_W_FIRST_OFFSET]
             hinted = not died and words[self.w_hint_offset] == cursor
+            self.lost = 0
             if cursor < first_offset:
+                self.lost = lost_below(words, cursor)
                 cursor, hinted = first_offset, False
             self.took_from = cursor
             if cursor >= next_offset:
@@ -398,15 +453,17 @@ class GroupReader:
         finally:
             self._pin = None   # the entries' views hold their pins; the reader holds none
             self.took_bytes = total
+            lost, self.lost = self.lost, 0   # counted by the take that moves the cursor past it
             if checkpoint and out:
-                self._commit(c, hint_block, hint_pos, len(out))
+                self._commit(c, hint_block, hint_pos, len(out), lost)
 
-    def _commit(self, cursor: int, hint_block: int, hint_pos: int, taken: int) -> None:
+    def _commit(self, cursor: int, hint_block: int, hint_pos: int, taken: int, lost: int = 0) -> None:
         """Move the cursor to ``cursor`` after ``taken`` entries, with the hint if one is known.
 
         Under the group mutex.  The hint is voided first and its offset stored
         last, so a reader killed in between leaves a hint that is ignored.  An
         unknown position (-1) is never stored: the next take finds the block.
+        ``lost``: entries below the oldest kept one the cursor steps over (G_SKIPPED).
         """
         words = self.words
         words[self.w_hint_offset] = NO_HINT
@@ -414,6 +471,8 @@ class GroupReader:
             words[self.w_hint_chain] = hint_block
             words[self.w_hint_pos] = hint_pos
             words[self.w_hint_offset] = cursor
+        if lost:
+            words[self.w_skipped] += lost
         words[self.w_cursor] = cursor
         words[self.w_reads] += taken
         if self._strict_sync:
@@ -436,7 +495,8 @@ class GroupReader:
         words = self.words
         cursor = words[self.w_cursor]
         next_offset = words[_W_NEXT]
-        if cursor >= next_offset or cursor < words[_W_FIRST_OFFSET] or words[self.w_hint_offset] != cursor:
+        if cursor >= next_offset or cursor < words[_W_FIRST_OFFSET] or words[self.w_hint_offset] != cursor \
+                or words[self.w_gen] != self.gen:
             return None
         self.took_from = cursor
         published = words[_W_PUBLISHED]

@@ -62,7 +62,7 @@ class Syncer:
         for state in self.registry.states():
             meta = state.meta
             next_offset = meta.get(L.H_NEXT_OFFSET)
-            cursors = sum(meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in meta.group_names().values())
+            cursors = sum(meta.group_word(slot, L.G_CURSOR) for slot in list(state.groups.values()))
             if not force and next_offset == state.synced_next and cursors == state.synced_cursors:
                 continue
             published = meta.get(L.H_PUBLISHED_BLOCKS)

@@ -126,7 +126,7 @@ class Reclaimer:
         meta = state.meta
         if meta.name in self.parked:
             self._unpark(state)
-        cursors = [meta.get(L.group_slot_at(s) + L.G_CURSOR) for s in meta.group_names().values()]
+        cursors = [meta.group_word(slot, L.G_CURSOR) for slot in state.groups.values()]
         first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
         k = reclaimable(meta.chain, first, published, cursors)
         if k == first:

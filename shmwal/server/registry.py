@@ -9,6 +9,7 @@ changes the registry; the fsync thread reads a snapshot (``states``).
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import threading
@@ -29,10 +30,16 @@ class TopicState:
     """What the broker tracks of one topic beyond its meta file."""
 
     __slots__ = ("meta", "sem", "sem_name", "synced_next", "synced_cursors", "synced_block", "seen_tail",
-                 "busy", "moved_at")
+                 "busy", "moved_at", "groups", "free_slots")
 
     def __init__(self, meta: TopicMeta, sem_name: str):
         self.meta = meta
+        # The group table's index: name -> slot (the meta file has the slots, scanned once
+        # here), and the free slots below the high mark as a heap, lowest first (pages stay
+        # dense).  The fsync thread reads ``groups`` through list(): a copy under the GIL.
+        self.groups: dict[str, int] = meta.group_names()
+        used = set(self.groups.values())
+        self.free_slots = [slot for slot in range(meta.group_high()) if slot not in used]
         self.sem_name = sem_name
         self.sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREAT, mode=0o600, initial_value=0)
         self.synced_next = -1      # server/fsync.py: what the last pass made durable
@@ -96,26 +103,63 @@ class Registry:
         self.write_run_file()
         return state
 
-    def open_group(self, topic, group, **_):
+    def open_group(self, topic, group, create=True, start="earliest", **_):
+        """The group's slot and generation: {"slot", "gen", "created"}; None if it does not
+        exist and ``create`` is false (then nothing is made, not even the topic)."""
         names.check_name(topic)
         names.check_name(group, "group")
-        state = self.topics.get(topic) or self._create_topic(topic)
+        if not (start in ("earliest", "latest") or (type(start) is int and start >= 0)):
+            raise ValueError(f"bad start {start!r}")
+        state = self.topics.get(topic)
+        if state is None:
+            if not create:
+                return None
+            state = self._create_topic(topic)
         meta = state.meta
-        existing = meta.group_names()
-        if group in existing:
-            return {"slot": existing[group]}
-        used = set(existing.values())
-        for slot in range(L.GROUP_SLOTS):
-            if slot not in used:
-                meta.init_group(slot, group, meta.get(L.H_FIRST_OFFSET))
-                return {"slot": slot}
-        raise ShmwalError(f"topic {topic} has no room for more than {L.GROUP_SLOTS} groups")
+        slot = state.groups.get(group)
+        if slot is not None:
+            return {"slot": slot, "gen": meta.group_word(slot, L.G_GEN), "created": False}
+        if not create:
+            return None
+        if state.free_slots:
+            slot = state.free_slots[0]
+        elif meta.group_high() < L.GROUP_SLOTS:
+            slot = meta.group_high()
+        else:
+            raise ShmwalError(f"topic {topic} has no room for more than {L.GROUP_SLOTS} groups")
+        first, end = meta.get(L.H_FIRST_OFFSET), meta.get(L.H_NEXT_OFFSET)
+        cursor = first if start == "earliest" else end if start == "latest" else min(max(start, first), end)
+        gen = meta.init_group(slot, group, cursor)
+        if state.free_slots and state.free_slots[0] == slot:
+            heapq.heappop(state.free_slots)
+        state.groups[group] = slot
+        return {"slot": slot, "gen": gen, "created": True}
+
+    def group_names(self, topic, **_):
+        """The topic's groups, sorted (op ``groups``)."""
+        names.check_name(topic)
+        state = self.topics.get(topic)
+        return sorted(state.groups) if state is not None else []
+
+    def delete_group(self, topic, group, **_):
+        """Delete a group; True if it existed.  Its slot is reused (layout.G_GEN)."""
+        names.check_name(topic)
+        names.check_name(group, "group")
+        state = self.topics.get(topic)
+        if state is None or group not in state.groups:
+            return False
+        slot = state.groups[group]
+        state.meta.free_group(slot)
+        del state.groups[group]
+        heapq.heappush(state.free_slots, slot)
+        state.busy = True   # what it held back may go at the next tick
+        return True
 
     def visible_topics(self, **_):
         return sorted(name for name, t in self.topics.items() if t.meta.get(L.H_VISIBLE))
 
     def topic_stats(self) -> dict:
-        return {name: topic_stats(t.meta) for name, t in sorted(self.topics.items()) if t.meta.get(L.H_VISIBLE)}
+        return {name: topic_stats(t.meta, dict(t.groups)) for name, t in sorted(self.topics.items()) if t.meta.get(L.H_VISIBLE)}
 
     # ------------------------------------------------------------------ stop
     def close(self) -> None:

@@ -23,6 +23,7 @@ import posix_ipc
 from ..blocks import layout as L
 from ..blocks.allocator import BlockAllocator
 from ..blocks.files import BlockFiles
+from ..blocks import migrate
 from ..blocks.meta import TopicMeta, boot_hash
 from ..errors import BrokerAlreadyRunning, ShmwalError
 from ..ipc import names
@@ -98,6 +99,14 @@ def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFi
         except FileNotFoundError:
             pass
         path = os.path.join(tdir, "meta")
+        try:
+            os.unlink(path + migrate.UPGRADE_SUFFIX)   # an upgrade cut short: the old file is whole
+        except FileNotFoundError:
+            pass
+        if migrate.needs_upgrade(path):
+            # Failing here fails the start (e.g. ENOSPC): skipping the topic would
+            # leave its block files unreferenced, and those are deleted below.
+            migrate.upgrade_v2(path)
         try:
             meta = TopicMeta(path, name)
         except (OSError, ValueError) as exc:

@@ -48,14 +48,20 @@ def disk_bytes(meta: TopicMeta) -> int:
     return total
 
 
-def topic_stats(meta: TopicMeta) -> dict:
+def topic_stats(meta: TopicMeta, group_slots: dict[str, int] | None = None) -> dict:
+    """A topic's stats; ``group_slots`` (name -> slot) is the broker's index, else the table is scanned."""
     first_block, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
     next_offset, first_offset = meta.get(L.H_NEXT_OFFSET), meta.get(L.H_FIRST_OFFSET)
+    forced = meta.get(L.H_FORCED_OFFSET)
     files = {meta.chain(i)[0] for i in range(first_block, published)}
     groups = {}
-    for group, slot in sorted(meta.group_names().items()):
-        position = max(meta.get(L.group_slot_at(slot) + L.G_CURSOR), first_offset)
-        groups[group] = {"position": position, "lag": max(0, next_offset - position)}
+    for group, slot in sorted((meta.group_names() if group_slots is None else group_slots).items()):
+        cursor = meta.group_word(slot, L.G_CURSOR)
+        position = max(cursor, first_offset)
+        # skipped: what the group's reads already stepped over, and what max_bytes dropped
+        # below its cursor since (its next read steps over that: client/read.py)
+        skipped = meta.group_word(slot, L.G_SKIPPED) + max(0, min(first_offset, forced) - cursor)
+        groups[group] = {"position": position, "lag": max(0, next_offset - position), "skipped": skipped}
     return {
         "entries": next_offset - first_offset,
         # A meta file rebuilt from blocks starts its byte count afresh: never below 0.
