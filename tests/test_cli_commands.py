@@ -353,3 +353,20 @@ def test_demo_and_bench_refuse_bad_options_in_one_line_too(args, says):
     result = shmwal_cli(*args)
     assert result.returncode == 2
     assert says in one_line(result.stderr)
+
+
+def test_tail_from_an_offset_retention_deleted_says_so_and_goes_on_from_the_oldest(broker, client):
+    # 20 MiB read by a group: beyond what retention keeps of consumed data (16 MiB by default),
+    # so the oldest blocks are deleted and offset 0 is gone.
+    payload = b"x" * (256 * 1024)
+    for _ in range(80):
+        client.append("t", payload)
+    while client.batch_read("t", 1 << 24, group="g"):
+        pass
+    assert wait_until(lambda: client.stats()["topics"]["t"]["first_offset"] > 0, 30)
+    result = shmwal_cli("tail", "t", "--from", "0", "--format", "hex", "-n", "1", *ns(broker))
+    assert result.returncode == 0
+    first = int(result.stdout.split()[0])      # reclamation may go on meanwhile: ask the output
+    assert 0 < first < 80
+    assert one_line(result.stderr) == f"shmwal tail: {first} entries from offset 0 on were deleted by " \
+                                      f"retention before they were read; going on at {first}\n"
