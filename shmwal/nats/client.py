@@ -778,6 +778,41 @@ class NatsClient:
             return None
         return base64.b64decode(answer["message"].get("data") or b"")
 
+    def leaders(self, topic, group=None) -> dict:
+        """Which nodes lead the topic's stream and the group's consumer (``{"stream": name,
+        "group": name}``): the node to kill to test a failover where it hurts."""
+        t = self._topic(topic)
+        return self._call(self._leaders(t, group))
+
+    async def _leaders(self, t: _Topic, group) -> dict:
+        deadline = self._deadline()
+        out = {"stream": ((await self._stream_info(t, deadline)) or {}).get("cluster", {}).get("leader")}
+        if group is not None:
+            info = await self._api(f"CONSUMER.INFO.{t.stream}.{names.durable_name(group)}", None, deadline)
+            out["group"] = info.get("cluster", {}).get("leader")
+        return out
+
+    def last_msg_id(self, topic) -> str | None:
+        """The ``Nats-Msg-Id`` of the topic's last entry (None: no entry, or it had none).
+        The bridge resumes from it."""
+        t = self._topic(topic)
+        return self._call(self._last_msg_id(t))
+
+    async def _last_msg_id(self, t: _Topic):
+        deadline = self._deadline()
+        if await self._stream_info(t, deadline) is None:
+            return None
+        try:
+            answer = await self._api(f"STREAM.MSG.GET.{t.stream}", {"last_by_subj": t.subject}, deadline)
+        except _ApiError:
+            return None
+        raw = base64.b64decode(answer["message"].get("hdrs") or b"").decode("utf-8", "replace")
+        for line in raw.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "nats-msg-id":
+                return value.strip()
+        return None
+
     def seek(self, topic, offset, *, group="default") -> None:
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")

@@ -1,0 +1,212 @@
+"""What only the nats:// backend has to show: failover of a node under load, the bridge
+surviving SIGKILL, deduplicated retries, and the typed errors for what cannot hold
+remotely. The behaviours both backends share are in test_backends.py."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import shmwal
+from conftest import nats_missing, wait_until
+
+pytestmark = pytest.mark.skipif(nats_missing() is not None, reason=nats_missing() or "")
+
+
+@pytest.fixture
+def key():
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def remote(nats_cluster, key):
+    c = shmwal.connect(nats_cluster.url, key=key)
+    yield c
+    c.close()
+
+
+def everything(client, topic, group):
+    """Every entry of ``topic`` from ``group``'s cursor on."""
+    out = []
+    while True:
+        batch = client.batch_read(topic, 1 << 20, group=group, timeout=0)
+        if not batch:
+            return out
+        out += batch
+
+
+# ============================================================================ what cannot hold
+
+@pytest.mark.timeout(60)
+def test_what_cannot_hold_remotely_raises_unsupported(remote, nats_cluster):
+    remote.append("t", b"x")
+    for call in (lambda: remote.read_next("t", zero_copy=True),
+                 lambda: remote.batch_read("t", 100, zero_copy=True),
+                 lambda: remote.reserve("t", 10)):
+        with pytest.raises(shmwal.Unsupported) as info:
+            call()
+        assert isinstance(info.value, NotImplementedError)
+    with pytest.raises(shmwal.Unsupported):
+        shmwal.connect(nats_cluster.url, io="uring")
+    assert remote.read_next("t").offset == 0   # nothing moved
+
+
+@pytest.mark.timeout(60)
+def test_entries_over_the_servers_max_payload_raise_entry_too_large_and_write_nothing(remote):
+    remote.append("t", b"first")
+    limit = remote._max_payload - 512
+    with pytest.raises(shmwal.EntryTooLarge):
+        remote.append("t", b"x" * (limit + 1))
+    with pytest.raises(shmwal.EntryTooLarge):
+        remote.batch_append("t", [b"small", b"x" * (limit + 1)])
+    assert remote.append("t", b"x" * limit) == 1
+    assert [len(e.data) for e in everything(remote, "t", "g")] == [5, limit]
+
+
+# ============================================================================ dedup
+
+@pytest.mark.timeout(60)
+def test_a_retried_append_or_batch_with_the_same_ids_writes_nothing_twice(remote):
+    assert remote.append("t", b"a", msg_id="once") == 0
+    assert remote.append("t", b"a", msg_id="once") == 0
+    ids = ["b1", "b2", "b3"]
+    assert remote.batch_append("t", [b"b1", b"b2", b"b3"], msg_ids=ids) == range(1, 4)
+    assert remote.batch_append("t", [b"b1", b"b2", b"b3"], msg_ids=ids) == range(1, 4)
+    # A retry of a batch of which only a prefix was stored stores the rest behind it.
+    assert remote.batch_append("t", [b"c1"], msg_ids=["c1"]) == range(4, 5)
+    assert remote.batch_append("t", [b"c1", b"c2", b"c3"], msg_ids=["c1", "c2", "c3"]) == range(4, 7)
+    assert [e.data for e in everything(remote, "t", "g")] == [b"a", b"b1", b"b2", b"b3", b"c1", b"c2", b"c3"]
+    assert remote.stats()["topics"]["t"]["entries"] == 7
+
+
+# ============================================================================ a node dies under load
+
+def _produce(url, key, topic, count, acknowledged, errors, stop):
+    """Appends payloads 0..count-1, each retried with its own msg_id until it is acknowledged."""
+    with shmwal.connect(url, key=key, timeout=15) as client:
+        for seq in range(count):
+            while not stop.is_set():
+                try:
+                    offset = client.append(topic, b"%08d" % seq, msg_id=f"p{seq}")
+                    acknowledged[seq] = offset
+                    break
+                except shmwal.BrokerUnavailable as exc:
+                    errors.append(exc)
+
+
+def _consume(url, key, topic, group, got, errors, stop):
+    with shmwal.connect(url, key=key, timeout=15) as client:
+        while not stop.is_set():
+            try:
+                got += [(e.offset, e.data) for e in client.batch_read(topic, 2000, group=group, timeout=0.2)]
+            except shmwal.BrokerUnavailable as exc:
+                errors.append(exc)
+
+
+@pytest.mark.timeout(110)
+def test_killing_the_group_leader_under_load_loses_no_acknowledged_entry_and_duplicates_none():
+    from shmwal.nats.cluster import Cluster
+    count = 600
+    with Cluster(3) as cluster:
+        key, topic, group = "failover", "t", "g"
+        with shmwal.connect(cluster.url, key=key, timeout=15) as setup:
+            setup.append(topic, b"start", msg_id="start")
+            setup.create_group(topic, group)
+            leader = setup.leaders(topic, group)["group"]
+        acknowledged, got = {}, [[], []]
+        errors: list = []
+        stop = threading.Event()
+        producer = threading.Thread(target=_produce, args=(cluster.url, key, topic, count, acknowledged, errors, stop))
+        consumers = [threading.Thread(target=_consume, args=(cluster.url, key, topic, group, got[i], errors, stop))
+                     for i in range(2)]
+        for t in [producer, *consumers]:
+            t.start()
+        try:
+            assert wait_until(lambda: len(acknowledged) >= count // 3, 60)
+            cluster.kill(int(leader[1:]))             # nodes are named n0, n1, n2
+            producer.join(90)
+            assert not producer.is_alive()
+            assert len(acknowledged) == count
+            wanted = count + 1                        # and the "start" entry
+            assert wait_until(lambda: len(got[0]) + len(got[1]) >= wanted, 60)
+            time.sleep(0.5)                           # a duplicate would come now, or never
+        finally:
+            stop.set()
+            for t in [producer, *consumers]:
+                t.join(30)
+        offsets = sorted(o for o, _ in got[0] + got[1])
+        assert offsets == list(range(count + 1))      # every entry once: none lost, none twice
+        payloads = {o: d for o, d in got[0] + got[1]}
+        for seq, offset in acknowledged.items():
+            assert payloads[offset] == b"%08d" % seq  # every acknowledged append is where it said
+        assert len(set(acknowledged.values())) == count
+
+
+# ============================================================================ the bridge
+
+def _bridge(data_dir, key, url, topic, remote_key):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    local_key = [] if key is None else ["--key", key]
+    return subprocess.Popen([sys.executable, "-m", "shmwal", "bridge", "--data-dir", data_dir, *local_key,
+                             "--topic", topic, "--to", url, "--remote-key", remote_key,
+                             "--max-bytes", "2000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+@pytest.mark.timeout(110)
+def test_the_bridge_killed_again_and_again_mirrors_every_entry_once_in_order(broker, nats_cluster, key):
+    local = shmwal.connect(broker.data_dir, key=broker.key)
+    remote = shmwal.connect(nats_cluster.url, key=key)
+    count, topic = 3000, "orders"
+    written = []
+
+    def produce():
+        rng = random.Random(5)
+        seq = 0
+        while seq < count:
+            n = min(rng.choice([1, 1, 3, 17]), count - seq)
+            items = [b"e%06d" % i for i in range(seq, seq + n)]
+            written.extend(local.batch_append(topic, items) if n > 1 else [local.append(topic, items[0])])
+            seq += n
+            time.sleep(0.01)   # spread over seconds: the bridge is killed while entries arrive
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    kills = 0
+    rng = random.Random(11)
+    try:
+        while producer.is_alive() or kills < 6:
+            bridge = _bridge(broker.data_dir, broker.key, nats_cluster.url, topic, key)
+            time.sleep(rng.uniform(0.3, 1.2))
+            bridge.send_signal(signal.SIGKILL)
+            bridge.wait(10)
+            bridge.stderr.close()
+            kills += 1
+            if kills > 40:
+                break
+        producer.join(30)
+        assert written == list(range(count))
+        bridge = _bridge(broker.data_dir, broker.key, nats_cluster.url, topic, key)
+        try:
+            mirrored = wait_until(lambda: remote.stats()["topics"].get(topic, {}).get("entries", 0) >= count, 60)
+            assert mirrored, remote.stats()
+        finally:
+            bridge.send_signal(signal.SIGTERM)
+            assert bridge.wait(20) == 0, bridge.stderr.read().decode()
+            bridge.stderr.close()
+        entries = everything(remote, topic, "check")
+        assert [e.data for e in entries] == [b"e%06d" % i for i in range(count)]
+        assert [e.offset for e in entries] == list(range(count))
+        assert kills >= 6
+    finally:
+        producer.join(30)
+        local.close()
+        remote.close()
