@@ -19,7 +19,7 @@ import sys
 
 from . import common
 
-COMMANDS = ("stat", "tail", "produce", "groups")          # modules of this package
+COMMANDS = ("stat", "tail", "produce", "groups", "bridge")          # modules of this package
 OWN_PARSERS = {                                          # commands that parse their own options
     "demo": ("shmwal.demo", "a multi-process demo with progress and a summary"),
     "bench": ("shmwal.bench.cli", "the benchmark race against the peers (needs: pip install 'shmwal[bench]')"),
