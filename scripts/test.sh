@@ -13,6 +13,16 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet -e ".[test,bench]"
 # The compiled hot path is optional for users (no compiler: pure Python), never for the tests.
 "$venv/bin/python" -c "from shmwal.client.hot import native; assert native, 'shmwal._hot was not built'"
+# The nats:// tests need nats-server (Debian packages 2.9). Installed where we may (root with
+# apt), quietly and within bounded time; where it cannot be, those tests skip and say why.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 180 apt-get install -y -qq nats-server >/dev/null 2>&1 \
+    || { timeout 180 apt-get update -qq >/dev/null 2>&1 \
+         && timeout 180 apt-get install -y -qq nats-server >/dev/null 2>&1; } \
+    || echo "nats-server could not be installed: the nats:// tests will skip" >&2
+fi
 set +e
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
 status=$?
