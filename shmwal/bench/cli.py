@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 from . import plan, report
-from .contenders import all_contenders
+from .contenders import all_contenders, nats_contenders
 from .messages import MIN_SIZE
 from .runner import run_plan
 
@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small counts: the whole race in under a minute")
     p.add_argument("--only", choices=("all", "peers", "shmwal"), default="all",
                    help="race only the peers or only shmwal's rows (default: all)")
+    p.add_argument("--nats", action="store_true",
+                   help="add the NATS JetStream rows: shmwal nats://, plain nats-py with the same acks, "
+                        "and shmwal bridge (a local 3-node cluster per run; pip install 'shmwal[nats]' "
+                        "and apt-get install nats-server)")
     p.add_argument("--contenders", default="", metavar="A,B",
                    help="only contenders whose name contains one of these substrings, or is exactly =NAME")
     p.add_argument("--sizes", type=_sizes, default=list(plan.DEFAULT_SIZES), metavar="100,4KiB,64KiB",
@@ -89,7 +93,7 @@ def _size(text: str) -> int:
 
 def select_contenders(args) -> list:
     """``--contenders``: names containing one of the items, or exactly ``=name``."""
-    chosen = all_contenders(args.consistency, args.read_batch_bytes)
+    chosen = all_contenders(args.consistency, args.read_batch_bytes) + (nats_contenders() if args.nats else [])
     if args.only != "all":
         chosen = [c for c in chosen if (c.family == "peer") == (args.only == "peers")]
     if args.contenders:

@@ -739,3 +739,268 @@ def all_contenders(consistency: str = "strict", read_bytes: int | None = None) -
         ShmwalContender(None, zero_copy=True, reserve=True, batched=True, consistency=consistency,
                         read_bytes=read_bytes),
     ]
+
+
+# ---------------------------------------------------------------- NATS JetStream
+
+NATS_EXTRA = "pip install 'shmwal[nats]' and apt-get install nats-server"
+
+
+def _nats_missing() -> str | None:
+    missing = _missing("nats", NATS_EXTRA)
+    if missing:
+        return missing
+    from ..nats.cluster import server_binary
+    return None if server_binary() else f"nats-server is not installed: {NATS_EXTRA}"
+
+
+class NatsSession(BatonSession):
+    """A fresh 3-node JetStream cluster on 127.0.0.1 per run (replicas 3), and a fresh key."""
+
+    def __init__(self, channel_for):
+        from ..nats.cluster import Cluster
+
+        self.cluster = Cluster(3).start()
+        self.key = f"bench-{uuid.uuid4().hex[:12]}"
+        try:
+            super().__init__(channel_for(self.cluster.url, self.key))
+        except BaseException:
+            self.cluster.stop()
+            raise
+
+    def send_baton(self):
+        import shmwal
+
+        with shmwal.connect(self.cluster.url, key=self.key) as client:
+            client.append(TOPIC, messages.token())
+
+    def close(self):
+        self.cluster.stop()
+
+
+class ShmwalNatsContender(Contender):
+    """``shmwal.connect("nats://...")``: the same sender/receiver as the local shmwal rows."""
+
+    family = "nats"
+    pubsub = True
+
+    def __init__(self, batched=False, consistency="strict", claims=True):
+        self.batched = batched
+        self.consistency = consistency
+        self.claims = claims
+        self.name = (f"shmwal nats {'batch' if batched else 'entry'}"
+                     + ("" if consistency == "strict" else " at-least-once") + ("" if claims else " no-claims"))
+
+    def unavailable(self):
+        return _nats_missing()
+
+    def open(self, spec, ctx, workdir):
+        read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
+        return NatsSession(lambda url, key: ShmwalNatsChannel(url, key, spec.separate_groups, read_bytes,
+                                                              self.consistency, self.claims))
+
+
+class ShmwalNatsChannel(ShmwalChannel):
+    def __init__(self, url, key, separate_groups, max_bytes, consistency, claims=True):
+        super().__init__(url, key, separate_groups, max_bytes, zero_copy=False)
+        self.consistency = consistency
+        self.claims = claims
+
+    def _connect(self):
+        import shmwal
+
+        return shmwal.connect(self.data_dir, key=self.key, timeout=30, claims=self.claims,
+                              consistency=shmwal_consistency(self.consistency))
+
+
+class BridgeContender(Contender):
+    """Producers append locally; ``shmwal bridge`` mirrors the topic into JetStream; consumers
+    read it there (shmwal nats, batched): the bridge's throughput end to end."""
+
+    family = "nats"
+    batched = True
+    name = "shmwal bridge"
+
+    def unavailable(self):
+        return _nats_missing() or _shmwal_missing()
+
+    def unsupported(self, spec):
+        if spec.producers > 1 or spec.separate_groups:
+            return "one bridge, one group"
+        return super().unsupported(spec)
+
+    def open(self, spec, ctx, workdir):
+        return BridgeSession(spec, workdir)
+
+
+class BridgeSession(NatsSession):
+    def __init__(self, spec, workdir):
+        import subprocess
+        import sys
+
+        import shmwal
+
+        self.dir = tempfile.mkdtemp(prefix="shmwal-", dir=workdir)
+        self.broker = shmwal.Broker(self.dir, key="bridge", fsync=shmwal.FsyncEvery(milliseconds=200)).start()
+        self.bridge = None
+        try:
+            read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
+            super().__init__(lambda url, key: BridgeChannel(self.dir, url, key, read_bytes))
+            self.bridge = subprocess.Popen(
+                [sys.executable, "-m", "shmwal", "bridge", "--data-dir", self.dir, "--key", "bridge",
+                 "--topic", TOPIC, "--to", self.cluster.url, "--remote-key", self.key],
+                stdin=subprocess.DEVNULL)
+        except BaseException:
+            self.close()
+            raise
+
+    def send_baton(self):
+        import shmwal
+
+        with shmwal.connect(self.dir, key="bridge") as client:
+            client.append(TOPIC, messages.token())
+
+    def close(self):
+        try:
+            if self.bridge is not None:
+                self.bridge.terminate()
+                self.bridge.wait(30)
+        finally:
+            try:
+                if getattr(self, "cluster", None) is not None:
+                    super().close()
+            finally:
+                self.broker.stop()
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class BridgeChannel(ShmwalChannel):
+    def __init__(self, data_dir, url, key, max_bytes):
+        super().__init__(url, key, False, max_bytes, zero_copy=False)
+        self.local_dir = data_dir
+
+    def sender(self, producer):
+        import shmwal
+
+        return ShmwalSender(shmwal.connect(self.local_dir, key="bridge"))
+
+    def receiver(self, consumer):
+        return ShmwalReceiver(self._connect(), "work", self)
+
+
+class PlainNatsContender(Contender):
+    """nats-py by hand, with shmwal nats's acknowledgement settings: a publish waits for its
+    PubAck (batched: 1,000 in flight, then all awaited), a read is a pull from a durable
+    consumer whose acks are awaited before the next pull. No claims, no message ids."""
+
+    family = "peer"
+    pubsub = True
+
+    def __init__(self, batched=False):
+        self.batched = batched
+        self.name = f"nats-py plain {'batch' if batched else 'entry'}"
+
+    def unavailable(self):
+        return _nats_missing()
+
+    def open(self, spec, ctx, workdir):
+        return NatsSession(lambda url, key: PlainNatsChannel(url, key, spec.separate_groups,
+                                                             max(1, min(BATCH, READ_BATCH_BYTES // spec.size))))
+
+
+class PlainNatsChannel:
+    def __init__(self, url, key, separate_groups, read_batch):
+        self.url, self.key = url, key
+        self.separate_groups = separate_groups
+        self.read_batch = read_batch
+
+    def sender(self, producer):
+        return PlainNatsEnd(self, None)
+
+    def receiver(self, consumer):
+        return PlainNatsEnd(self, f"g{consumer}" if self.separate_groups else "work")
+
+
+class PlainNatsEnd:
+    """One process's end: its own event loop, run in this thread (no loop thread, no hop)."""
+
+    batch = BATCH
+
+    def __init__(self, channel, group):
+        import asyncio
+
+        import nats
+
+        from ..nats import names
+        from ..nats.client import parse_servers
+
+        self.loop = asyncio.new_event_loop()
+        self.channel = channel
+        ns = names.namespace(channel.key)
+        self.subject = names.subject(ns, TOPIC)
+        self.stream = names.stream_name(ns, TOPIC)
+        self.nc = self.loop.run_until_complete(nats.connect(servers=parse_servers(channel.url)))
+        self.js = self.nc.jetstream(timeout=30)
+        self.run = self.loop.run_until_complete
+        self.run(self._stream())
+        self.sub = None
+        self.pending = []
+        if group is not None:
+            self.sub = self.run(self.js.pull_subscribe(self.subject, durable=group, stream=self.stream))
+
+    async def _stream(self):
+        from nats.js.errors import BadRequestError
+
+        try:
+            await self.js.add_stream(name=self.stream, subjects=[self.subject], num_replicas=3)
+        except BadRequestError:
+            pass   # made by the other end with shmwal's settings: the same stream
+
+    def send(self, buf):
+        self.run(self.js.publish(self.subject, bytes(buf)))
+
+    def send_many(self, bufs):
+        self.run(self._publish_many([bytes(b) for b in bufs]))
+
+    async def _publish_many(self, payloads):
+        import asyncio
+
+        await asyncio.gather(*(self.js.publish(self.subject, p) for p in payloads))
+
+    async def _take(self, n):
+        import asyncio
+
+        import nats.errors
+
+        while True:
+            try:
+                msgs = await self.sub.fetch(n, timeout=5)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            await asyncio.gather(*(m.ack_sync() for m in msgs))
+            return [m.data for m in msgs]
+
+    def recv(self):
+        return self.run(self._take(1))[0]
+
+    def recv_many(self):
+        return self.run(self._take(self.channel.read_batch))
+
+    def on_token(self, msg) -> bool:
+        if not self.channel.separate_groups:
+            self.run(self.js.publish(self.subject, bytes(msg)))
+        return True
+
+    def finish(self):
+        pass
+
+    def close(self):
+        self.run(self.nc.close())
+        self.loop.close()
+
+
+def nats_contenders() -> list[Contender]:
+    """The NATS rows (not in the default race: each run starts a 3-node cluster)."""
+    return [PlainNatsContender(), ShmwalNatsContender(), ShmwalNatsContender(claims=False),
+            PlainNatsContender(batched=True), ShmwalNatsContender(batched=True),
+            ShmwalNatsContender(batched=True, claims=False), BridgeContender()]

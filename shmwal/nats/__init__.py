@@ -31,6 +31,9 @@ What holds remotely, on nats-server 2.9 (the Debian package):
   claims each entry in a replicated claims stream and acknowledges it before a read
   returns: no entry is returned twice to a group, across client crashes and the loss
   of a node, as long as a redelivery comes within ``claims_window`` (300 s).
+  ``claims=False`` keeps the awaited acks and drops the claims (half the writes of a
+  read): then a consumer leader killed within the moment between answering an ack and
+  replicating it can deliver that entry again (nats-server 2.9 answers first).
   AtLeastOnce acknowledges without waiting (an entry may come again; ``persist_every``
   has no meaning here); ``position`` may trail its last reads for a moment.
 * ``seek`` replaces the group's consumer with one starting at the offset (past the end:

@@ -142,7 +142,8 @@ class NatsClient:
 
     def __init__(self, url: str, *, key=None, timeout: float = 5.0, io=None, consistency=None,
                  replicas: int | None = None, ack_wait: float = ACK_WAIT,
-                 claims_window: float = CLAIMS_WINDOW, dedup_window: float = DEDUP_WINDOW):
+                 claims_window: float = CLAIMS_WINDOW, dedup_window: float = DEDUP_WINDOW,
+                 claims: bool = True):
         if io not in (None, "auto"):
             raise Unsupported("io= chooses how a local client reads its mapped files; "
                               "a nats:// client reads over the network")
@@ -159,13 +160,14 @@ class NatsClient:
         self._timeout = 5.0 if timeout is None else float(timeout)
         self.consistency = consistency
         self._strict = isinstance(consistency, StrictlyAtOnce)
+        self._claims = claims and self._strict
         self._replicas = replicas if replicas is not None else min(3, len(self._servers))
         self._ack_wait = ack_wait
         self._claims_window = claims_window
         self._dedup_window = dedup_window
         self._options = dict(key=key, timeout=timeout, consistency=consistency, replicas=replicas,
                              ack_wait=ack_wait, claims_window=claims_window,
-                             dedup_window=dedup_window)
+                             dedup_window=dedup_window, claims=claims)
         self._id = uuid.uuid4().hex[:16]    # message ids of this client's appends
         self._counter = 0
         self._topics: dict[str, _Topic] = {}
@@ -189,7 +191,9 @@ class NatsClient:
         if os.getpid() != self._pid:
             coro.close()
             raise ShmwalError("a nats:// client does not survive fork(); pickle it to a worker instead")
-        wait = None if timeout is None else timeout + self._timeout + GRACE
+        # A safety net only: each step inside (a pull, a pipeline of claims, its retries)
+        # keeps its own deadline of `timeout` (client) seconds.
+        wait = None if timeout is None else timeout + 4 * self._timeout + GRACE
         return self._loop.call(coro, wait)
 
     async def _connect(self) -> None:
@@ -226,7 +230,7 @@ class NatsClient:
             raise _ApiError(err)
         return answer
 
-    async def _pipeline(self, requests: list, timeout: float = ATTEMPT) -> list:
+    async def _pipeline(self, requests: list, timeout: float | None = None) -> list:
         """Send ``(subject, payload, headers)`` requests in this order, in one flush, and
         return each one's answer: a dict (JSON, or ``{}`` for an empty reply), an
         _ApiError, or a _Transient (no responder, or no reply within ``timeout``).
@@ -247,7 +251,9 @@ class NatsClient:
             return [_Transient(repr(exc))] * len(requests)
         answers: list = [None] * len(requests)
         left = len(requests)
-        end = time.monotonic() + timeout
+        # Thousands of requests in one flush take a while to answer on a busy machine:
+        # resending them all after a short wait would only add to the load.
+        end = time.monotonic() + (timeout or max(ATTEMPT, min(self._timeout, ATTEMPT + len(requests) / 500)))
         try:
             while left:
                 try:
@@ -571,8 +577,10 @@ class NatsClient:
                     continue
                 if not msgs:
                     return []
-                if self._strict:
+                if self._claims:
                     msgs = await self._claim(reader, msgs, deadline)
+                elif self._strict:
+                    await self._acknowledge(msgs, b"+ACK", deadline)
                 else:
                     for msg in msgs:
                         await self._nc.publish(msg.reply, b"+ACK")
