@@ -177,6 +177,54 @@ def test_batched_receivers_fail_on_dropped_duplicated_and_odd_sized_messages(tmp
     assert row.msgs_per_s is None
 
 
+class _FaultyObjectSender(contenders.MPQueueSender):
+    """Objects: drops #7, sends #3 twice, and #5 as an array of another dtype (or a dict without its fields)."""
+
+    def __init__(self, q):
+        super().__init__(q)
+        self.sent = 0
+
+    def send_obj(self, obj):
+        n, self.sent = self.sent, self.sent + 1
+        if n == 5:
+            obj = obj.astype(np.int64) if isinstance(obj, np.ndarray) else {"producer": 0, "seq": 5}
+        if n != 7:
+            super().send_obj(obj)
+        if n == 3:
+            super().send_obj(obj)
+
+
+class _FaultyObjectChannel(contenders.MPQueueChannel):
+    def sender(self, producer):
+        return _FaultyObjectSender(self.q)
+
+
+class _FaultyObjectQueue(contenders.MPQueueContender):
+    name = "faulty objects mp.Queue"
+
+    def open(self, spec, ctx, workdir):
+        session = super().open(spec, ctx, workdir)
+        session.channel = _FaultyObjectChannel(session.q)
+        return session
+
+
+@pytest.mark.parametrize("item", ["dict", "array"])
+def test_objects_dropped_duplicated_or_changed_fail_the_run(tmp_path, item):
+    row = _run(_FaultyObjectQueue(), plan.RunSpec("objects", 100, 30, item=item), tmp_path)
+    assert row.status == "FAILED" and row.msgs_per_s is None
+    assert "p0#7" in row.detail and "p0#5" in row.detail       # dropped; and changed (so missing)
+    assert "1 duplicates" in row.detail and "p0#3" in row.detail
+    assert "1 messages nobody sent" in row.detail              # the changed one
+
+
+def test_objects_scenario_runs_only_the_queues_that_take_objects():
+    spec = plan.RunSpec("objects", 100, 10, item="dict")
+    takes = {c.name for c in contenders.all_contenders() if not c.unsupported(spec)}
+    assert takes == {"mp.Queue", "faster-fifo", "shmwal.Queue"}
+    queue_row = [c for c in contenders.all_contenders() if c.name == "shmwal.Queue"][0]
+    assert queue_row.unsupported(plan.RunSpec("throughput", 100, 10))
+
+
 def test_a_hanging_contender_is_killed_as_timeout(tmp_path):
     row = _run(_StuckQueue(), plan.RunSpec("throughput", 100, 50), tmp_path, timeout=3.0)
     assert row.status == "TIMEOUT"
@@ -203,7 +251,7 @@ def test_peers_tiny_race_passes_its_checks(tmp_path):
     assert ran, "no peer ran"
     assert code == 0, [(r["contender"], r["scenario"], r["status"], r["detail"]) for r in ran if r["status"] != "ok"]
     assert all(r["status"] == "ok" for r in ran)
-    assert {r["kind"] for r in ran} == {"throughput", "latency", "scaling"}
+    assert {r["kind"] for r in ran} == {"throughput", "latency", "scaling", "objects"}
     for r in ran:
         if r["kind"] == "latency":
             assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("throughput", "latency", "scaling")
+KINDS = ("throughput", "latency", "scaling", "objects")
+# "objects": pickled Python objects, 1 producer -> 1 consumer, through the queues that take
+# objects (bench/objects.py): a small dict, and a 1 MiB numpy array. Row size = bytes a payload.
+OBJECT_ITEMS = ("dict", "array")
 DEFAULT_SIZES = (100, 4096, 65536)
 SCALING_PRODUCERS = (1, 2, 4)
 SCALING_CONSUMERS = (2, 4)
@@ -25,6 +28,7 @@ class RunSpec:
     separate_groups: bool = False  # each consumer its own group: each must get everything
     period_ns: int = 0             # latency: one message every period_ns
     warmup: int = 0                # latency: first messages left out of the statistics
+    item: str = ""                 # objects: "dict" | "array" (bench/objects.py)
 
     @property
     def sent(self) -> int:
@@ -38,6 +42,8 @@ class RunSpec:
     @property
     def scenario(self) -> str:
         shape = f"{self.producers}p->{self.consumers}c"
+        if self.item:
+            shape += f" {self.item}"
         if self.consumers > 1:
             shape += " groups" if self.separate_groups else " work"
         return shape
@@ -64,6 +70,14 @@ class Budget:
             cap, floor, budget = (1_000_000 if size < 1024 else 200_000), 10_000, 4e9
         return min(cap, max(floor, int(budget // size)))
 
+    def objects_count(self, item: str) -> int:
+        """Objects a run: 1 MiB arrays are ~1/100 as many as dicts (a full run moves ~2 GB)."""
+        if self.count is not None:
+            return self.count if item == "dict" else max(10, self.count // 100)
+        if item == "dict":
+            return 20_000 if self.quick else 200_000
+        return 200 if self.quick else 2_000
+
     def latency_messages(self) -> tuple[int, int]:
         """(measured, warmup): warmup covers connection set-up and cold caches."""
         n = self.latency_count if self.latency_count is not None else (200 if self.quick else 2000)
@@ -84,4 +98,8 @@ def build(kinds, sizes, budget: Budget) -> list[RunSpec]:
         specs += [RunSpec("scaling", size, total // p, producers=p) for p in SCALING_PRODUCERS]
         specs += [RunSpec("scaling", size, total, consumers=c) for c in SCALING_CONSUMERS]
         specs += [RunSpec("scaling", size, total, consumers=c, separate_groups=True) for c in SCALING_CONSUMERS]
+    if "objects" in kinds:
+        from .objects import payload_bytes
+        specs += [RunSpec("objects", payload_bytes(item), budget.objects_count(item), item=item)
+                  for item in OBJECT_ITEMS]
     return specs

@@ -147,6 +147,13 @@ def tables(rows: list[Row]) -> str:
             ["scenario", "contender", "msgs/s", "MB/s", "x best peer", "spread", "check"],
             [[r.scenario, r.contender, _num(r.msgs_per_s), _num(r.mb_per_s, ",.1f"),
               _ratio(r.vs_best_peer), _spread(r), _status(r)] for r in scl]))
+    obj = [r for r in shown if r.kind == "objects"]
+    if obj:
+        out.append(_table(
+            "Python objects, 1 producer -> 1 consumer, each queue pickling (x best peer: >1 is faster)",
+            ["object", "contender", "objects/s", "MB/s", "x best peer", "spread", "check"],
+            [[_object_label(r), r.contender, _num(r.msgs_per_s), _num(r.mb_per_s, ",.1f"),
+              _ratio(r.vs_best_peer), _spread(r), _status(r)] for r in obj]))
     commands = list(dict.fromkeys(r.command for r in shown if r.command))
     if commands:
         out.append("== Reproduce (one command per cell: its contenders and the peers they are compared with) ==\n"
@@ -163,6 +170,11 @@ def tables(rows: list[Row]) -> str:
             first = r.detail.strip().splitlines()[-1] if r.detail.strip() else ""
             out.append(f"{r.status:<8} {r.kind} {r.scenario} {size_label(r.size)} {r.contender}: {first}")
     return "\n\n".join(out)
+
+
+def _object_label(row: Row) -> str:
+    item = row.scenario.rsplit(" ", 1)[-1]
+    return f"{size_label(row.size)} {item}" if item == "array" else f"small {item} ({size_label(row.size)})"
 
 
 # ---------------------------------------------------------------- files
@@ -213,6 +225,11 @@ def _panels(rows: list[Row]):
         shapes = list(dict.fromkeys(r.scenario for r in scl))
         yield (f"Scaling at {size_label(scl[0].size)} (groups: deliveries/s)", shapes,
                _series(scl, shapes, lambda r: r.scenario, lambda r: r.msgs_per_s), None, "msgs/s", True)
+    obj = [r for r in rows if r.kind == "objects"]
+    if obj:
+        labels = list(dict.fromkeys(_object_label(r) for r in obj))
+        yield ("Python objects, pickled by each queue, 1 producer -> 1 consumer", labels,
+               _series(obj, labels, _object_label, lambda r: r.msgs_per_s), None, "objects/s", True)
 
 
 def write_png(rows: list[Row], path: str) -> str | None:

@@ -20,7 +20,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from . import check
+from . import check, objects
 from .messages import HEADER, HEADER_LEN, STAMPED, STAMPED_LEN, TOKEN_LEN, clock_ns, filler
 
 GO_TIMEOUT = 120.0   # a child never waits for the start signal longer than this
@@ -34,7 +34,9 @@ def producer_main(channel, spec, index, batched, conn, go):
         conn.send(("ready", None))
         if not go.wait(GO_TIMEOUT):
             raise TimeoutError("no start signal")
-        if spec.kind == "latency":
+        if spec.kind == "objects":
+            t_first = _send_objects(tx, spec, index)
+        elif spec.kind == "latency":
             t_first = _send_paced(tx, spec, index)
         elif batched:
             t_first = _send_batched(tx, spec, index)
@@ -59,7 +61,9 @@ def consumer_main(channel, spec, index, batched, conn, go):
         conn.send(("ready", None))
         if not go.wait(GO_TIMEOUT):
             raise TimeoutError("no start signal")
-        if spec.kind == "latency":
+        if spec.kind == "objects":
+            result = _receive_objects(rx, spec)
+        elif spec.kind == "latency":
             result = _receive_stamped(rx, spec)
         elif batched:
             result = _receive_batched(rx, spec, store)
@@ -104,6 +108,16 @@ def _send_batched(tx, spec, index) -> int:
     for start in range(0, n, batch):
         np.add(steps, start, out=seq_words)
         send_many(pool if n - start >= batch else pool[: n - start])
+    return t_first
+
+
+def _send_objects(tx, spec, index) -> int:
+    obj = objects.make(spec.item, index)
+    stamp, send = objects.stamp, tx.send_obj
+    t_first = clock_ns()
+    for seq in range(spec.per_producer):
+        stamp(obj, seq)
+        send(obj)
     return t_first
 
 
@@ -216,6 +230,23 @@ def _receive_batched(rx, spec, store: PrefixStore | None) -> dict:
             if store is not None:
                 heads.append(store.heads())
             return _result(heads, spec, t_last)
+
+
+def _receive_objects(rx, spec) -> dict:
+    """Each object as the queue unpickled it, checked and cut to its prefix (objects.prefix)
+    as it comes: keeping them all would measure the allocator (200k dicts, 2 GB of arrays)."""
+    heads: list = []
+    keep, recv, on_token, clock = heads.append, rx.recv_obj, rx.on_token, clock_ns
+    is_token, prefix = objects.is_token, objects.prefix
+    t_last = 0
+    while True:
+        obj = recv()
+        if is_token(obj):
+            if on_token(obj):
+                return _result(heads, spec, t_last)
+            continue
+        t_last = clock()
+        keep(prefix(obj))
 
 
 def _receive_stamped(rx, spec) -> dict:
