@@ -40,6 +40,7 @@ from .server import startup
 from .server.fsync import Syncer
 from .server.provisioning import Provisioner
 from .server.reclaim import RECLAIM_EVERY, Reclaimer
+from .server.recovery import StartInterrupted
 from .server.registry import Registry
 from .timeouts import check_timeout, seconds_or_inf
 
@@ -95,7 +96,7 @@ class BrokerServer:
                                        self.blocks_per_file, startup.next_file_id(self.blocks_dir))
         self._ops["alloc_block"] = self.provisioner.alloc_block
         self.reclaimer = Reclaimer(self.registry, self.provisioner.allocator, self.files, self.block_size)
-        startup.recover_topics(self.registry, self.provisioner.allocator, self.files)
+        startup.recover_topics(self.registry, self.provisioner.allocator, self.files, self._stop_requested)
         self._listener, self._dir_fd = startup.listen(self.root)
         self._selector.register(self._listener, selectors.EVENT_READ)
         self.registry.write_run_file()
@@ -125,6 +126,11 @@ class BrokerServer:
 
     def request_stop(self, *_args) -> None:
         self._stopping = True
+
+    def _stop_requested(self) -> None:
+        """Raises once a stop was asked for: recovery at start waits no longer (a SIGTERM arrived)."""
+        if self._stopping:
+            raise StartInterrupted("asked to stop while starting")
 
     def _accept(self) -> None:
         while True:

@@ -93,32 +93,44 @@ def cmd_stat(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    """Entries (``topic@offset: ...``) and meta words (``topics/<t>/meta +<offset>: ...``):
+    exactly what a broker start would repair, rebuild or refuse."""
     from ..blocks.files import BlockFiles
-    from ..server.verify import open_topics, verify_topic
+    from ..server.verify import open_topics, unusable_meta_files, verify_meta, verify_topic
     root = common.namespace_root(args)
     files = BlockFiles(os.path.join(root, "blocks"))
     found: dict[str, list] = {}
     counts = {"entries": 0}
+    meta_lines: dict[str, list] = {name: [why] for name, why in unusable_meta_files(root).items()}
     try:
         for name, meta in open_topics(root).items():
             try:
-                found[name] = verify_topic(meta, files, counts)
+                lines, walkable = verify_meta(meta, files)
+                if lines:
+                    meta_lines[name] = lines
+                found[name] = verify_topic(meta, files, counts) if walkable else []
             finally:
                 meta.close()
     finally:
         files.close()
-    damaged = sum(len(problems) for problems in found.values())
+    damaged = sum(len(problems) for problems in found.values()) + sum(map(len, meta_lines.values()))
+    topics = len(set(found) | set(meta_lines))
     if args.json:
         import json
-        print(json.dumps({"root": root, "topics": len(found), "entries": counts["entries"], "damaged": damaged,
+        print(json.dumps({"root": root, "topics": topics, "entries": counts["entries"], "damaged": damaged,
                           "damage": [{"topic": name, "offset": offset, "problem": what}
-                                     for name, problems in found.items() for offset, what in problems]},
+                                     for name, problems in found.items() for offset, what in problems],
+                          "meta": [{"topic": name, "problem": line}
+                                   for name, lines in meta_lines.items() for line in lines]},
                          indent=2))
     else:
+        for name, lines in meta_lines.items():
+            for line in lines:
+                print(line)
         for name, problems in found.items():
             for offset, what in problems:
                 print(f"{name}@{offset}: {what}")
-        print(f"verified {counts['entries']:,} entries in {len(found)} topic(s) in {root}: "
+        print(f"verified {counts['entries']:,} entries in {topics} topic(s) in {root}: "
               f"{f'{damaged} damaged' if damaged else 'no damage'}")
     return 1 if damaged else 0
 

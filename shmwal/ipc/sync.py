@@ -61,6 +61,13 @@ _vp = ctypes.c_void_p
 _trylock = _fn(_plibc, "pthread_mutex_trylock", [_vp])
 _unlock = _fn(_plibc, "pthread_mutex_unlock", [_vp])
 _lock_blocking = _fn(_libc, "pthread_mutex_lock", [_vp])
+
+
+class _timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_clocklock = _fn(_libc, "pthread_mutex_clocklock", [_vp, ctypes.c_int, ctypes.POINTER(_timespec)])
 _consistent = _fn(_plibc, "pthread_mutex_consistent", [_vp])
 _mutex_init = _fn(_libc, "pthread_mutex_init", [_vp, _vp])
 _attr_init = _fn(_libc, "pthread_mutexattr_init", [_vp])
@@ -126,10 +133,101 @@ def lock_contended(address: int, rc: int) -> bool:
     raise LockError(f"pthread_mutex_lock: {errno.errorcode.get(rc, rc)} ({os.strerror(rc)})")
 
 
+LOCK_SLICE = 0.1   # seconds a deadline lock waits at a time: signal handlers run between slices
+CLOCK_MONOTONIC = 1
+FUTEX_TID_MASK = 0x3FFFFFFF
+FUTEX_OWNER_DIED = 0x40000000
+
+
+class LockTimeout(LockError):
+    """A lock with a deadline (broker start) was still held when the deadline passed."""
+
+
+def lock_before(address: int, deadline: float, should_stop=None) -> bool:
+    """``lock``, giving up at ``deadline`` (time.monotonic()): LockTimeout.
+
+    Waits in slices of LOCK_SLICE with the GIL released, so that the
+    process's signal handlers run in between (a broker asked to stop while
+    it waits at start does stop) and ``should_stop()`` is asked each time
+    (it raises to give up).  A mutex whose word names a holder that will never
+    release it (a damaged file) must not hang the broker: the caller decides
+    what to do with it once the deadline passed.
+    """
+    import time
+    rc = _trylock(address)
+    while rc == errno.EBUSY:
+        if should_stop is not None:
+            should_stop()
+        now = time.monotonic()
+        if now >= deadline:
+            raise LockTimeout(f"a lock at {address:#x} was still held after the deadline")
+        until = min(deadline, now + LOCK_SLICE)
+        whole = int(until)
+        spec = _timespec(whole, int((until - whole) * 1e9))
+        rc = _clocklock(address, CLOCK_MONOTONIC, ctypes.byref(spec))
+        if rc == errno.ETIMEDOUT:
+            rc = errno.EBUSY
+    if rc == 0:
+        return False
+    if rc == EOWNERDEAD:
+        _consistent(address)
+        return True
+    raise LockError(f"pthread_mutex_lock: {errno.errorcode.get(rc, rc)} ({os.strerror(rc)})")
+
+
+def _mutex_image() -> bytes:
+    """The bytes of a freshly initialised, unlocked mutex as mutex_init makes it (glibc's layout)."""
+    buf = ctypes.create_string_buffer(MUTEX_IMAGE_BYTES)
+    mutex_init(ctypes.addressof(buf))
+    return buf.raw
+
+
+MUTEX_IMAGE_BYTES = 40   # sizeof(pthread_mutex_t) on x86-64 glibc
+
+
+def mutex_damage(raw: bytes) -> str | None:
+    """What makes the mutex in ``raw`` (its MUTEX_IMAGE_BYTES bytes) unusable, or None.
+
+    glibc's pthread_mutex_t: int __lock (the futex word: holder TID | flags), unsigned
+    __count, int __owner, unsigned __nusers, int __kind, short __spins, short
+    __elision, and the robust-list links.  __kind, __spins and __elision are fixed
+    for our kind of mutex (a wrong __kind makes every lock call fail with EINVAL);
+    __count only counts for recursive mutexes (glibc leaves 1 in ours after a
+    lock); __lock may name a holder, which the caller checks is alive.
+    """
+    image = _MUTEX_IMAGE
+    if raw[16:24] != image[16:24]:
+        return "its kind is not a robust, process-shared, error-checking mutex"
+    word = int.from_bytes(raw[0:4], "little")
+    if word and not word & FUTEX_OWNER_DIED and not word & FUTEX_TID_MASK:
+        return f"its lock word {word:#x} names no holder"
+    return None
+
+
+def mutex_holder(raw: bytes) -> int:
+    """The TID the mutex's lock word names as its holder (0: none, or one that died)."""
+    word = int.from_bytes(raw[0:4], "little")
+    return 0 if word & FUTEX_OWNER_DIED else word & FUTEX_TID_MASK
+
+
+_SYS_FUTEX = 202   # x86-64
+_FUTEX_WAKE = 1
+_syscall = _fn(_libc, "syscall", [ctypes.c_long, _vp, ctypes.c_int, ctypes.c_int], ctypes.c_long)
+
+
+def wake_all(address: int) -> None:
+    """Wake every thread asleep on the futex word at ``address`` (after re-initialising a mutex
+    that named a holder who will never wake them)."""
+    _syscall(_SYS_FUTEX, address, _FUTEX_WAKE, 2**31 - 1)
+
+
 def unlock(address: int) -> None:
     rc = _unlock(address)
     if rc:
         raise LockError(f"pthread_mutex_unlock: {errno.errorcode.get(rc, rc)} ({os.strerror(rc)})")
+
+
+_MUTEX_IMAGE = _mutex_image()
 
 
 def atomic_add(address: int, delta: int) -> int:

@@ -19,7 +19,7 @@ import time
 
 from ..blocks import layout as L
 from ..broker import Broker, BrokerServer
-from ..errors import BrokerAlreadyRunning
+from ..errors import BrokerAlreadyRunning, ShmwalError
 from ..options import parse_consistency, parse_fsync
 
 log = logging.getLogger("shmwal.broker")
@@ -117,6 +117,11 @@ def run_broker(args) -> int:
         print(f"shmwal broker: {exc}", file=sys.stderr)
         server.close()
         return 3
+    except ShmwalError as exc:   # a refusal: one line naming the file and offset, no traceback
+        log.error("broker refused to start: %s", exc)
+        _say(ready, f"error {exc}")
+        server.close()
+        return 1
     except Exception as exc:
         log.exception("broker failed to start")
         _say(ready, f"error {type(exc).__name__}: {exc}")

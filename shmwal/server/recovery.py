@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import time
 
 from ..ipc import sync
 from ..blocks import layout as L
 from ..blocks.chain import find_block, read_block_header
 from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record, scan_block
 from ..blocks.meta import TopicMeta
+from ..errors import ShmwalError
+from . import metacheck
 
 log = logging.getLogger("shmwal.broker")
 NO_BLOCK = 2**64 - 1
@@ -63,28 +66,67 @@ def finish_reclamation(meta) -> None:
             meta.set(L.H_FIRST_BLOCK, k)
 
 
-def recover_topic(meta, files) -> dict:
-    """Verify and repair one topic's tail; return what was found (for the log and stats)."""
-    report = {"topic": meta.name, "truncated_from": None, "damaged": 0, "problem": None}
+LOCK_DEADLINE = 10.0   # seconds recovery waits for a live holder of the writer mutex (a client mid-append)
+
+
+class StartInterrupted(ShmwalError):
+    """The broker was asked to stop while it recovered its topics."""
+
+
+def recover_topic(meta, files, should_stop=None) -> dict:
+    """Verify and repair one topic (meta words, then its tail); return what was found (for the log and stats).
+
+    ``should_stop()`` raises to abandon the start (a SIGTERM arrived meanwhile).
+    Raises ShmwalError, one line naming the file and offset, when the topic
+    cannot be recovered here and now (its writer mutex held by a live thread
+    past the deadline).
+    """
+    report = {"topic": meta.name, "truncated_from": None, "damaged": 0, "problem": None, "repaired": []}
+    _repair(meta, report, metacheck.mutex_findings(meta))
+    writer = meta.base + L.H_WRITER_MUTEX
     try:
-        sync.lock(meta.base + L.H_WRITER_MUTEX)
+        sync.lock_before(writer, time.monotonic() + LOCK_DEADLINE, should_stop)
+    except sync.LockTimeout:
+        raise ShmwalError(f"{meta.path} +{L.H_WRITER_MUTEX}: the writer mutex is held by thread "
+                          f"{meta.writer_tid()} for more than {LOCK_DEADLINE:g} s (a stopped or stuck "
+                          f"process of this user maps the file: end it and start again)") from None
     except sync.LockError as exc:
-        # A mutex with garbage in it can be taken by no one: make it new (any
-        # process that "held" it was not holding a working lock either).
+        # mutex_findings passed it, yet no lock call can take it: make it new.
         log.error("topic %s: writer mutex damaged (%s); re-initialised", meta.name, exc)
-        meta.reinit_mutexes()
+        metacheck.reinit_mutex(meta, L.H_WRITER_MUTEX)
         report["damaged"] += 1
-        sync.lock(meta.base + L.H_WRITER_MUTEX)
+        sync.lock_before(writer, time.monotonic() + LOCK_DEADLINE, should_stop)
     try:
         # Checked under the mutex: appenders of the previous broker's clients
         # may still be publishing, and mid-publish words are not damage.
         report["problem"] = check_meta(meta)
         if report["problem"] is None:
+            chain, report["problem"] = metacheck.chain_findings(meta, files)
+        if report["problem"] is None:
+            _repair(meta, report, chain)
+            _repair(meta, report, metacheck.word_findings(meta))
+            _forget_hints(meta)
             finish_reclamation(meta)
             _recover_locked(meta, files, report)
     finally:
-        sync.unlock(meta.base + L.H_WRITER_MUTEX)
+        sync.unlock(writer)
     return report
+
+
+def _repair(meta, report, findings) -> None:
+    for finding in findings:
+        log.error("topic %s: %s +%d: %s", meta.name, meta.path, finding.at, finding.what)
+        finding.repair()
+        report["damaged"] += 1
+        report["repaired"].append((finding.at, finding.what))
+    if findings:
+        meta.set(L.H_DAMAGE, meta.get(L.H_DAMAGE) + len(findings))
+
+
+def _forget_hints(meta) -> None:
+    """Read hints are a previous run's positions: readers find their entries afresh (no file word is trusted)."""
+    for slot in meta.group_names().values():
+        meta.set(L.group_slot_at(slot) + L.G_HINT_OFFSET, NO_BLOCK)
 
 
 def _recover_locked(meta, files, report) -> None:
@@ -94,6 +136,7 @@ def _recover_locked(meta, files, report) -> None:
     if published == 0 or published <= first_block:
         meta.set(L.H_TAIL_CHAIN, NO_BLOCK)
         meta.set(L.H_TAIL_OFFSET, next_offset)
+        _drop_short_pending_blocks(meta, files, published)
         return
     k = find_block(meta, next_offset, first_block, published)
     file_id, file_offset, capacity, block_first = meta.chain(k)
@@ -156,19 +199,18 @@ def _recover_locked(meta, files, report) -> None:
 
 
 def _drop_short_pending_blocks(meta, files, start: int) -> None:
-    """Pending blocks whose file is shorter than they are cannot take appends: void them."""
-    sync.lock(meta.base + L.H_CHAIN_MUTEX)
+    """Pending blocks (handed out ahead, not yet written) are the previous run's: void them.
+
+    Nothing in them is published, the broker hands out new ones on request, and a
+    pending slot is a word no block header confirms (a damaged one could send
+    an appender into another topic's block).
+    """
+    sync.lock_before(meta.base + L.H_CHAIN_MUTEX, time.monotonic() + LOCK_DEADLINE)
     try:
         for index in range(start, meta.get(L.H_ALLOCATED_BLOCKS)):
-            file_id, file_offset, capacity, _ = meta.chain(index)
-            if not capacity:
-                continue
-            try:
-                size = len(files.map(file_id))
-            except (OSError, ValueError):
-                size = 0
-            if size < file_offset + capacity:
-                meta.set(L.chain_slot_at(index) + L.C_CAPACITY, 0)   # the broker replaces it on request
+            meta.set(L.chain_slot_at(index) + L.C_CAPACITY, 0)
+        if meta.get(L.H_ALLOCATED_BLOCKS) > start:
+            meta.set(L.H_ALLOCATED_BLOCKS, start)
     finally:
         sync.unlock(meta.base + L.H_CHAIN_MUTEX)
 

@@ -83,7 +83,7 @@ def next_file_id(blocks_dir: str) -> int:
     return max((file_id + 1 for file_id in BlockAllocator(blocks_dir, 1, 1).existing_files()), default=1)
 
 
-def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFiles) -> None:
+def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFiles, should_stop=None) -> None:
     """Recover and adopt every topic under ``topics/``; delete block files no chain refers to."""
     current_boot = boot_hash()
     damaged = []
@@ -113,7 +113,7 @@ def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFi
             log.error("topic %s: meta file unusable (%s); rebuilding it from the block files", name, exc)
             damaged.append((name, path, {}))
             continue
-        problem = adopt_topic(meta, current_boot, registry, allocator, files)
+        problem = adopt_topic(meta, current_boot, registry, allocator, files, should_stop)
         if problem is not None:
             log.error("topic %s: meta file damaged (%s); rebuilding it from the block files", name, problem)
             groups = {g: meta.get(L.group_slot_at(slot) + L.G_CURSOR) for g, slot in meta.group_names().items()}
@@ -124,7 +124,7 @@ def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFi
         if meta is None:
             log.error("topic %s: no block names it; nothing to recover", name)
             continue
-        problem = adopt_topic(meta, current_boot, registry, allocator, files)
+        problem = adopt_topic(meta, current_boot, registry, allocator, files, should_stop)
         if problem is not None:
             log.error("topic %s: the rebuilt meta file is unusable too (%s)", name, problem)
     # Files no chain refers to hold nothing anyone can read (their blocks were never handed out).
@@ -135,14 +135,14 @@ def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFi
 
 
 def adopt_topic(meta: TopicMeta, current_boot: int, registry: Registry, allocator: BlockAllocator,
-                files: BlockFiles) -> str | None:
+                files: BlockFiles, should_stop=None) -> str | None:
     """Bring one topic's meta file into this broker: mutexes, tail, blocks, semaphore.
 
     Returns what is wrong with the meta file if it cannot be used (then nothing was adopted).
     """
     if meta.get(L.H_BOOT) != current_boot:
         meta.reinit_mutexes()
-    report = recover_topic(meta, files)
+    report = recover_topic(meta, files, should_stop)
     if report["problem"] is not None:
         return report["problem"]
     if report["truncated_from"] is not None or report["damaged"]:

@@ -17,6 +17,42 @@ from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 
 
+def unusable_meta_files(root: str) -> dict[str, str]:
+    """Topics whose meta file cannot even be opened -> why (start rebuilds them from the block files)."""
+    topics_dir = os.path.join(root, "topics")
+    found = {}
+    try:
+        entries = sorted(os.listdir(topics_dir))
+    except FileNotFoundError:
+        return found
+    for name in entries:
+        try:
+            names.check_name(name)
+        except ShmwalError:
+            continue
+        try:
+            TopicMeta(os.path.join(topics_dir, name, "meta"), name).close()
+        except (OSError, ValueError) as exc:
+            found[name] = f"topics/{name}/meta +0: unusable ({exc}); start rebuilds it from the block files"
+    return found
+
+
+def verify_meta(meta: TopicMeta, files: BlockFiles) -> tuple[list[str], bool]:
+    """What start would repair or rebuild in a meta file (server/metacheck.py), as lines naming
+    the file and offset; and whether its chain can be walked as it is."""
+    from .metacheck import chain_findings, mutex_findings, word_findings
+    from .recovery import check_meta
+    where = f"topics/{meta.name}/meta"
+    lines = [f"{where} +{f.at}: {f.what}" for f in mutex_findings(meta)]
+    problem = check_meta(meta)
+    if problem is None:
+        chain, problem = chain_findings(meta, files)
+        lines += [f"{where} +{f.at}: {f.what}" for f in chain + word_findings(meta)]
+    if problem is not None:
+        lines.append(f"{where}: {problem}; start rebuilds it from the block files")
+    return lines, problem is None
+
+
 def open_topics(root: str) -> dict[str, TopicMeta]:
     topics_dir = os.path.join(root, "topics")
     found = {}
