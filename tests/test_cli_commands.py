@@ -370,3 +370,16 @@ def test_tail_from_an_offset_retention_deleted_says_so_and_goes_on_from_the_olde
     assert 0 < first < 80
     assert one_line(result.stderr) == f"shmwal tail: {first} entries from offset 0 on were deleted by " \
                                       f"retention before they were read; going on at {first}\n"
+
+
+def test_groups_delete_removes_the_group_through_the_broker(broker, client):
+    client.batch_append("t", [b"a", b"b"])
+    client.read_next("t", group="old")
+    client.read_next("t", group="keep")
+    result = shmwal_cli("groups", "--delete", "t", "old", *ns(broker))
+    assert lines_of(result) == [b"deleted group 'old' of topic 't'"]
+    assert client.groups("t") == ["keep"]
+    assert [line.split()[1] for line in lines_of(shmwal_cli("groups", "t", *ns(broker)))[1:]] == [b"keep"]
+    again = shmwal_cli("groups", "--delete", "t", "old", "--json", *ns(broker))
+    assert json.loads(lines_of(again)[0]) == {"topic": "t", "group": "old", "deleted": False}
+    assert client.groups("t") == ["keep"]

@@ -64,10 +64,7 @@ def cmd_groups(args) -> int:
 def _delete(args, topic: str, group: str) -> int:
     client = common.connect(args)
     try:
-        if not hasattr(client, "delete_group"):
-            raise common.CliError("this shmwal's Client has no delete_group yet")
-        existed = group in client.groups(topic) if hasattr(client, "groups") else True
-        client.delete_group(topic, group)
+        existed = client.delete_group(topic, group)
     finally:
         client.close()
     if args.json:
