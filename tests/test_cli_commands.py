@@ -205,13 +205,13 @@ def test_stat_watch_refreshes_as_json_lines(broker, client):
         proc.stderr.close()
 
 
-def _on_a_terminal(args, until: bytes, interrupt: bool):
+def _on_a_terminal(args, until: bytes, interrupt: bool, env=None):
     """Run ``shmwal ARGS`` with a pseudo-terminal as stdout; return (status, what it drew).
 
     Reads until ``until`` shows (then SIGINT if ``interrupt``) and the child closes the terminal.
     """
     master, slave = pty.openpty()
-    env = dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm")
+    env = dict(env or os.environ, COLUMNS="120", LINES="40", TERM="xterm")
     proc = subprocess.Popen([sys.executable, "-m", "shmwal", *args], stdout=slave,
                             stderr=subprocess.PIPE, env=env)
     os.close(slave)
@@ -228,7 +228,7 @@ def _on_a_terminal(args, until: bytes, interrupt: bool):
             if interrupt and until in out and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 interrupt = False
-        return proc.wait(timeout=30), out.decode(errors="replace")
+        return proc.wait(timeout=30), out.decode(errors="replace").replace("\r\n", "\n")
     finally:
         os.close(master)
         if proc.poll() is None:
@@ -383,3 +383,23 @@ def test_groups_delete_removes_the_group_through_the_broker(broker, client):
     again = shmwal_cli("groups", "--delete", "t", "old", "--json", *ns(broker))
     assert json.loads(lines_of(again)[0]) == {"topic": "t", "group": "old", "deleted": False}
     assert client.groups("t") == ["keep"]
+
+
+def test_runtime_and_cli_work_without_psutil_and_rich(broker, client, tmp_path):
+    # Only the tests need psutil and only a terminal's tables need rich (pyproject's extras):
+    # hide both and run a program that appends and reads, and the CLI.
+    hidden = tmp_path / "hidden"
+    (hidden / "rich").mkdir(parents=True)
+    (hidden / "psutil.py").write_text("raise ImportError('hidden by the test')\n")
+    (hidden / "rich" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=str(hidden))
+    program = ("import shmwal, sys\n"
+               f"c = shmwal.connect({broker.data_dir!r})\n"
+               "assert c.append('t', b'x') == 0 and c.read_next('t', group='g').data == b'x'\n"
+               "assert 'psutil' not in sys.modules and 'rich' not in sys.modules\n")
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, env=env, timeout=60)
+    assert ran.returncode == 0, ran.stderr.decode()
+    assert lines_of(shmwal_cli("tail", "t", *ns(broker), env=env)) == [b"x"]
+    status, text = _on_a_terminal(["stat", *ns(broker)], b"", interrupt=False, env=env)
+    assert status == 0 and "━" not in text and text.splitlines()[0].startswith(broker.root)
+
