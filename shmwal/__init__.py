@@ -39,13 +39,13 @@ from .client import Client, connect
 from .entry import Entry, Payloads
 from .errors import (BatchTooLarge, BrokerAlreadyRunning, BrokerUnavailable, ClientClosed,
                      CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError, Unsupported)
-from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
+from .options import AtLeastOnce, FsyncEvery, NoFsync, Retention, StrictlyAtOnce, SyncEach
 from .mpqueue import Queue
 from .aio import AsyncClient, connect_async
 
 __all__ = [
     "Broker", "Client", "connect", "Entry", "Payloads",
-    "StrictlyAtOnce", "AtLeastOnce", "SyncEach", "FsyncEvery", "NoFsync",
+    "StrictlyAtOnce", "AtLeastOnce", "SyncEach", "FsyncEvery", "NoFsync", "Retention",
     "ShmwalError", "BrokerUnavailable", "BrokerAlreadyRunning", "InvalidTopic",
     "EntryTooLarge", "BatchTooLarge", "CorruptEntry", "ClientClosed", "Unsupported",
     "Queue", "connect_async", "AsyncClient",

@@ -35,7 +35,7 @@ from .blocks.files import BlockFiles
 from .errors import BrokerAlreadyRunning, BrokerUnavailable, ShmwalError
 from .ipc import control, names
 from .ipc.fsio import make_private_dir
-from .options import AtLeastOnce, FsyncEvery, NoFsync, StrictlyAtOnce, SyncEach
+from .options import AtLeastOnce, FsyncEvery, NoFsync, Retention, StrictlyAtOnce, SyncEach
 from .server import startup
 from .server.fsync import Syncer
 from .server.provisioning import Provisioner
@@ -53,8 +53,11 @@ _SO_PEERCRED = struct.Struct("3i")
 
 
 class BrokerServer:
-    def __init__(self, root: str, consistency, fsync, block_size: int, blocks_per_file: int):
+    def __init__(self, root: str, consistency, fsync, block_size: int, blocks_per_file: int,
+                 retention: Retention | None = None, clock=time.monotonic):
         self.root = root
+        self.retention = Retention() if retention is None else retention
+        self.clock = clock
         self.consistency = consistency
         self.fsync = fsync
         self.block_size = block_size
@@ -95,7 +98,8 @@ class BrokerServer:
         self.provisioner = Provisioner(self.registry, self.files, self.blocks_dir, self.block_size,
                                        self.blocks_per_file, startup.next_file_id(self.blocks_dir))
         self._ops["alloc_block"] = self.provisioner.alloc_block
-        self.reclaimer = Reclaimer(self.registry, self.provisioner.allocator, self.files, self.block_size)
+        self.reclaimer = Reclaimer(self.registry, self.provisioner.allocator, self.files, self.block_size,
+                                   self.retention, self.clock)
         startup.recover_topics(self.registry, self.provisioner.allocator, self.files, self._stop_requested)
         self._listener, self._dir_fd = startup.listen(self.root)
         self._selector.register(self._listener, selectors.EVENT_READ)
@@ -273,7 +277,13 @@ class Broker:
     """
 
     def __init__(self, data_dir=None, *, key=None, consistency=None, fsync=None,
-                 block_size: int = L.DEFAULT_BLOCK_SIZE, blocks_per_file: int = L.DEFAULT_BLOCKS_PER_FILE):
+                 block_size: int = L.DEFAULT_BLOCK_SIZE, blocks_per_file: int = L.DEFAULT_BLOCKS_PER_FILE,
+                 retention: Retention | None = None, _clock_file: str | None = None):
+        self.retention = Retention() if retention is None else retention
+        if not isinstance(self.retention, Retention):
+            raise TypeError("retention must be shmwal.Retention(...)")
+        # Tests only: the broker's retention clock runs this many seconds (a float in the file) ahead.
+        self._clock_file = _clock_file
         self.data_dir = names.resolve_data_dir(data_dir)
         self.key = key
         self.root = names.namespace_dir(self.data_dir, key)
@@ -324,6 +334,8 @@ class Broker:
         argv = [sys.executable, "-m", "shmwal.server.main", "--data-dir", self.data_dir,
                 "--consistency", _consistency_arg(self.consistency), "--fsync", _fsync_arg(self.fsync),
                 "--block-size", str(self.block_size), "--blocks-per-file", str(self.blocks_per_file),
+                *_retention_args(self.retention),
+                *(["--clock-file", self._clock_file] if self._clock_file else []),
                 "--ready-fd", str(write_fd), "--die-with-parent", str(os.getpid())]
         if self.key is not None:
             argv += ["--key", names.sanitize_key(self.key)]   # the same namespace, and no NUL in argv
@@ -392,6 +404,15 @@ class Broker:
 
     def __repr__(self) -> str:
         return f"<shmwal.Broker {self.root!r} pid={self.pid}>"
+
+
+def _retention_args(retention: Retention) -> list[str]:
+    args = ["--retention-bytes", str(retention.bytes)]
+    if retention.seconds is not None:
+        args += ["--retention-seconds", repr(float(retention.seconds))]
+    if retention.max_bytes is not None:
+        args += ["--max-bytes", str(retention.max_bytes)]
+    return args
 
 
 def _consistency_arg(c) -> str:

@@ -67,6 +67,41 @@ class NoFsync:
         return {"fsync": "none"}
 
 
+@dataclass(frozen=True)
+class Retention:
+    """What a topic keeps (API.md "Groups and retention").
+
+    No entry is deleted while a group of its topic has not read it, unless
+    ``max_bytes`` forces it.  Entries every group has read stay for replay while
+    they are among the newest ``bytes`` (payload) of their topic or younger than
+    ``seconds`` (either keeps them; ``bytes=0`` and ``seconds=None`` delete consumed
+    data as soon as it can go).  ``max_bytes`` caps the bytes a topic's blocks take:
+    past it the oldest blocks go even if unread (the lagging groups count what they
+    lost as "skipped").  Deletion goes by whole blocks, the newest (written) one never.
+    """
+
+    bytes: int = 16 * 2**20
+    seconds: float | None = None
+    max_bytes: int | None = None
+
+    def __post_init__(self):
+        for label, value, optional in (("bytes", self.bytes, False), ("max_bytes", self.max_bytes, True)):
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Retention {label} must be an int{' or None' if optional else ''}")
+            if value < 0:
+                raise ValueError(f"Retention {label} must be >= 0, got {value}")
+        if self.seconds is not None:
+            if isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float)):
+                raise TypeError("Retention seconds must be a number or None")
+            if math.isnan(self.seconds) or self.seconds < 0:
+                raise ValueError(f"Retention seconds must be >= 0, got {self.seconds}")
+
+    def to_wire(self) -> dict:
+        return {"bytes": self.bytes, "seconds": self.seconds, "max_bytes": self.max_bytes}
+
+
 Consistency = StrictlyAtOnce | AtLeastOnce
 FsyncSchedule = SyncEach | FsyncEvery | NoFsync
 

@@ -47,6 +47,9 @@ def start_broker(data_dir):
     def start(directory=None, **options):
         options.setdefault("block_size", 64 * 1024)
         options.setdefault("blocks_per_file", 4)
+        # Consumed blocks go as soon as they can (as before Retention): the reclamation and reuse
+        # tests count on it. Retention's default (16 MiB kept for replay) is tested in test_retention.py.
+        options.setdefault("retention", shmwal.Retention(bytes=0))
         broker = shmwal.Broker(directory or data_dir, **options)
         broker.start()
         started.append(broker)

@@ -71,6 +71,10 @@ WAIT_SLICE = 0.25   # a sleeping reader looks at the broker's liveness this ofte
 SPIN = 400          # publish-word loads before sleeping (~15 µs)
 
 
+class _Overtaken(Exception):
+    """Reclamation dropped the block a take was reading (see GroupReader._take)."""
+
+
 class GroupGone(Exception):
     """The group this reader was made for was deleted (internal: the client asks again)."""
 
@@ -332,6 +336,22 @@ class GroupReader:
     # ------------------------------------------------------------------ under the group mutex
     def _take(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool,
               resume: tuple | None = None, zero_copy: bool = False, payloads: bool = False):
+        """``_take_once``, again from the oldest kept entry while reclamation overtakes it.
+
+        A reader that stalled below what the broker keeps may find its block
+        freed, its space released or the block reused (Retention.max_bytes
+        drops unread blocks) while it reads: bytes that do not check out below
+        H_FIRST_OFFSET are that, not damage, and the top of ``_take_once``
+        clamps the cursor up (counting what the group lost).
+        """
+        while True:
+            try:
+                return self._take_once(max_entries, max_bytes, checkpoint, died, resume, zero_copy, payloads)
+            except _Overtaken:
+                died = True   # the hint is of a dropped block: not used
+
+    def _take_once(self, max_entries: int, max_bytes: int, checkpoint: bool, died: bool,
+                   resume: tuple | None = None, zero_copy: bool = False, payloads: bool = False):
         """Take entries from the cursor on, through the mapped files.
 
         ``resume`` = (next_offset, offset, block, position, entries, total)
@@ -424,6 +444,8 @@ class GroupReader:
                     if _xxh(data, (c * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) != sums[index]:  # L.entry_seed
                         if out:
                             return out, next_offset   # the next call raises for c
+                        if resume is None and c < words[_W_FIRST_OFFSET]:
+                            raise _Overtaken
                         raise CorruptEntry(topic, c)
                     append(data if payloads else make_entry(Entry, (topic, c, data)))
                     total += length
@@ -440,15 +462,14 @@ class GroupReader:
         except BadRecord as exc:
             if out:
                 return out, next_offset
+            if resume is None and c < words[_W_FIRST_OFFSET]:
+                raise _Overtaken from None
             raise CorruptEntry(topic, c, str(exc)) from None
         except OSError as exc:
             if out:
                 return out, next_offset
             if resume is None and c < words[_W_FIRST_OFFSET]:
-                # Reclaimed under a reader that stalled below the oldest kept
-                # entry: look again from there (the top clamps the cursor).
-                return self._take(max_entries, max_bytes, checkpoint, True, zero_copy=zero_copy,
-                                  payloads=payloads)
+                raise _Overtaken from None
             raise CorruptEntry(topic, c, f"block file unreadable: {exc}") from None
         finally:
             self._pin = None   # the entries' views hold their pins; the reader holds none

@@ -20,7 +20,7 @@ import time
 from ..blocks import layout as L
 from ..broker import Broker, BrokerServer
 from ..errors import BrokerAlreadyRunning, ShmwalError
-from ..options import parse_consistency, parse_fsync
+from ..options import Retention, parse_consistency, parse_fsync
 
 log = logging.getLogger("shmwal.broker")
 
@@ -49,6 +49,29 @@ def fsync_arg(text: str):
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(
             f"invalid choice: {text!r} (choose from each, none, or MILLISECONDS > 0)") from None
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be a finite number >= 0, not {text!r}")
+    return value
+
+
+def file_clock(path: str):
+    """A monotonic clock running ahead by the number of seconds written in ``path`` (tests:
+    retention by seconds is driven by setting it, not by sleeping; absent or unreadable: 0)."""
+    def now() -> float:
+        try:
+            with open(path) as f:
+                ahead = float(f.read().strip() or 0)
+        except (OSError, ValueError):
+            ahead = 0.0
+        return time.monotonic() + ahead
+    return now
 
 
 def _int_arg(low: int, high: int, multiple: int = 1, what: str = ""):
@@ -90,6 +113,20 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks-per-file", type=_int_arg(1, 1 << 16, what="an integer from 1 to 65536"),
                         default=L.DEFAULT_BLOCKS_PER_FILE, metavar="N",
                         help=f"blocks per block file, 1 to 65536 (default: {L.DEFAULT_BLOCKS_PER_FILE})")
+    parser.add_argument("--retention-bytes", type=_int_arg(0, 1 << 62, what="an integer >= 0"),
+                        default=Retention().bytes, metavar="BYTES",
+                        help="entries every group has read stay for replay while among the newest BYTES of "
+                             "payload of their topic (0: consumed data goes as soon as it can) "
+                             f"(default: {Retention().bytes})")
+    parser.add_argument("--retention-seconds", type=_seconds_arg, default=None, metavar="SECONDS",
+                        help="entries every group has read also stay while younger than SECONDS "
+                             "(default: no time limit keeps them)")
+    parser.add_argument("--max-bytes", type=_int_arg(0, 1 << 62, what="an integer >= 0"), default=None,
+                        metavar="BYTES",
+                        help="hard cap on the bytes of a topic's blocks: past it the oldest blocks go even if a "
+                             "group has not read them (the group skips them; stats count them as 'skipped') "
+                             "(default: no cap; unread data is never dropped)")
+    parser.add_argument("--clock-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -102,12 +139,14 @@ def run_broker(args) -> int:
     ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
     try:
         handle = Broker(args.data_dir, key=args.key, consistency=args.consistency, fsync=args.fsync,
-                        block_size=args.block_size, blocks_per_file=args.blocks_per_file)
+                        block_size=args.block_size, blocks_per_file=args.blocks_per_file,
+                        retention=Retention(args.retention_bytes, args.retention_seconds, args.max_bytes))
     except (TypeError, ValueError) as exc:
         _say(ready, f"error {exc}")
         print(f"shmwal broker: {exc}", file=sys.stderr)
         return 2
-    server = BrokerServer(handle.root, handle.consistency, handle.fsync, handle.block_size, handle.blocks_per_file)
+    server = BrokerServer(handle.root, handle.consistency, handle.fsync, handle.block_size, handle.blocks_per_file,
+                          handle.retention, file_clock(args.clock_file) if args.clock_file else time.monotonic)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
     try:

@@ -1,10 +1,15 @@
-"""Reclamation: blocks every group has read past go back to the allocator.
+"""Reclamation: blocks every group has read past, and retention no longer keeps, go back to the allocator.
 
-The policy is pure (chain, cursors and pins in; what to free and what to
-offer for reuse out), so it is tested without processes:
+The policy is pure (chain, cursors, retention, clock and pins in; what to free
+and what to offer for reuse out), so it is tested without processes, with a
+clock the test sets:
 
-* ``reclaimable``: how far a topic's first block may move.  The tail block
-  (``published - 1``) is never reclaimed: a writer still uses it.
+* ``reclaimable``: how far a topic's first block may move past what every
+  group read.  The tail block (``published - 1``) is never reclaimed: a writer
+  still uses it.
+* ``plan``: ``reclaimable`` under a ``Retention``: consumed blocks stay while
+  among the newest ``bytes`` of payload or younger than ``seconds``; past
+  ``max_bytes`` the oldest blocks go even unread (``forced``).
 * ``dispose``: which of the reclaimed blocks are offered back to their
   topic (``offer``) and which are freed (``free``).
 
@@ -26,6 +31,7 @@ from ..blocks.files import BlockFiles
 from ..blocks.codec import BadRecord, read_record
 from ..client.hot import native
 from ..ipc import sync
+from ..options import Retention
 from .registry import REUSE_TTL, Registry, TopicState
 
 RECLAIM_EVERY = 1.0        # seconds between reclamation passes
@@ -53,6 +59,51 @@ def reclaimable(slot: Callable[[int], Slot], first: int, published: int, cursors
     while k + 1 < published and slot(k + 1)[3] <= low:   # block k ends where block k + 1 starts
         k += 1
     return k
+
+
+@dataclass(frozen=True)
+class Plan:
+    first: int      # the topic's new first block
+    forced: bool    # max_bytes took blocks that retention alone keeps: maybe unread by some group
+
+
+def plan(slot: Callable[[int], Slot], first: int, published: int, allocated: int, cursors: Sequence[int],
+         retention, *, payload: Callable[[int], int], tail_payload: Callable[[], int],
+         sealed_at: Callable[[int], float], now: float) -> Plan:
+    """Where the topic's first block moves to under ``retention`` (options.Retention).
+
+    ``slot(i)``: chain slot i; blocks ``first .. published - 1`` hold entries, the last
+    of them the tail; ``allocated``: slots handed out (spares included: they take
+    space, so ``max_bytes`` counts them).  ``cursors``: every group's (none: the topic
+    keeps everything, unless max_bytes).  ``payload(i)``: payload bytes of sealed
+    block i; ``tail_payload()``: of the tail; ``sealed_at(i)``: when the writer left
+    block i (its newest entry's age), on the clock ``now`` is read from.
+    """
+    tail = published - 1
+    if tail <= first:
+        return Plan(first, False)
+    k = reclaimable(slot, first, published, cursors)
+    if k > first and retention.bytes > 0:
+        # Newest first: the first block with at least ``bytes`` of payload after it
+        # ends the kept range; it and everything older may go.
+        newer, i = tail_payload(), tail - 1
+        while i >= first and newer < retention.bytes:
+            newer += payload(i)
+            i -= 1
+        k = min(k, i + 1)
+    if k > first and retention.seconds is not None:
+        j = first
+        while j < k and now - sealed_at(j) >= retention.seconds:
+            j += 1
+        k = j
+    forced = False
+    if retention.max_bytes is not None:
+        total = sum(slot(i)[2] for i in range(k, allocated))
+        while total > retention.max_bytes and k < tail:
+            total -= slot(k)[2]
+            k += 1
+            forced = True
+    return Plan(k, forced)
 
 
 @dataclass
@@ -94,12 +145,20 @@ def due_for_delete(pending: dict[int, float], deletable: Iterable[int], now: flo
 # ----------------------------------------------------------------------------- the shell
 
 class Reclaimer:
-    def __init__(self, registry: Registry, allocator: BlockAllocator, files: BlockFiles, block_size: int):
+    def __init__(self, registry: Registry, allocator: BlockAllocator, files: BlockFiles, block_size: int,
+                 retention=None, clock: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.allocator = allocator
         self.files = files
         self.block_size = block_size
+        self.retention = Retention() if retention is None else retention
+        self.clock = clock           # retention by seconds reads it (tests set it: server/main.py --clock-file)
         self.pending_delete: dict[int, float] = {}
+        # Per topic, per sealed chain slot: when this broker saw the writer leave it (a block's
+        # newest entry is that old; blocks sealed before this broker started count from its
+        # start, so a restart never shortens retention), and its payload bytes (walked once).
+        self._sealed: dict[str, dict[int, float]] = {}
+        self._payload: dict[str, dict[int, int]] = {}
         # topic -> [(file_id, file_offset, until)]: reclaimed blocks a zero-copy view still
         # pinned, held back (live) for reuse once the pin goes, until REUSE_TTL has passed.
         # Freeing them at once made a topic read zero-copy fault fresh blocks in, while its
@@ -126,23 +185,58 @@ class Reclaimer:
         meta = state.meta
         if meta.name in self.parked:
             self._unpark(state)
-        cursors = [meta.group_word(slot, L.G_CURSOR) for slot in state.groups.values()]
+        cursors = [meta.group_word(slot, L.G_CURSOR) for slot in list(state.groups.values())]
         first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
-        k = reclaimable(meta.chain, first, published, cursors)
+        allocated = min(meta.get(L.H_ALLOCATED_BLOCKS), L.CHAIN_SLOTS)
+        sealed = self._sealed.setdefault(meta.name, {})
+        sizes = self._payload.setdefault(meta.name, {})
+        now = self.clock()
+        for index in range(max(first, max(sealed, default=first - 1) + 1), published - 1):
+            sealed[index] = now
+
+        def payload(index: int) -> int:
+            found = sizes.get(index)
+            if found is None:
+                found = sizes[index] = self._payload_bytes(meta.chain(index), meta.chain(index + 1)[3])
+            return found
+
+        def tail_payload() -> int:
+            kept = meta.get(L.H_BYTES) - meta.get(L.H_RECLAIMED_BYTES)
+            return max(0, kept - sum(payload(i) for i in range(first, published - 1)))
+
+        decided = plan(meta.chain, first, published, allocated, cursors, self.retention, payload=payload,
+                       tail_payload=tail_payload, sealed_at=lambda index: sealed.get(index, now), now=now)
+        k = decided.first
         if k == first:
             return
         blocks = [meta.chain(index) for index in range(first, k)]
-        ends = [meta.chain(index + 1)[3] for index in range(first, k)]
-        freed_bytes = sum(self._payload_bytes(block, end) for block, end in zip(blocks, ends))
+        freed_bytes = sum(payload(index) for index in range(first, k))
+        low = min(cursors) if cursors else None
+        unread = [low is not None and meta.chain(index + 1)[3] > low for index in range(first, k)]
+        for index in range(first, k):
+            sealed.pop(index, None)
+            sizes.pop(index, None)
         # Readers clamp to H_FIRST_OFFSET, so it moves before H_FIRST_BLOCK (a SIGKILL between
-        # the two leaves a state the next broker takes as it is). The atomic add after them is
-        # a full barrier: the pins are loaded only once H_FIRST_BLOCK is visible (a zero-copy
-        # reader pins, then loads H_FIRST_BLOCK: client/read.py _pinned_view).
+        # the two leaves a state the next broker takes as it is); H_FORCED_OFFSET before both,
+        # so a reader that sees the new oldest entry knows what was dropped unread (read.py
+        # lost_below). The atomic add after them is a full barrier: the pins are loaded only
+        # once H_FIRST_BLOCK is visible (a zero-copy reader pins, then loads H_FIRST_BLOCK:
+        # client/read.py _pinned_view).
+        if decided.forced:
+            meta.set(L.H_FORCED_OFFSET, meta.chain(k)[3])
         meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
         meta.set(L.H_FIRST_BLOCK, k)
         sync.atomic_add(meta.base + L.H_RECLAIMED_BYTES, freed_bytes)
         pins = [self._pins(file_id, file_offset) for file_id, file_offset, _, _ in blocks]
-        disposal = dispose(blocks, pins, writer_active=time.monotonic() - state.moved_at < REUSE_TTL,
+        # A block dropped unread may have a stalled reader in it: never reused (its bytes
+        # would change under that reader), only freed; read.py takes any damage it then
+        # meets below the oldest kept entry for what it is.
+        for (file_id, file_offset, _, _), n, dropped in zip(blocks, pins, unread):
+            if dropped:
+                self.allocator.free(file_id, file_offset, release_space=n == 0)
+        read = [i for i, dropped in enumerate(unread) if not dropped]
+        disposal = dispose([blocks[i] for i in read], [pins[i] for i in read],
+                           writer_active=time.monotonic() - state.moved_at < REUSE_TTL,
                            block_size=self.block_size, room=MAX_REUSABLE - self.allocator.reusable(meta.name))
         for file_id, file_offset in disposal.offer:
             self.allocator.offer(meta.name, file_id, file_offset)
