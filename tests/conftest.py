@@ -114,8 +114,8 @@ def nats_cluster():
     reason = nats_missing()
     if reason:
         pytest.skip(reason)
-    from shmwal.nats.cluster import Cluster
-    cluster = Cluster(3).start()
+    from shmwal.nats.cluster import Cluster, scratch_parent
+    cluster = Cluster(3, parent=scratch_parent()).start()
     LONG_LIVED_PIDS.update(cluster.pids)
     yield cluster
     LONG_LIVED_PIDS.difference_update(n.process.pid for n in cluster.nodes if n.process)

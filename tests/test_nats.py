@@ -113,9 +113,9 @@ def _consume(url, key, topic, group, got, errors, stop):
 
 @pytest.mark.timeout(110)
 def test_killing_the_group_leader_under_load_loses_no_acknowledged_entry_and_duplicates_none():
-    from shmwal.nats.cluster import Cluster
+    from shmwal.nats.cluster import Cluster, scratch_parent
     count = 600
-    with Cluster(3) as cluster:
+    with Cluster(3, parent=scratch_parent()) as cluster:
         key, topic, group = "failover", "t", "g"
         with shmwal.connect(cluster.url, key=key, timeout=15) as setup:
             setup.append(topic, b"start", msg_id="start")
@@ -210,3 +210,31 @@ def test_the_bridge_killed_again_and_again_mirrors_every_entry_once_in_order(bro
         producer.join(30)
         local.close()
         remote.close()
+
+
+# ============================================================================ the cluster script
+
+@pytest.mark.timeout(60)
+def test_the_cluster_script_serves_until_sigint_and_leaves_nothing_behind():
+    import psutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = subprocess.Popen([sys.executable, os.path.join(root, "scripts", "nats_cluster.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = script.stdout.readline().decode().strip()
+        assert url.startswith("nats://127.0.0.1:") and url.count(",") == 2, script.stderr.read()
+        nodes = psutil.Process(script.pid).children()
+        assert len(nodes) == 3
+        with shmwal.connect(url) as client:
+            assert client.append("t", b"x") == 0
+            assert client.stats()["topics"]["t"]["replicas"] == 3
+        script.send_signal(signal.SIGINT)
+        assert script.wait(30) == 0
+        assert not [n for n in nodes if n.is_running() and n.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait(10)
+        script.stdout.close()
+        script.stderr.close()
