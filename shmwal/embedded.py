@@ -27,10 +27,10 @@ from .errors import BrokerAlreadyRunning, BrokerUnavailable
 from .ipc import names
 from .options import NoFsync
 
-# A modest geometry: the broker's default (10 MiB blocks, 100 per file) makes 1 GiB
-# files, too much for a queue nobody configured. 4 MiB blocks still hold a 1 MiB
-# array four times over (an entry larger than a block gets a block of its own).
-BLOCK_SIZE = 4 << 20
+# The broker's block size (a 1 MiB array fits nine times), in files of 8 blocks rather
+# than 100: block files take disk as data comes (a small queue ~100 KiB), but a 1 GiB
+# apparent size for a queue nobody configured surprises whoever lists the directory.
+BLOCK_SIZE = 10 << 20
 BLOCKS_PER_FILE = 8
 
 _lock = threading.Lock()

@@ -21,7 +21,6 @@ is waited on by looking at the size again with a growing pause (up to
 
 from __future__ import annotations
 
-import math
 import pickle
 import queue as _stdlib_queue
 import time
@@ -29,6 +28,7 @@ import time
 from . import embedded, objects
 from .blocks import layout as L
 from .ipc import names
+from .timeouts import check_timeout
 
 Empty = _stdlib_queue.Empty
 Full = _stdlib_queue.Full
@@ -43,7 +43,16 @@ _loads = pickle.loads
 
 
 class Queue:
-    """A process-shared FIFO of Python objects, persisted in a shmwal topic."""
+    """A process-shared FIFO of Python objects, persisted in a shmwal topic.
+
+    ``name`` is the topic (API.md's topic rules; a bad one raises ``InvalidTopic``),
+    ``group`` the consumer group whose getters share the items (another group gets
+    every item again). ``maxsize <= 0``: unbounded. ``data_dir=None``: ``$SHMWAL_DATA_DIR``
+    if set, else a temporary directory of this process's own, removed at its exit.
+    With no broker running on the directory, this starts one that lives as long as
+    this process; a running one is used as it is (``BrokerUnavailable`` if none
+    answers in 5 s after starting).
+    """
 
     def __init__(self, name: str, maxsize: int = 0, *, data_dir=None, key=None, group: str = "default"):
         names.check_name(name, "queue name")
@@ -63,6 +72,14 @@ class Queue:
 
     # ------------------------------------------------------------------ multiprocessing.Queue
     def put(self, obj, block: bool = True, timeout=None) -> None:
+        """Append ``obj`` (pickled, protocol 5) once there is room (``maxsize``).
+
+        Returns once the item is in the log and visible to every getter. A full
+        queue: with ``block=False`` raises ``queue.Full`` at once, else waits up to
+        ``timeout`` seconds (None: for ever) and then raises ``queue.Full``. An object
+        that does not pickle raises pickle's own error and writes nothing. Closed:
+        ``ValueError``.
+        """
         self._check_closed()
         if block and timeout is not None:
             timeout = _check_timeout(timeout)
@@ -85,6 +102,13 @@ class Queue:
             client.append(self._name, objects.gather(parts, total))
 
     def get(self, block: bool = True, timeout=None):
+        """Take the group's next item, in put order; it goes to no other getter of the group.
+
+        Nothing there: with ``block=False`` raises ``queue.Empty`` at once, else waits
+        up to ``timeout`` seconds (None: for ever; woken by the put, no polling) and
+        then raises ``queue.Empty``. Arrays and bytearrays come back writable, owning
+        their memory. Closed: ``ValueError``.
+        """
         self._check_closed()
         if not block:
             wait = 0.0
@@ -103,19 +127,24 @@ class Queue:
         return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
 
     def put_nowait(self, obj) -> None:
+        """``put(obj, False)``."""
         self.put(obj, False)
 
     def get_nowait(self):
+        """``get(False)``."""
         return self.get(False)
 
     def qsize(self) -> int:
+        """Items put and not yet taken by this queue's group (a snapshot while others put and get)."""
         reader = self._reader()
         return max(0, reader.words[_W_NEXT] - reader.position())
 
     def empty(self) -> bool:
+        """``qsize() == 0`` (a snapshot, as for multiprocessing)."""
         return self.qsize() == 0
 
     def full(self) -> bool:
+        """``qsize() >= maxsize`` for a bounded queue; never for an unbounded one."""
         return bool(self._maxsize) and self.qsize() >= self._maxsize
 
     def close(self) -> None:
@@ -171,7 +200,8 @@ class Queue:
             return
         if not block:
             raise Full
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        timeout = None if timeout is None else _check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         pause = FULL_POLL_MIN
         while self.qsize() >= self._maxsize:
             if deadline is not None:
@@ -183,13 +213,12 @@ class Queue:
             pause = min(pause * 2, FULL_POLL_MAX)
 
 
-def _check_timeout(timeout) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
-    if math.isnan(timeout):
-        raise ValueError("timeout must be None or a number, not NaN")
-    # multiprocessing.Queue waits no time for a negative timeout (queue.Queue raises ValueError).
-    return max(0.0, float(timeout))
+def _check_timeout(timeout) -> float | None:
+    """The project's rule (timeouts.py: huge or infinite is None, for ever; NaN and non-numbers
+    raise), except that a negative timeout waits no time, as multiprocessing.Queue's does."""
+    if not isinstance(timeout, bool) and isinstance(timeout, (int, float)) and timeout < 0:
+        return 0.0
+    return check_timeout(timeout)
 
 
 def _rebuild(name, maxsize, data_dir, key, group) -> Queue:

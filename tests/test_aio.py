@@ -191,3 +191,16 @@ def test_waiting_read_raises_when_the_broker_dies(start_broker, data_dir):
         finally:
             await client.close()
     run(main())
+
+
+def test_waiting_read_raises_client_closed_when_its_client_closes(broker):
+    async def main():
+        client = await shmwal.connect_async(broker.data_dir)
+        read = asyncio.create_task(client.read_next("t"))
+        await asyncio.sleep(0.2)
+        await client.close()
+        with pytest.raises(shmwal.ClientClosed):
+            await read
+        with pytest.raises(shmwal.ClientClosed):
+            await client.read_next("t", timeout=0)
+    run(main())

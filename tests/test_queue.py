@@ -101,6 +101,8 @@ def test_get_variants_and_empty(make_queue, tmp_path):
     assert time.monotonic() - started >= 0.2
     with pytest.raises(queue.Empty):
         q.get(True, -1)   # as multiprocessing: a negative timeout waits no time
+    q.put("x", True, 10**400)   # huge: for ever (timeouts.py), not an OverflowError
+    assert q.get(True, float("inf")) == "x"
 
 
 def test_qsize_counts_put_minus_got(make_queue):

@@ -26,6 +26,7 @@ import asyncio
 
 from ..client import Client
 from ..client.read import check_timeout
+from ..errors import ClientClosed
 from .waker import TopicWaker
 
 __all__ = ["AsyncClient", "connect_async"]
@@ -65,16 +66,21 @@ class AsyncClient:
     def __init__(self, client: Client):
         self.client = client
         self._wakers: dict[str, TopicWaker] = {}
+        self._closed = False
 
     # ------------------------------------------------------------------ writing
     async def append(self, topic, data) -> int:
+        """``Client.append``, on the loop's thread (it waits for no reader)."""
         return self.client.append(topic, data)
 
     async def batch_append(self, topic, items) -> range:
+        """``Client.batch_append``, on the loop's thread."""
         return self.client.batch_append(topic, items)
 
     # ------------------------------------------------------------------ reading
     async def read_next(self, topic, *, group="default", checkpoint=True, timeout=None):
+        """``Client.read_next``, awaiting the next entry (``timeout=None``: for ever; a
+        number: then ``None``). Cancelled before it returned, it took nothing."""
         client = self.client
 
         def take():
@@ -84,6 +90,8 @@ class AsyncClient:
 
     async def batch_read(self, topic, max_bytes, *, group="default", checkpoint=True, timeout=None,
                          zero_copy: bool = False) -> list:
+        """``Client.batch_read``, awaiting the first entry (``timeout``: then ``[]``).
+        Cancelled before it returned, it took nothing."""
         client = self.client
 
         def take():
@@ -114,6 +122,8 @@ class AsyncClient:
             if left is not None and left <= 0:
                 return found
             await self._wait(waker, seen, left)
+            if self._closed:
+                raise ClientClosed("this client was closed while the read waited")
 
     @staticmethod
     async def _wait(waker: TopicWaker, seen: int, left) -> None:
@@ -140,18 +150,24 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ the rest, as Client
     async def seek(self, topic, offset, *, group="default") -> None:
+        """``Client.seek``."""
         self.client.seek(topic, offset, group=group)
 
     async def position(self, topic, *, group="default") -> int:
+        """``Client.position``."""
         return self.client.position(topic, group=group)
 
     async def topics(self) -> list:
+        """``Client.topics``."""
         return self.client.topics()
 
     async def stats(self) -> dict:
+        """``Client.stats``."""
         return self.client.stats()
 
     async def close(self) -> None:
+        """Wake every waiting read (they then raise ``ClientClosed``), end the waker threads, close the Client."""
+        self._closed = True
         wakers, self._wakers = list(self._wakers.values()), {}
         for waker in wakers:
             waker.close()
