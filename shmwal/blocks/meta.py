@@ -157,6 +157,24 @@ class TopicMeta:
         """Slots ever used (every scan stops here; above it the file may have no storage)."""
         return min(self.words[L.H_GROUP_HIGH // _Q], L.GROUP_SLOTS)
 
+    def stored_group_slots(self) -> int:
+        """Group slots up to the last page of the table that has storage (SEEK_DATA: reads nothing)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            end, at = L.GROUPS_AT, L.GROUPS_AT
+            while True:
+                try:
+                    at = os.lseek(fd, at, os.SEEK_DATA)
+                except OSError:   # ENXIO: no data after ``at``
+                    break
+                if at >= L.META_SIZE:
+                    break
+                end = min(os.lseek(fd, at, os.SEEK_HOLE), L.META_SIZE)
+                at = end
+        finally:
+            os.close(fd)
+        return (end - L.GROUPS_AT) // L.GROUP_SLOT
+
     def group_names(self) -> dict[str, int]:
         """Names of the groups in use -> slot (a scan: for the broker's start, stat and recovery)."""
         found = {}

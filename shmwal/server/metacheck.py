@@ -105,8 +105,16 @@ def word_findings(meta) -> list[Finding]:
     if get(L.H_WAITERS) > WAITERS_SANE:
         findings.append(Finding(L.H_WAITERS, f"sleeping-reader count {get(L.H_WAITERS):#x}; set to 0",
                                 setter(L.H_WAITERS, 0)))
+    # Only slots below the high mark are looked at: above it the file has no storage, and
+    # reading a hole of a mapped tmpfs file allocates the page. A mark past the table or
+    # past the storage the file has is set from the storage (SEEK_DATA: no page touched).
+    high, stored = get(L.H_GROUP_HIGH), meta.stored_group_slots()
+    if high > stored:
+        findings.append(Finding(L.H_GROUP_HIGH, f"group high mark {high:#x} past the {stored} slots with "
+                                                f"storage; set to {stored}", setter(L.H_GROUP_HIGH, stored)))
+        high = stored
     seen, used = set(), 0
-    for slot in range(L.GROUP_SLOTS):
+    for slot in range(high):
         at = L.group_slot_at(slot)
         flag = get(at + L.G_USED)
         if not flag:
