@@ -159,6 +159,7 @@ class Reclaimer:
         # start, so a restart never shortens retention), and its payload bytes (walked once).
         self._sealed: dict[str, dict[int, float]] = {}
         self._payload: dict[str, dict[int, int]] = {}
+        self._sealed_upto: dict[str, int] = {}   # chain slots below it have a seal time
         # topic -> [(file_id, file_offset, until)]: reclaimed blocks a zero-copy view still
         # pinned, held back (live) for reuse once the pin goes, until REUSE_TTL has passed.
         # Freeing them at once made a topic read zero-copy fault fresh blocks in, while its
@@ -191,8 +192,9 @@ class Reclaimer:
         sealed = self._sealed.setdefault(meta.name, {})
         sizes = self._payload.setdefault(meta.name, {})
         now = self.clock()
-        for index in range(max(first, max(sealed, default=first - 1) + 1), published - 1):
+        for index in range(max(first, self._sealed_upto.get(meta.name, 0)), published - 1):
             sealed[index] = now
+        self._sealed_upto[meta.name] = max(first, published - 1)
 
         def payload(index: int) -> int:
             found = sizes.get(index)
