@@ -60,6 +60,7 @@ DEDUP_WINDOW = 120.0       # seconds a topic's stream remembers message ids (ret
 ATTEMPT = 2.0              # seconds one request waits before it is sent again
 GRACE = 1.0                # seconds past a pull's expiry that we wait for the server's word
 RETRY_PAUSE = 0.05
+CATCH_UP = 2.0             # seconds a timeout=0 read waits for entries the stream has and its consumer not yet
 PEEK_AHEAD = 100           # direct gets in flight at once while peeking
 ERR_STREAM_NOT_FOUND = 10059
 ERR_CONSUMER_NOT_FOUND = 10014
@@ -608,6 +609,11 @@ class NatsClient:
             n = self._pull_size(reader, max_count, max_bytes)
             msgs = await self._pull_once(reader, n, None)
             maybe_more = len(msgs) == n
+        if not msgs and end is not None and time.monotonic() >= end and await self._behind(reader):
+            # The stream holds entries the group has not been given, but its consumer's
+            # replica had not applied them yet (a publish is answered by the stream
+            # leader; the consumer may lead on another node): they come within moments.
+            end = time.monotonic() + min(self._timeout, CATCH_UP)
         while not msgs:
             now = time.monotonic()
             if end is not None and now >= end:
@@ -633,6 +639,18 @@ class NatsClient:
             reader.buffer = msgs[keep:]
             reader.buffered_at = time.monotonic()
         return msgs[:keep]
+
+    async def _behind(self, reader: _Reader) -> bool:
+        """Whether the stream's leader holds entries past what the group's consumer delivered."""
+        deadline = self._deadline()
+        try:
+            info = await self._stream_info(reader.topic, deadline)
+            consumer = await self._api(f"CONSUMER.INFO.{reader.topic.stream}.{reader.durable}", None, deadline)
+        except _ApiError:
+            return False
+        if info is None:
+            return False
+        return info["state"]["last_seq"] > consumer["delivered"]["stream_seq"]
 
     def _buffered(self, reader: _Reader) -> list:
         msgs, reader.buffer = reader.buffer, []
