@@ -50,6 +50,7 @@ PROVISION_EVERY = 0.02     # seconds between looks for writers about to need a b
 RECV_CHUNK = 65536
 REPLY_TIMEOUT = 5.0        # seconds a reply may take to go out before its client is dropped
 _SO_PEERCRED = struct.Struct("3i")
+WATCH_FILES_DELETED = b"d"   # on a client's watch connection: drop your mappings of deleted block files
 
 
 class BrokerServer:
@@ -76,6 +77,7 @@ class BrokerServer:
         self._listener: socket.socket | None = None
         self._selector = selectors.DefaultSelector()
         self._conns: dict[socket.socket, control.FrameBuffer] = {}
+        self._watchers: set[socket.socket] = set()   # clients' watch connections (files_deleted)
         # Control ops: keyword arguments from the request (keys a newer client adds are ignored).
         self._ops = {
             "hello": self._hello,
@@ -100,6 +102,7 @@ class BrokerServer:
         self._ops["alloc_block"] = self.provisioner.alloc_block
         self.reclaimer = Reclaimer(self.registry, self.provisioner.allocator, self.files, self.block_size,
                                    self.retention, self.clock)
+        self.reclaimer.on_delete = self.files_deleted
         startup.recover_topics(self.registry, self.provisioner.allocator, self.files, self._stop_requested)
         self._listener, self._dir_fd = startup.listen(self.root)
         self._selector.register(self._listener, selectors.EVENT_READ)
@@ -130,6 +133,17 @@ class BrokerServer:
 
     def request_stop(self, *_args) -> None:
         self._stopping = True
+
+    def files_deleted(self) -> None:
+        """Tell every client that block files went: an idle one still maps them, and a deleted
+        file's pages stay allocated while any process maps it (a full disk stayed full)."""
+        for conn in list(self._watchers):
+            try:
+                conn.send(WATCH_FILES_DELETED, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                pass   # its buffer is full of earlier notes: it has one to act on already
+            except OSError:
+                self._drop(conn)
 
     def _stop_requested(self) -> None:
         """Raises once a stop was asked for: recovery at start waits no longer (a SIGTERM arrived)."""
@@ -172,6 +186,8 @@ class BrokerServer:
         for message in messages:
             reply = self._handle(message)
             if reply is None:
+                if isinstance(message, dict) and message.get("op") == "watch":
+                    self._watchers.add(conn)
                 continue
             try:
                 conn.setblocking(True)
@@ -184,6 +200,7 @@ class BrokerServer:
 
     def _drop(self, conn: socket.socket) -> None:
         self._conns.pop(conn, None)
+        self._watchers.discard(conn)
         try:
             self._selector.unregister(conn)
         except (KeyError, ValueError):

@@ -50,6 +50,8 @@ CASES = {
     "group-lock-word": lambda root: flip_byte(meta_path(root, "t"), _group_mutex(root), 0x21),
     "group-mutex-spins": lambda root: flip_byte(meta_path(root, "t"), _group_mutex(root) + 20, 0x01),
     "cursor-past-end": lambda root: write_word(meta_path(root, "t"), L.group_slot_at(0) + L.G_CURSOR, 10**9),
+    "group-high-mark-low": lambda root: flip_byte(meta_path(root, "t"), L.H_GROUP_HIGH, 0x01),
+    "group-high-mark-huge": lambda root: flip_byte(meta_path(root, "t"), L.H_GROUP_HIGH + 5, 0x01),
     "visible-flag": lambda root: flip_byte(meta_path(root, "t"), L.H_VISIBLE, 0x01),
     "group-count": lambda root: flip_byte(meta_path(root, "t"), L.H_GROUPS, 0x40),
     "waiters": lambda root: flip_byte(meta_path(root, "t"), L.H_WAITERS + 7, 0x10),

@@ -183,6 +183,27 @@ class BlockFiles:
         if gone:
             self.generation += 1
 
+    def release_deleted(self) -> None:
+        """(any thread, e.g. a client's watcher) Unmap the files the broker deleted.
+
+        Only mappings: a descriptor may be in use by an io_uring read on another
+        thread, and closing it there could hand its number to another file (the
+        next map/fd miss sweeps those).  A mapping a zero-copy view or the
+        compiled path still exports stays (close raises BufferError, kept by
+        drop); any other user of a closed one is a reader of a reclaimed block,
+        which reads a closed mapping as a block file gone (reader._take).
+        """
+        gone = [f for f in list(self._maps) if not os.path.exists(self.path(f))]
+        for file_id in gone:
+            mm = self._maps.pop(file_id, None)
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+        if gone:
+            self.generation += 1
+
     def mapped(self) -> list[int]:
         return list(self._maps)
 

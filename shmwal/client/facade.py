@@ -582,9 +582,14 @@ def _make_fetcher(io: str):
 
 
 def _watch_broker(sock: socket.socket, client_ref) -> None:
+    """The watch connection: EOF is the broker's death; a byte says it deleted block files
+    (idle clients included must let go of them: their space stays allocated while mapped)."""
     try:
         while sock.recv(64):
-            pass
+            client = client_ref()
+            if client is not None:
+                client._files.release_deleted()
+            del client
     except OSError:
         pass
     client = client_ref()

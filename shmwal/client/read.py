@@ -293,7 +293,11 @@ class GroupReader:
         buf = self._fast_buf
         if pos + 48 > self._fast_limit:
             return None
-        count, batch_left, first, data_bytes, check, length, digest = _single_unpack(buf, pos)
+        try:
+            count, batch_left, first, data_bytes, check, length, digest = _single_unpack(buf, pos)
+        except ValueError:   # its file was deleted and the watcher closed the mapping
+            self._fast_block = -1
+            return None
         end = pos + 48 + length
         if count != 1 or first != cursor or end > self._fast_limit:
             return None
@@ -465,7 +469,7 @@ class GroupReader:
             if resume is None and c < words[_W_FIRST_OFFSET]:
                 raise _Overtaken from None
             raise CorruptEntry(topic, c, str(exc)) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:   # ValueError: a mapping the watcher closed (file deleted)
             if out:
                 return out, next_offset
             if resume is None and c < words[_W_FIRST_OFFSET]:

@@ -165,15 +165,20 @@ class Reclaimer:
         # Freeing them at once made a topic read zero-copy fault fresh blocks in, while its
         # reader dropped the views of the block it left a moment after the reclamation.
         self.parked: dict[str, list] = {}
+        self.on_delete = None   # called after a pass deleted block files (the broker tells its clients)
 
     def reclaim(self) -> None:
         """Free blocks every group has read past; delete files left with no live block."""
         for state in list(self.registry.topics.values()):
             self.reclaim_topic(state)
         self.allocator.expire(REUSE_TTL)
+        deleted = False
         for file_id in due_for_delete(self.pending_delete, self.allocator.deletable(), time.monotonic()):
             self.allocator.forget(file_id)
             self.files.remove(file_id)
+            deleted = True
+        if deleted and self.on_delete is not None:
+            self.on_delete()
 
     def reclaim_busy(self) -> None:
         """Between full passes, reclaim the topics whose writers moved on (so their blocks can be reused soon)."""
