@@ -204,6 +204,11 @@ def mutex_damage(raw: bytes) -> str | None:
     return None
 
 
+def mutex_image() -> bytes:
+    """The bytes mutex_init writes (an unlocked mutex of our kind)."""
+    return _MUTEX_IMAGE
+
+
 def mutex_holder(raw: bytes) -> int:
     """The TID the mutex's lock word names as its holder (0: none, or one that died)."""
     word = int.from_bytes(raw[0:4], "little")
