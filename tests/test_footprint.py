@@ -275,3 +275,28 @@ def test_the_demo_runs_in_a_64_MiB_tmpfs(tmpfs, tmp_path):
     assert result.stdout.count("every entry exactly once") == 2
     # Stopped: only the tail block of the fully read topic, its meta file and the broker's notes are left.
     assert du(mnt) <= 10 * MiB + 1 * MiB, du(mnt)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.timeout(120)
+def test_enospc_for_a_new_topic_names_the_full_directory_and_what_its_meta_file_needed(tmpfs, path):
+    mnt = tmpfs("100k")
+    broker = shmwal.Broker(mnt).start()
+    try:
+        out = run_client(f"""
+            import errno
+            client = shmwal.connect({mnt!r})
+            try:
+                client.append("t", b"x")
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                print(exc)
+            else:
+                raise SystemExit("a topic fitted in 100 KiB")
+            assert client.topics() == []
+        """, path)
+    finally:
+        broker.stop()
+    topics_dir = os.path.join(mnt, "default", "topics")
+    assert out.startswith(f"[Errno {errno.ENOSPC}] No space left on device: {topics_dir} is full ("), out
+    assert f"the meta file of new topic 't' needed {L.CHAIN_AT + L.PAGE:,} bytes" in out

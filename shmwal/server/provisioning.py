@@ -14,6 +14,7 @@ out ahead (the populate thread), so a long populate never delays a file switch.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -21,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..blocks import layout as L
-from ..blocks.allocator import BlockAllocator
+from ..blocks.allocator import BlockAllocator, no_space
 from ..blocks.files import BlockFiles
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
@@ -146,7 +147,13 @@ class Provisioner:
     def _allocate_slot(self, meta: TopicMeta, chain_index: int, min_capacity: int) -> int:
         """Give chain slot ``chain_index`` a fresh block. Caller holds the topic's chain mutex."""
         if chain_index % L.CHAIN_SLOTS_PER_PAGE == 0:
-            meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
+            try:
+                meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                raise no_space(os.path.dirname(meta.path), L.PAGE,
+                               f"the next page of topic {meta.name!r}'s chain") from None
         file_id, file_offset, capacity = self.allocator.alloc(min_capacity, meta.name, chain_index)
         meta.set_chain_slot(chain_index, file_id, file_offset, capacity)
         if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):

@@ -9,6 +9,7 @@ changes the registry; the fsync thread reads a snapshot (``states``).
 
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import os
@@ -17,6 +18,7 @@ import threading
 import posix_ipc
 
 from ..blocks import layout as L
+from ..blocks.allocator import no_space
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 from ..ipc import names
@@ -99,7 +101,14 @@ class Registry:
     def _create_topic(self, topic: str) -> TopicState:
         tdir = os.path.join(self.topics_dir, topic)
         make_private_dir(tdir)
-        state = self.adopt(TopicMeta.create(os.path.join(tdir, "meta"), topic, self.next_topic_id))
+        try:
+            meta = TopicMeta.create(os.path.join(tdir, "meta"), topic, self.next_topic_id)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # TopicMeta.create allocates the header and group pages and the first chain page.
+            raise no_space(self.topics_dir, L.CHAIN_AT + L.PAGE, f"the meta file of new topic {topic!r}") from None
+        state = self.adopt(meta)
         self.write_run_file()
         return state
 
