@@ -280,9 +280,16 @@ def test_the_demo_runs_in_a_64_MiB_tmpfs(tmpfs, tmp_path):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.timeout(120)
 def test_enospc_for_a_new_topic_names_the_full_directory_and_what_its_meta_file_needed(tmpfs, path):
-    mnt = tmpfs("100k")
+    mnt = tmpfs("1m")
     broker = shmwal.Broker(mnt).start()
     try:
+        # Leave one page less than a new topic's meta file takes.
+        st = os.statvfs(mnt)
+        fd = os.open(os.path.join(mnt, "filler"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize - L.CHAIN_AT)
+        finally:
+            os.close(fd)
         out = run_client(f"""
             import errno
             client = shmwal.connect({mnt!r})
@@ -292,7 +299,7 @@ def test_enospc_for_a_new_topic_names_the_full_directory_and_what_its_meta_file_
                 assert exc.errno == errno.ENOSPC, exc
                 print(exc)
             else:
-                raise SystemExit("a topic fitted in 100 KiB")
+                raise SystemExit("a topic fitted in less than its meta file takes")
             assert client.topics() == []
         """, path)
     finally:
