@@ -62,6 +62,8 @@ static inline uint64_t checksum(const void *data, size_t length, uint64_t seed)
 #define H_NEXT_OFFSET 128
 #define H_PUBLISHED_BLOCKS 136
 #define H_FIRST_OFFSET 160
+#define H_FIRST_BLOCK 152
+#define B_PINS 312
 #define H_TAIL_POS 192
 #define H_TAIL_CHAIN 200
 #define H_TAIL_OFFSET 208
@@ -480,6 +482,93 @@ static PyTypeObject AppenderType = {
     .tp_methods = Appender_methods,
 };
 
+/* ================================================================== PinnedView */
+
+/* A read-only buffer over part of a block's mapping that pins the block (layout.B_PINS)
+ * for as long as it lives: the pin word is added to when it is made and taken back when it
+ * goes, and it holds a buffer of the mapping, so the mapping stays open until then.  What
+ * client/read.py's _pinned_view did with a ctypes array and a weakref finalizer (several
+ * microseconds a read, twice the cost of copying a 64 KiB entry), as one object. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer source;
+    uint64_t *pins;          /* NULL once unpinned (or never pinned) */
+    Py_ssize_t start, length;
+} PinnedView;
+
+static PyTypeObject PinnedViewType;
+
+/* A PinnedView of mapping[start:start + length] whose block's pin word is at pin_at;
+ * the pin is added before this returns (an atomic add: a full barrier). */
+static PyObject *pinned_view_new(PyObject *mapping, uint64_t pin_at, Py_ssize_t start, Py_ssize_t length)
+{
+    PinnedView *self = PyObject_New(PinnedView, &PinnedViewType);
+    if (self == NULL)
+        return NULL;
+    self->pins = NULL;
+    /* Writable: the pin word is stored to (the view it exports is read-only). */
+    if (PyObject_GetBuffer(mapping, &self->source, PyBUF_WRITABLE) < 0) {
+        self->source.obj = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (start < 0 || length < 0 || start > self->source.len || length > self->source.len - start
+            || pin_at > (uint64_t)self->source.len - 8 || pin_at % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "PinnedView: range or pin word outside the mapping");
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->start = start;
+    self->length = length;
+    self->pins = (uint64_t *)((char *)self->source.buf + pin_at);
+    __atomic_fetch_add(self->pins, 1, __ATOMIC_SEQ_CST);
+    return (PyObject *)self;
+}
+
+static PyObject *PinnedView_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *mapping;
+    unsigned long long pin_at;
+    Py_ssize_t start = 0, length = -1;
+    if (!PyArg_ParseTuple(args, "OK|nn", &mapping, &pin_at, &start, &length))
+        return NULL;
+    if (length < 0) {
+        Py_buffer probe;
+        if (PyObject_GetBuffer(mapping, &probe, PyBUF_SIMPLE) < 0)
+            return NULL;
+        length = probe.len - start;
+        PyBuffer_Release(&probe);
+    }
+    return pinned_view_new(mapping, pin_at, start, length);
+}
+
+static void PinnedView_dealloc(PinnedView *self)
+{
+    if (self->pins != NULL)
+        __atomic_fetch_sub(self->pins, 1, __ATOMIC_SEQ_CST);
+    if (self->source.obj != NULL)
+        PyBuffer_Release(&self->source);
+    PyObject_Free(self);
+}
+
+static int PinnedView_getbuffer(PinnedView *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, (char *)self->source.buf + self->start, self->length, 1, flags);
+}
+
+static PyBufferProcs PinnedView_as_buffer = {(getbufferproc)PinnedView_getbuffer, NULL};
+
+static PyTypeObject PinnedViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmwal._hot.PinnedView",
+    .tp_basicsize = sizeof(PinnedView),
+    .tp_dealloc = (destructor)PinnedView_dealloc,
+    .tp_as_buffer = &PinnedView_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PinnedView(mapping, pin_at, start=0, length=-1): a read-only buffer that pins its block",
+    .tp_new = PinnedView_new,
+};
+
 /* ================================================================== Reader */
 
 static PyTypeObject *entry_type;   /* shmwal.entry.Entry, set by configure() */
@@ -529,6 +618,7 @@ typedef struct {
     PyObject *topic;
     CachedBlock hinted;      /* the block of the group's hint */
     uint64_t next_first;     /* first offset of block + 1 once published, else NONE64 */
+    uint64_t pin_at;         /* the hinted block's pin word (layout.B_PINS) in its mapping, else NONE64 */
     sem_t *sem;              /* the topic semaphore appenders post for sleeping readers */
     long spin_ns;            /* how long read_wait spins before sleeping (adapts, see there) */
 } Reader;
@@ -570,6 +660,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->topic = topic;
     self->hinted.index = NONE64;
     self->next_first = NONE64;
+    self->pin_at = NONE64;
     self->spin_ns = SPIN_NS_MAX;
     return 0;
 }
@@ -584,11 +675,27 @@ static void Reader_dealloc(Reader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* set_block(block, mapping, limit[, pin_at]) | set_block(None): pin_at, the block's pin
+ * word in the mapping, lets next(..., zero_copy=True) serve the block. */
 static PyObject *Reader_set_block(Reader *self, PyObject *args)
 {
     self->next_first = NONE64;
-    if (set_block(&self->hinted, args, 0) < 0)
+    self->pin_at = NONE64;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    PyObject *head = n == 4 ? PyTuple_GetSlice(args, 0, 3) : (Py_INCREF(args), args);
+    if (head == NULL)
         return NULL;
+    int rc = set_block(&self->hinted, head, 0);
+    Py_DECREF(head);
+    if (rc < 0)
+        return NULL;
+    if (n == 4 && self->hinted.base != NULL) {
+        unsigned long long pin_at = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args, 3));
+        if (pin_at == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        if (pin_at % 8 == 0 && pin_at + 8 <= (unsigned long long)self->hinted.pin.view.len)
+            self->pin_at = pin_at;
+    }
     Py_RETURN_NONE;
 }
 
@@ -597,7 +704,7 @@ static PyObject *Reader_set_block(Reader *self, PyObject *args)
  * Serves the entry at the cursor when the group's hint locates it in the
  * cached block as a one-entry record that checks out; an int is the next
  * offset when there is nothing to read; None hands the read to Python. */
-static PyObject *next_entry(Reader *self, int checkpoint)
+static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy)
 {
     char *m = self->meta.view.buf;
     size_t g = self->slot;
@@ -639,13 +746,39 @@ static PyObject *next_entry(Reader *self, int checkpoint)
         goto hand_back;
     if ((digest ^ record_seed(1, batch_left, first, data_bytes)) != check)
         goto hand_back;   /* the general path reports it */
-    PyObject *data = copy_checked(record + SINGLE_SIZE, length, entry_seed(cursor), digest);
-    if (data == NULL) {
-        if (PyErr_Occurred()) {
+    PyObject *data;
+    if (zero_copy) {
+        /* The pin comes first, H_FIRST_BLOCK is loaded after it (the order _pinned_view
+         * argues); our cursor is in this block and we hold the group mutex, so it cannot be
+         * reclaimed now anyway.  The checksum is of the mapped bytes the view shows. */
+        if (self->pin_at == NONE64)
+            goto hand_back;
+        PyObject *pinned = pinned_view_new(self->hinted.pin.view.obj, self->pin_at,
+                                           (Py_ssize_t)(pos + SINGLE_SIZE), (Py_ssize_t)length);
+        if (pinned == NULL) {
             pthread_mutex_unlock(mutex);
             return NULL;
         }
-        goto hand_back;
+        if (load(m, H_FIRST_BLOCK) > block
+                || checksum(record + SINGLE_SIZE, (size_t)length, entry_seed(cursor)) != digest) {
+            Py_DECREF(pinned);
+            goto hand_back;
+        }
+        data = PyMemoryView_FromObject(pinned);
+        Py_DECREF(pinned);
+        if (data == NULL) {
+            pthread_mutex_unlock(mutex);
+            return NULL;
+        }
+    } else {
+        data = copy_checked(record + SINGLE_SIZE, length, entry_seed(cursor), digest);
+        if (data == NULL) {
+            if (PyErr_Occurred()) {
+                pthread_mutex_unlock(mutex);
+                return NULL;
+            }
+            goto hand_back;
+        }
     }
     if (checkpoint) {
         /* Hint words are read only under the group mutex; the cursor, read by
@@ -666,7 +799,18 @@ static PyObject *Reader_next(Reader *self, PyObject *checkpoint_obj)
     int checkpoint = PyObject_IsTrue(checkpoint_obj);
     if (checkpoint < 0)
         return NULL;
-    return next_entry(self, checkpoint);
+    return next_entry(self, checkpoint, 0);
+}
+
+/* next_view(checkpoint): next, with the entry's data a read-only memoryview of the mapped
+ * block that pins it (read_next(..., zero_copy=True)); None also when the block's pin word
+ * is not known (set_block without pin_at). */
+static PyObject *Reader_next_view(Reader *self, PyObject *checkpoint_obj)
+{
+    int checkpoint = PyObject_IsTrue(checkpoint_obj);
+    if (checkpoint < 0)
+        return NULL;
+    return next_entry(self, checkpoint, 1);
 }
 
 static double monotonic(void)
@@ -755,7 +899,7 @@ static PyObject *Reader_read_wait(Reader *self, PyObject *args)
         return NULL;
     double until = monotonic() + (seconds >= 0 ? seconds : 0);
     for (;;) {
-        PyObject *found = next_entry(self, checkpoint);
+        PyObject *found = next_entry(self, checkpoint, 0);
         if (found == NULL || !PyLong_CheckExact(found))
             return found;
         uint64_t seen = PyLong_AsUnsignedLongLong(found);
@@ -789,7 +933,8 @@ static PyMethodDef Reader_methods[] = {
     {"wait", (PyCFunction)Reader_wait, METH_VARARGS, "wait(seen_next, seconds): sleep until the topic may have grown"},
     {"read_wait", (PyCFunction)Reader_read_wait, METH_VARARGS, "read_wait(checkpoint, seconds) -> Entry | None | int"},
     {"next", (PyCFunction)Reader_next, METH_O, "next(checkpoint) -> Entry | int (nothing below it) | None (general path)"},
-    {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit) | set_block(None)"},
+    {"next_view", (PyCFunction)Reader_next_view, METH_O, "next_view(checkpoint): next, zero-copy (data a pinned read-only memoryview)"},
+    {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit[, pin_at]) | set_block(None)"},
     {NULL}
 };
 
@@ -1083,7 +1228,7 @@ static struct PyModuleDef hot_module = {
 
 PyMODINIT_FUNC PyInit__hot(void)
 {
-    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&ReaderType) < 0)
+    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinnedViewType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&hot_module);
     if (module == NULL)
@@ -1104,6 +1249,7 @@ PyMODINIT_FUNC PyInit__hot(void)
         "G_GEN", (unsigned long long)G_GEN, "CHAIN_SLOTS", (unsigned long long)CHAIN_SLOTS,
         "CHAIN_AT", (unsigned long long)CHAIN_AT, "CHAIN_SLOT", (unsigned long long)CHAIN_SLOT,
         "C_FIRST_OFFSET", (unsigned long long)C_FIRST_OFFSET,
+        "H_FIRST_BLOCK", (unsigned long long)H_FIRST_BLOCK, "B_PINS", (unsigned long long)B_PINS,
         "MAX_ENTRY", (unsigned long long)MAX_ENTRY, "MAX_BATCH_ENTRIES", (unsigned long long)MAX_BATCH_ENTRIES);
     if (layout == NULL || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
@@ -1113,7 +1259,8 @@ PyMODINIT_FUNC PyInit__hot(void)
     Py_INCREF(&AppenderType);
     Py_INCREF(&ReaderType);
     if (PyModule_AddObject(module, "Appender", (PyObject *)&AppenderType) < 0
-            || PyModule_AddObject(module, "Reader", (PyObject *)&ReaderType) < 0) {
+            || PyModule_AddObject(module, "Reader", (PyObject *)&ReaderType) < 0
+            || PyModule_AddObject(module, "PinnedView", (Py_INCREF(&PinnedViewType), (PyObject *)&PinnedViewType)) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -179,6 +179,11 @@ class Client:
                 reader = self._reader(topic, group, create=timeout != 0)
                 if reader is None:
                     return None
+            found = reader.hot_next_view(checkpoint)   # hot.c: an Entry of a pinned view, or as hot_next
+            if found.__class__ is Entry:
+                return found
+            if found is not None and timeout == 0:
+                return None
             entries = reader.read(1, L.MAX_ENTRY, checkpoint, timeout, True)
             return entries[0] if entries else None
         try:

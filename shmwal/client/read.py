@@ -135,10 +135,12 @@ class GroupReader:
         self._hot = None
         self._hot_block = -1
         self.hot_next = self._no_hot
+        self.hot_next_view = self._no_hot   # the same, zero-copy (read_next(..., zero_copy=True))
         if native is not None:
             self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
             if not self._strict_sync:
                 self.hot_next = self._hot.next
+                self.hot_next_view = self._hot.next_view
 
     @staticmethod
     def _no_hot(checkpoint):
@@ -506,7 +508,7 @@ class GroupReader:
             # read_next's compiled path serves the hint's block from now on.
             found = self._blocks.get(hint_block)
             if found is not None:
-                self._hot.set_block(hint_block, found[0], found[4])
+                self._hot.set_block(hint_block, found[0], found[4], found[1] + L.B_PINS)
                 self._hot_block = hint_block
 
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool, payloads: bool = False):
@@ -639,14 +641,22 @@ class GroupReader:
         if file_offset + L.BLOCK_HEADER_SIZE > len(mapping):
             # A file cut short (damage): its pin word is not mapped, and storing there would fault.
             raise OSError(errno.ENODATA, f"block {block} lies past the end of its (truncated) file")
-        address, exporter = sync.buffer_address(mapping)
-        word = address + file_offset + L.B_PINS
-        sync.atomic_add(word, 1)
-        if self.words[_W_FIRST_BLOCK] > block:
-            sync.atomic_add(word, -1)
-            raise OSError(errno.ESTALE, f"block {block} was reclaimed")
-        weakref.finalize(exporter, _unpin, mapping, word)   # holds the mapping: still mapped then
-        view = memoryview(exporter).cast("B").toreadonly()   # holds the exporter, so the pin
+        if native is not None:
+            # One object pins, holds the mapping and exports it read-only (hot.c PinnedView).
+            exporter = native.PinnedView(mapping, file_offset + L.B_PINS)
+            if self.words[_W_FIRST_BLOCK] > block:
+                del exporter   # unpins
+                raise OSError(errno.ESTALE, f"block {block} was reclaimed")
+            view = memoryview(exporter)
+        else:
+            address, exporter = sync.buffer_address(mapping)
+            word = address + file_offset + L.B_PINS
+            sync.atomic_add(word, 1)
+            if self.words[_W_FIRST_BLOCK] > block:
+                sync.atomic_add(word, -1)
+                raise OSError(errno.ESTALE, f"block {block} was reclaimed")
+            weakref.finalize(exporter, _unpin, mapping, word)   # holds the mapping: still mapped then
+            view = memoryview(exporter).cast("B").toreadonly()   # holds the exporter, so the pin
         self._pin = (block, mapping, view)
         return view
 
