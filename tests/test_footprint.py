@@ -273,8 +273,14 @@ def test_the_demo_runs_in_a_64_MiB_tmpfs(tmpfs, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "RESULT: OK" in result.stdout
     assert result.stdout.count("every entry exactly once") == 2
-    # Stopped: only the tail block of the fully read topic, its meta file and the broker's notes are left.
-    assert du(mnt) <= 10 * MiB + 1 * MiB, du(mnt)
+    # Stopped: the block files hold only the blocks the topic's chain keeps (what retention keeps
+    # of the fully read topic, and its tail), no spare and no block kept for reuse.
+    root = os.path.join(mnt, "demo", "default")
+    orders = offline_stats(root)["orders"]
+    assert orders["allocated"] == orders["published"] and orders["groups"].keys() == {"audit", "workers"}
+    meta_bytes = allocated_bytes(os.path.join(root, "topics", "orders", "meta"))
+    assert block_files_bytes(root) == orders["disk_bytes"] - meta_bytes
+    assert orders["disk_bytes"] - meta_bytes <= orders["blocks"] * 10 * MiB
 
 
 @pytest.mark.parametrize("path", PATHS)
