@@ -233,7 +233,7 @@ class Appender:
             pos = words[_W_TAIL_POS]
             if block != self._block:
                 self._load_block(block)
-            size = L.record_size(1, length)
+            size = (_SINGLE + _ALIGN_MASK + length) & ~_ALIGN_MASK   # L.record_size(1, length)
             if pos + size > self._limit:
                 moved = True
                 block, pos = self._next_block(offset, size)
@@ -242,11 +242,11 @@ class Appender:
         except BaseException:
             self._abort_locked(moved)
             raise
-        return (offset, block, pos, length, moved), view
+        return (offset, block, pos, length, moved, pos + size), view
 
     def reserve_commit(self, place) -> int:
         """Checksum and publish the reserved entry (as append does), then release the mutex."""
-        offset, block, pos, length, _moved = place
+        offset, block, pos, length, _moved, end = place
         try:
             seed = (offset * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
             buf = self._buf
@@ -254,10 +254,16 @@ class Appender:
             digest = _hash(buf[start:start + length], seed)
             _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
                          length, digest)
-            self._publish(block, pos + L.record_size(1, length), offset + 1, length)
+            self._publish(block, end, offset + 1, length)
         finally:
-            sync.unlock(self.mutex)
-        self._after_publish(block, block)
+            _unlock(self.mutex)   # ours since reserve_begin: unlocking cannot fail
+        words = self.words
+        if words[_W_WAITERS]:
+            self.wake()
+        if self._first_append:
+            self._mark_visible()
+        if self._sync_each:
+            self._sync(block)
         return offset
 
     def reserve_abort(self, place) -> None:

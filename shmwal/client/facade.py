@@ -146,8 +146,14 @@ class Client:
         the entry is published when the block ends normally, ``slot.offset`` then says
         where, and nothing is published when it raises.  Other writers of the topic
         wait while the block runs.  Bad arguments raise here, before anything is taken."""
-        check_nbytes(nbytes)
-        names.check_name(topic)
+        if nbytes.__class__ is not int or not 0 <= nbytes <= L.MAX_ENTRY:
+            check_nbytes(nbytes)   # raises the right error (an int subclass passes it)
+        try:
+            known = topic in self._appenders   # checked when its appender was made
+        except TypeError:
+            known = False
+        if not known:
+            names.check_name(topic)
         return Slot(self._appender_for, topic, nbytes)
 
     def _appender_for(self, topic) -> Appender:
