@@ -32,6 +32,9 @@ from . import layout as L
 from .files import allocate, create_block_file, release
 
 
+RELEASE_GRACE = 2.0   # seconds between a block being freed and its space being punched out
+
+
 class BlockAllocator:
     def __init__(self, directory: str, block_size: int, blocks_per_file: int, next_file_id: int = 1,
                  submit=None):
@@ -46,6 +49,11 @@ class BlockAllocator:
         self.live: dict[int, dict[int, int]] = {}   # file_id -> {offset of a block in use: its capacity}
         self._reusable: dict[str, deque] = {}   # topic -> (file_id, file_offset, offered at)
         self.reused = 0                      # blocks handed out again (stats)
+        # Freed blocks whose space goes after RELEASE_GRACE: (when, file_id, file_offset, capacity).
+        # A reader that raced reclamation (a peek from an oldest offset it loaded just before)
+        # may still look at a freed block for a moment; on tmpfs even a read of a hole
+        # allocates a page, and on a full one that is a SIGBUS.  Deleting files waits too.
+        self._releasing: deque = deque()
 
     def adopt(self, file_id: int, file_offset: int, capacity: int) -> None:
         """Recovery: a chain still uses this block."""
@@ -94,9 +102,11 @@ class BlockAllocator:
             release(self.directory, file_id, file_offset, capacity)   # what a failed fallocate may have kept (ext4)
             if exc.errno != errno.ENOSPC:
                 raise
-            if self._reusable:
-                # Blocks kept for reuse only save page faults: entries come first.
+            if self._reusable or self._releasing:
+                # Blocks kept for reuse only save page faults, and freed ones wait only for
+                # stray readers: entries come first.
                 self.expire(float("-inf"))
+                self.release_due(float("inf"))
                 return self._allocate(file_id, file_offset, capacity, topic)
             raise no_space(self.directory, capacity, f"a new block of topic {topic!r}" if topic else "a new block") \
                 from None
@@ -152,6 +162,14 @@ class BlockAllocator:
         zero-copy view may still read them; the space then goes with its file)."""
         capacity = self.live.get(file_id, {}).pop(file_offset, None)
         if capacity and release_space:
+            self._releasing.append((time.monotonic() + RELEASE_GRACE, file_id, file_offset, capacity))
+
+    def release_due(self, now: float | None = None) -> None:
+        """Punch out the space of the blocks freed at least RELEASE_GRACE before ``now``
+        (``float("inf")``: all of them, at a clean stop or when the disk is full)."""
+        now = time.monotonic() if now is None else now
+        while self._releasing and self._releasing[0][0] <= now:
+            _, file_id, file_offset, capacity = self._releasing.popleft()
             release(self.directory, file_id, file_offset, capacity)
 
     def offer(self, topic: str, file_id: int, file_offset: int) -> None:

@@ -210,6 +210,7 @@ class Provisioner:
             except Exception:   # a damaged meta file must not stop the others' shutdown
                 log.exception("could not release the spare blocks of %s", state.meta.name)
         self.allocator.expire(float("-inf"))
+        self.allocator.release_due(float("inf"))
         for file_id in self.allocator.deletable():
             self.allocator.forget(file_id)
             self.files.remove(file_id)

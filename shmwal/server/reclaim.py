@@ -172,6 +172,7 @@ class Reclaimer:
         for state in list(self.registry.topics.values()):
             self.reclaim_topic(state)
         self.allocator.expire(REUSE_TTL)
+        self.allocator.release_due()
         deleted = False
         for file_id in due_for_delete(self.pending_delete, self.allocator.deletable(), time.monotonic()):
             self.allocator.forget(file_id)
