@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from typing import Callable, NamedTuple
 
 from ..blocks import layout as L
@@ -33,6 +34,7 @@ from ..blocks.codec import BadRecord, read_record
 from ..errors import ShmwalError
 from ..ipc import names, sync
 
+_NONZERO = re.compile(rb"[^\x00]")
 WAITERS_SANE = 1 << 20   # more readers asleep than this is an underflow or damage (append.wake agrees)
 
 
@@ -51,8 +53,8 @@ def used_slots(meta, stored: int | None = None) -> list[int]:
     """
     stored = meta.stored_group_slots() if stored is None else stored
     first, step = (L.GROUPS_AT + L.G_USED) // 8, L.GROUP_SLOT // 8
-    flags = meta.words[first:first + stored * step:step].tolist()
-    return [slot for slot, flag in enumerate(flags) if flag]
+    flags = meta.words[first:first + stored * step:step].tobytes()
+    return sorted({m.start() // 8 for m in _NONZERO.finditer(flags)})
 
 
 def mutexes(meta) -> list[tuple[int, str]]:
@@ -68,12 +70,17 @@ def mutexes(meta) -> list[tuple[int, str]]:
     step = L.GROUP_SLOT // 8
     kind_at = (L.GROUPS_AT + L.G_MUTEX + 16) // 8
     lock_at = (L.GROUPS_AT + L.G_MUTEX) // 8
-    kind = int.from_bytes(sync.mutex_image()[16:24], "little")
-    kinds = meta.words[kind_at:kind_at + slots * step:step].tolist()
-    locks = meta.words[lock_at:lock_at + slots * step:step].tolist()
-    for slot in range(slots):
-        if kinds[slot] != kind or locks[slot] & 0xFFFFFFFF:
-            found.append((L.group_slot_at(slot) + L.G_MUTEX, f"mutex of group slot {slot}"))
+    kind = sync.mutex_image()[16:24]
+    kinds = meta.words[kind_at:kind_at + slots * step:step].tobytes()
+    locks = meta.words[lock_at:lock_at + slots * step:step].tobytes()
+    # Whole-table comparisons in C first: at start nearly every slot is fine.
+    odd_kind = kinds != kind * slots
+    held = any(locks[i::8].strip(b"\0") for i in range(4))   # the low 32 bits: the futex word
+    if odd_kind or held:
+        for slot in range(slots):
+            at = slot * 8
+            if kinds[at:at + 8] != kind or locks[at:at + 4] != b"\0\0\0\0":
+                found.append((L.group_slot_at(slot) + L.G_MUTEX, f"mutex of group slot {slot}"))
     return found
 
 
@@ -203,11 +210,15 @@ def chain_findings(meta, files) -> tuple[list[Finding], str | None]:
                                                             f_id, f_off, cap, f_first))
             found = sorted(c for c in elsewhere.get(k, ()) if (c[1], c[2]) != (file_id, file_offset))
             if found:
-                _, f_id, f_off, _cap, _first = found[0]
+                _, f_id, f_off, f_cap, f_first = found[0]
 
-                def move(w=at, f_id=f_id, f_off=f_off):
+                def move(w=at, f_id=f_id, f_off=f_off, f_cap=f_cap, f_first=f_first):
+                    # The whole slot from the block's header: the slot's other words may be hit too.
+                    meta.set(w + L.C_CAPACITY, 0)
                     meta.set(w + L.C_FILE_ID, f_id)
                     meta.set(w + L.C_FILE_OFFSET, f_off)
+                    meta.set(w + L.C_FIRST_OFFSET, f_first)
+                    meta.set(w + L.C_CAPACITY, f_cap)
                 findings.append(Finding(at, f"chain slot {k} names file {file_id} +{file_offset}, which does not "
                                             f"hold it; its block is in file {f_id} +{f_off}: set from the block", move))
                 continue

@@ -249,7 +249,8 @@ def find_topic_blocks(blocks_dir: str, topic: str) -> list[tuple[int, int, int, 
                 at = 0
                 while at + L.BLOCK_HEADER_SIZE <= size:
                     header = read_block_header(buf, at)
-                    if header is None or header[3] != topic or header[2] < L.PAGE or header[2] % L.PAGE:
+                    if header is None or header[3] != topic or header[2] < L.PAGE or header[2] % L.PAGE \
+                            or header[0] >= L.CHAIN_SLOTS or header[1] >= 1 << 62:   # a damaged header
                         at += L.PAGE
                         continue
                     chain_index, first_offset, capacity, _ = header
@@ -270,14 +271,18 @@ def rebuild_meta(meta_path: str, topic: str, topic_id: int, blocks_dir: str, fil
     blocks = find_topic_blocks(blocks_dir, topic)
     if not blocks:
         return None
-    # Keep the run of consecutive chain indices that ends with the newest block.
-    run = [blocks[-1]]
-    for block in reversed(blocks[:-1]):
-        if block[0] == run[-1][0] - 1 and block[4] <= run[-1][4]:
+    # Keep the longest run of consecutive chain indices (the newest of equals): a block
+    # whose header index was damaged stands alone, and must not cost every other block.
+    runs, run = [], []
+    for block in blocks:
+        if run and block[0] == run[-1][0] + 1 and block[4] >= run[-1][4]:
             run.append(block)
-        elif block[0] < run[-1][0] - 1 or block[4] > run[-1][4]:
-            break
-    run.reverse()
+        elif run and block[0] == run[-1][0]:
+            continue   # two headers name one slot (a stale copy): the first found stands
+        else:
+            run = [block]
+            runs.append(run)
+    run = max(reversed(runs), key=len)
     if os.path.exists(meta_path):
         os.replace(meta_path, f"{meta_path}.damaged")
     meta = TopicMeta.create(meta_path, topic, topic_id)
