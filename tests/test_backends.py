@@ -126,6 +126,17 @@ def test_an_entry_a_strict_read_returned_never_comes_again_to_its_group(client, 
 
 
 @pytest.mark.timeout(60)
+def test_a_seek_by_one_client_replays_the_group_for_another(client, connect_again):
+    other = connect_again()
+    client.batch_append("t", [b"a", b"b", b"c"])
+    assert [e.offset for e in read_all(client, "t", group="g")] == [0, 1, 2]
+    other.seek("t", 1, group="g")
+    assert client.position("t", group="g") == 1
+    assert [e.offset for e in read_all(client, "t", group="g")] == [1, 2]
+    assert other.read_next("t", group="g") is None
+
+
+@pytest.mark.timeout(60)
 def test_create_group_groups_and_delete_group(client):
     if not hasattr(client, "create_group"):
         pytest.skip("this backend's Client has no create_group yet (issue 12a)")

@@ -34,6 +34,7 @@ from ..ipc.names import check_name, resolve_data_dir, sanitize_key
 
 MAX_BYTES = 1 << 20      # one peek (and one remote batch): at most this much payload
 WAIT = 0.5               # a peek waits this long for entries, then looks at the stop flag
+RETRY_AFTER = 0.5        # seconds before a round that found either side unavailable runs again
 
 
 def bridge_group(topic: str) -> str:
@@ -93,9 +94,15 @@ class Bridge:
         return len(entries)
 
     def run(self) -> None:
+        from ..errors import BrokerUnavailable
         self.resume()
         while not self.stopping.is_set():
-            self.step()
+            try:
+                self.step()
+            except BrokerUnavailable:
+                # The local broker restarting, or the cluster electing a leader: the round
+                # is sent again (same ids) once both answer.
+                self.stopping.wait(RETRY_AFTER)
 
     def stop(self) -> None:
         self.stopping.set()

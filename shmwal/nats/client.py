@@ -691,16 +691,31 @@ class NatsClient:
         """Claim each entry for this read (module docstring), acknowledge it, and keep the
         ones no earlier delivery had claimed."""
         await self._ensure_claims(deadline)
+        won = await self._claim_round(reader, msgs, deadline, acknowledge=True)
+        lost = [k for k in range(len(msgs)) if not won[k]]
+        if lost:
+            # Claimed before: by another delivery of this consumer, or in a generation of
+            # the group before another client's seek replaced its consumer (our reader
+            # still names the old one). Only the second is ours to take.
+            info = await self._api(f"CONSUMER.INFO.{reader.topic.stream}.{reader.durable}", None, deadline)
+            generation = json.loads(info["config"].get("description") or "{}").get("generation", "")
+            if generation != reader.generation:
+                reader.generation = generation
+                again = await self._claim_round(reader, [msgs[k] for k in lost], deadline, acknowledge=False)
+                for k, ok in zip(lost, again):
+                    won[k] = ok
+        return [m for m, ok in zip(msgs, won) if ok]
+
+    async def _claim_round(self, reader: _Reader, msgs: list, deadline: float, acknowledge: bool) -> list:
+        """Whether each claim won; the acks go out with the claims, in one flush: an ack only
+        matters once its claim is settled, and waiting for the claims first would double a
+        read's round trips. A claim whose answer was lost is sent again with the same id."""
         subject = names.claims_subject(self._ns, reader.topic.name, reader.group)
         token = f"{self._id}.{id(reader)}.{time.monotonic_ns()}".encode()
-
-        # Claims and acks go out together, in one flush: an ack only matters once its
-        # claim is settled, and waiting for the claims first would double a read's
-        # round trips. A claim whose answer was lost is sent again with the same id.
         n = len(msgs)
         ids = [f"{reader.generation}.{_stream_seq(m)}" for m in msgs]
         claims = [(subject, token, {"Nats-Msg-Id": i}) for i in ids]
-        acks = [(m.reply, b"+ACK", None) for m in msgs]
+        acks = [(m.reply, b"+ACK", None) for m in msgs] if acknowledge else []
         answers = await self._pipeline(claims + acks)
         claim_answers = answers[:n]
         late_acks = [k for k, a in enumerate(answers[n:]) if isinstance(a, _Transient)]
@@ -718,7 +733,7 @@ class NatsClient:
                               or await self._claim_owner(answer["seq"], deadline) == token)
             late = [k for k in range(n) if won[k] is None]
             if not late and not late_acks:
-                return [m for m, ok in zip(msgs, won) if ok]
+                return won
             if time.monotonic() + pause >= deadline:
                 raise BrokerUnavailable("JetStream did not take a read's claims and acks")
             await asyncio.sleep(pause)
