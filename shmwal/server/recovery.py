@@ -248,6 +248,14 @@ def find_topic_blocks(blocks_dir: str, topic: str) -> list[tuple[int, int, int, 
             with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as buf:
                 at = 0
                 while at + L.BLOCK_HEADER_SIZE <= size:
+                    # Block files are sparse: skip holes rather than read them (a read of a
+                    # hole through a mapping allocates a page on tmpfs, a SIGBUS when it is full).
+                    try:
+                        at = max(at, os.lseek(fd, at, os.SEEK_DATA) // L.PAGE * L.PAGE)
+                    except OSError:
+                        break   # ENXIO: no data after ``at``
+                    if at + L.BLOCK_HEADER_SIZE > size:
+                        break
                     header = read_block_header(buf, at)
                     if header is None or header[3] != topic or header[2] < L.PAGE or header[2] % L.PAGE \
                             or header[0] >= L.CHAIN_SLOTS or header[1] >= 1 << 62:   # a damaged header
