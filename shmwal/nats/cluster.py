@@ -34,6 +34,16 @@ def server_binary() -> str | None:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the forked child: SIGKILL it when the thread that started it dies, so a test run or
+    benchmark killed outright leaves no nats-server behind (its own session keeps a Ctrl-C
+    meant for pytest from killing the nodes before their fixture stops them). Start a
+    cluster from a thread that outlives it, the main thread for one."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def scratch_parent(room: int = 2 << 30) -> str | None:
     """/dev/shm where it has ``room`` bytes free, else None (the temp dir).
 
@@ -130,7 +140,8 @@ class Cluster:
         log = open(node.log, "ab")
         try:
             node.process = subprocess.Popen([self.binary, "-c", node.config], stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         finally:
             log.close()
 
