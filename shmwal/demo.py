@@ -101,7 +101,11 @@ def main(argv=None) -> int:
     parser = Parser(prog="shmwal demo", description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=300_000, help="entries per producer (default: 300000)")
     parser.add_argument("--size", type=int, default=100, help="payload bytes of each entry (default: 100)")
-    parser.add_argument("--data-dir", default=None, help="default: a temporary directory, removed at the end")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where the demo's broker keeps its files (default: a temporary directory, "
+                             "removed at the end)")
+    parser.add_argument("--key", default=None, metavar="KEY",
+                        help="namespace inside the data directory (default: 'default')")
     args = parser.parse_args(argv)
     if args.size < _ID.size:
         parser.error(f"--size must be at least {_ID.size}")
@@ -119,8 +123,8 @@ def main(argv=None) -> int:
     workers = []
     ok = False
     try:
-        with shmwal.Broker(data_dir, fsync=shmwal.FsyncEvery(milliseconds=200)) as broker:
-            client = shmwal.connect(data_dir)
+        with shmwal.Broker(data_dir, key=args.key, fsync=shmwal.FsyncEvery(milliseconds=200)) as broker:
+            client = shmwal.connect(data_dir, key=args.key)
             outs = {}
             start = ctx.Barrier(sum(groups.values()) + len(producers) + 1)
             for group, n in groups.items():

@@ -341,9 +341,11 @@ def test_a_broker_started_from_python_writes_no_runtime_warning_into_its_log(dat
 
 
 def test_demo_runs_and_checks_every_entry(tmp_path):
-    result = shmwal_cli("demo", "--entries", "500", "--data-dir", str(tmp_path / "demo"), timeout=110)
+    result = shmwal_cli("demo", "--entries", "500", "--data-dir", str(tmp_path / "demo"), "--key", "k",
+                        timeout=110)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert "RESULT: OK" in result.stdout.decode()
+    assert os.path.isdir(tmp_path / "demo" / "k" / "blocks")     # its namespace, as --key said
 
 
 @pytest.mark.parametrize("args, says", [(["demo", "--entries", "many"], "argument --entries: invalid int value"),
