@@ -86,7 +86,7 @@ def test_stat_prints_topics_groups_and_lag(client, broker):
     orders = next(line.split() for line in lines if line.startswith("orders") and "billing" not in line)
     assert orders[:4] == ["orders", "7", "0", "7"]
     billing = next(line.split() for line in lines if "billing" in line)
-    assert billing == ["orders", "billing", "3", "4"]
+    assert billing == ["orders", "billing", "3", "4", "0"]      # position, lag, skipped
     as_json = shmwal_cli("stat", "--data-dir", broker.data_dir, "--json")
     assert '"lag": 4' in as_json.stdout
 
