@@ -313,7 +313,9 @@ def test_iceoryx2_tiny_race_passes_its_checks(tmp_path):
     assert {r["kind"] for r in ran} == {"throughput", "latency", "scaling"}
     assert all(r["status"] == "ok" and r["received"] == r["messages"] for r in ran)
     assert any(r["separate_groups"] and r["consumers"] == 4 for r in ran)
-    assert {r["scenario"] for r in rows if r["status"] == "n/a"} == {"1p->2c work", "1p->4c work"}
+    # n/a: work-queue shapes (every subscriber gets every message) and pickled objects (queues only)
+    assert {r["scenario"] for r in rows if r["status"] == "n/a" and r["kind"] != "objects"} == \
+        {"1p->2c work", "1p->4c work"}
     assert all('--contenders "=iceoryx2"' in r["command"] for r in ran)
     assert data["meta"]["versions"]["iceoryx2"]
     assert leftovers() == before   # its shared memory and its root directory went
