@@ -82,8 +82,11 @@ class TopicMeta:
             os.ftruncate(fd, L.META_SIZE)
             # The file stays sparse, but every page anyone will store to is
             # reserved first: a store to a hole on a full filesystem is a SIGBUS,
-            # not an error.  Chain pages are reserved as slots are handed out.
+            # not an error.  Chain pages are reserved as slots are handed out,
+            # group pages as their first slot is used, except the first one: the
+            # first FIRST_GROUP_PAGE_SLOTS groups can be made on a full disk.
             os.posix_fallocate(fd, 0, L.CHAIN_AT + L.PAGE)
+            os.posix_fallocate(fd, L.GROUPS_AT, L.PAGE)
             with mmap.mmap(fd, L.PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
                 words = memoryview(mm).cast("Q")
                 words[L.H_VERSION // _Q] = L.META_VERSION
@@ -206,7 +209,8 @@ class TopicMeta:
         if fresh:
             if slot != high:
                 raise ValueError(f"group slot {slot} skips the high mark {high}")
-            self._reserve(at // L.PAGE * L.PAGE)
+            if at >= L.GROUPS_AT + L.PAGE:   # the first page has its storage from the start
+                self._reserve(at // L.PAGE * L.PAGE)
             self.mm[at:at + L.GROUP_SLOT] = bytes(L.GROUP_SLOT)
             sync.mutex_init(self.base + at + L.G_MUTEX)
         else:

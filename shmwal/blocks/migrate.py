@@ -63,8 +63,7 @@ def upgrade_v2(path: str) -> int:
             chain_hi = L.chain_slot_at(allocated)
             if chain_hi > chain_lo:
                 os.posix_fallocate(fd, chain_lo, chain_hi - chain_lo)
-            if high:
-                os.posix_fallocate(fd, L.GROUPS_AT, L.group_slot_at(high) - L.GROUPS_AT)
+            os.posix_fallocate(fd, L.GROUPS_AT, max(L.PAGE, L.group_slot_at(high) - L.GROUPS_AT))
             with mmap.mmap(fd, L.META_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as new:
                 new[0:L.PAGE] = old[0:L.PAGE]
                 if chain_hi > L.chain_slot_at(first_block):
