@@ -32,7 +32,8 @@ if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
   SHMWAL_PURE_PYTHON=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_api_basic.py tests/test_multiprocess.py tests/test_codec.py tests/test_bad_input.py \
     tests/test_drill_producers.py tests/test_drill_consumers.py \
-    tests/test_timeouts.py tests/test_broker_lifetime.py tests/test_damaged_reads.py tests/test_meta_damage.py tests/test_disk_full_consume.py tests/test_drill_flips.py
+    tests/test_timeouts.py tests/test_broker_lifetime.py tests/test_damaged_reads.py tests/test_meta_damage.py tests/test_disk_full_consume.py tests/test_drill_flips.py \
+    tests/test_drill_power_cut.py
   status=$?
 fi
 set -e

@@ -160,6 +160,8 @@ H_BYTES = 216            # payload bytes ever published (stats)
 H_WAITERS = 256          # readers asleep on the topic semaphore (atomic add)
 H_ZERO_COPY = 264        # unused since zero-copy views pin their blocks (B_PINS); was: 1 once a
                          # zero-copy read handed out views (the broker then reused no block)
+H_SYNCED_NEXT = 280      # SyncEach: the end whose entries are on disk, made durable before the publish
+                         # (recovery keeps entries up to it even if the H_NEXT_OFFSET page was lost)
 H_GROUP_HIGH = 272       # group slots below it have storage and an initialised mutex (broker only;
                          # every scan of the group table stops here)
 H_NAME_LEN = 320

@@ -38,6 +38,7 @@ _W_TAIL_POS = L.H_TAIL_POS // 8
 _W_TAIL_CHAIN = L.H_TAIL_CHAIN // 8
 _W_TAIL_OFFSET = L.H_TAIL_OFFSET // 8
 _W_WAITERS = L.H_WAITERS // 8
+_W_SYNCED_NEXT = L.H_SYNCED_NEXT // 8
 _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
 _SINGLE = 48  # record header + one table entry
@@ -154,6 +155,8 @@ class Appender:
             _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
                          length, digest)
             buf[pos + _SINGLE:pos + _SINGLE + length] = data
+            if self._sync_each:
+                self._sync_before_publish(block, block, offset + 1)
             # Publish: bookkeeping first, the offset last (see the module docstring).
             words[_W_TAIL_POS] = end
             words[_W_TAIL_CHAIN] = block
@@ -168,8 +171,6 @@ class Appender:
             self.wake()
         if self._first_append:
             self._mark_visible()
-        if self._sync_each:
-            self._sync(block)
         return offset
 
     def batch_append(self, items) -> range:
@@ -204,7 +205,7 @@ class Appender:
                     continue
                 offset += j - i
                 i = j
-            self._publish(block, pos, offset, total)
+            self._publish(block, pos, offset, total, first_block)
         finally:
             sync.unlock(self.mutex)
         self._after_publish(first_block, block)
@@ -262,8 +263,6 @@ class Appender:
             self.wake()
         if self._first_append:
             self._mark_visible()
-        if self._sync_each:
-            self._sync(block)
         return offset
 
     def reserve_abort(self, place) -> None:
@@ -280,10 +279,13 @@ class Appender:
             sync.unlock(self.mutex)
 
     # ------------------------------------------------------------------ publishing
-    def _publish(self, block: int, end: int, next_offset: int, nbytes: int) -> None:
+    def _publish(self, block: int, end: int, next_offset: int, nbytes: int, first_block: int | None = None) -> None:
         """Make entries up to ``next_offset`` visible (writer mutex held): the tail
-        bookkeeping first, the publish word last (see the module docstring)."""
+        bookkeeping first, the publish word last (see the module docstring); with
+        SyncEach, only once they are on disk (_sync_before_publish)."""
         words = self.words
+        if self._sync_each:
+            self._sync_before_publish(block if first_block is None else first_block, block, next_offset)
         words[_W_TAIL_POS] = end
         words[_W_TAIL_CHAIN] = block
         words[_W_TAIL_OFFSET] = next_offset
@@ -291,15 +293,29 @@ class Appender:
         words[_W_BYTES] += nbytes
         words[_W_NEXT] = next_offset
 
+    def _sync_before_publish(self, first_block: int, block: int, next_offset: int) -> None:
+        """SyncEach, under the writer mutex, before the publish: an entry is visible only once it is on disk.
+
+        The blocks' records first (fdatasync), then a durable note of the new end
+        (H_SYNCED_NEXT, with the chain slots and H_PUBLISHED_BLOCKS, msync'ed): a
+        power cut after this keeps the entries even if the page holding the
+        publish word, stored next, never reached the disk (recovery walks to
+        H_SYNCED_NEXT).  Readers never look at H_SYNCED_NEXT, so nothing is
+        visible before the publish.
+        """
+        for b in range(first_block if first_block != NO_BLOCK else 0, block + 1):
+            os.fdatasync(self.files.fd(self.meta.chain(b)[0]))
+        words = self.words
+        words[_W_PUBLISHED] = block + 1   # before the publish, as _publish stores it
+        words[_W_SYNCED_NEXT] = next_offset
+        self.meta.flush(upto=block + 1)
+
     def _after_publish(self, first_block: int, block: int) -> None:
         """What follows a publish once the mutex is released: wake readers, visibility, SyncEach."""
         if self.words[_W_WAITERS]:
             self.wake()
         if self._first_append:
             self._mark_visible()
-        if self._sync_each:
-            for b in range(first_block if first_block != NO_BLOCK else 0, block + 1):
-                self._sync(b)
 
     def _fitting(self, pos: int, lengths, i: int, count: int) -> int:
         """The end j of the entries i..j-1 that fit in one record at ``pos`` (as hot.c's encode_run)."""
@@ -415,6 +431,8 @@ class Appender:
             words[_W_TAIL_POS] = pos
             words[_W_PUBLISHED] = block + 1
         words[_W_TAIL_OFFSET] = next_offset
+        if words[_W_SYNCED_NEXT] > next_offset:
+            words[_W_SYNCED_NEXT] = next_offset   # a dead writer's unpublished entries are overwritten now
         self._block = NO_BLOCK
         if self._hot is not None:
             self._hot.set_block(None)
@@ -434,10 +452,3 @@ class Appender:
         missing = waiting - sem.value
         for _ in range(min(missing, 64)):
             sem.release()
-
-    def _sync(self, block: int) -> None:
-        if block == NO_BLOCK:
-            return
-        file_id = self.meta.chain(block)[0]
-        os.fdatasync(self.files.fd(file_id))
-        self.meta.flush(upto=block + 1)

@@ -17,7 +17,7 @@ import time
 
 from ..ipc import sync
 from ..blocks import layout as L
-from ..blocks.chain import find_block, read_block_header
+from ..blocks.chain import find_block, read_block_header, walk_to
 from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record, scan_block
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
@@ -129,7 +129,50 @@ def _forget_hints(meta) -> None:
         meta.set(L.group_slot_at(slot) + L.G_HINT_OFFSET, NO_BLOCK)
 
 
+def keep_synced(meta, files, report) -> None:
+    """SyncEach: keep the entries a writer fsynced and noted in H_SYNCED_NEXT before it published
+    them, when a power cut lost the page of the publish word (client/append._sync_before_publish).
+
+    Walks from the published end over whole batches (batch_left 0 closes one) whose
+    records check out, into the next chain slot where a block ends, up to H_SYNCED_NEXT.
+    """
+    synced, next_offset = meta.get(L.H_SYNCED_NEXT), meta.get(L.H_NEXT_OFFSET)
+    first, allocated = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_ALLOCATED_BLOCKS)
+    if synced <= next_offset or allocated <= first:
+        return
+    k = find_block(meta, next_offset, first, max(first + 1, min(meta.get(L.H_PUBLISHED_BLOCKS), allocated)))
+    file_id, file_offset, capacity, block_first = meta.chain(k)
+    try:
+        pos, _ = walk_to(files.map(file_id), file_offset, capacity, block_first, next_offset, append_position=True)
+    except (OSError, ValueError, BadRecord):
+        return
+    off, end, end_block = next_offset, next_offset, k
+    while off < synced:
+        try:
+            record = read_record(files.map(file_id), pos, file_offset + capacity)
+            if record.first_offset != off or record.end_offset > synced:
+                raise BadRecord("out of sequence")
+        except (OSError, ValueError, BadRecord):
+            if k + 1 < allocated and meta.chain(k + 1)[2] and meta.chain(k + 1)[3] == off:
+                k += 1
+                file_id, file_offset, capacity, block_first = meta.chain(k)
+                pos = file_offset + L.BLOCK_HEADER_SIZE
+                continue
+            break
+        off, pos = record.end_offset, pos + record.size
+        if record.batch_left == 0:
+            end, end_block = off, k
+    if end > next_offset:
+        log.warning("topic %s: offsets %d..%d were on disk (SyncEach) but their publish was lost: kept",
+                    meta.name, next_offset, end - 1)
+        report["kept_synced"] = end - next_offset
+        meta.set(L.H_PUBLISHED_BLOCKS, max(meta.get(L.H_PUBLISHED_BLOCKS), end_block + 1))
+        meta.set(L.H_NEXT_OFFSET, end)
+
+
 def _recover_locked(meta, files, report) -> None:
+    keep_synced(meta, files, report)
+    meta.set(L.H_SYNCED_NEXT, 0)   # from here on H_NEXT_OFFSET says it all (appends note it again)
     next_offset = meta.get(L.H_NEXT_OFFSET)
     published = meta.get(L.H_PUBLISHED_BLOCKS)
     first_block = meta.get(L.H_FIRST_BLOCK)
