@@ -202,19 +202,20 @@ def test_flips_and_truncations_in_process_are_repaired_as_verify_says(template, 
     root, _expected = template
     live = {t: _live_ranges(root, t) for t in TOPICS}
     rng = random.Random(int.from_bytes(os.urandom(4), "little") if os.environ.get("SHMWAL_DRILL_RANDOM") else 7)
-    flips = 0
+    flips = cuts = 0
     for round_ in range(FLIP_ROUNDS):
         copy = str(tmp_path / f"r{round_}")
         copy_sparse(root, copy)
         done = damage(copy, rng, live)
         flips += sum(" cut to " not in d for d in done)
+        cuts += sum(" cut to " in d for d in done)
         try:
             left = check_and_repair_in_process(copy)
         except Exception as exc:
             raise AssertionError(f"round {round_} ({done}): {type(exc).__name__}: {exc}") from exc
         assert not left, f"round {round_} ({done}): verify still reports after start's repairs: {left}"
         shutil.rmtree(copy)
-    print(f"\n{FLIP_ROUNDS} rounds, {flips} flips")
+    print(f"\n{FLIP_ROUNDS} rounds, {flips} flips, {cuts} truncated block files")
 
 
 def _cli_verify(data_dir):
@@ -229,11 +230,13 @@ def test_flips_and_truncations_under_a_real_broker_never_hang_mislead_or_crash(t
     live = {t: _live_ranges(root, t) for t in TOPICS}
     rng = random.Random(int.from_bytes(os.urandom(4), "little") if os.environ.get("SHMWAL_DRILL_RANDOM") else 8)
     summary = []
+    cuts = 0
     for round_ in range(BROKER_ROUNDS):
         data_dir = str(tmp_path / f"r{round_}")
         copy = os.path.join(data_dir, os.path.basename(root))
         copy_sparse(root, copy)
         done = damage(copy, rng, live)
+        cuts += sum(" cut to " in d for d in done)
         verified = _cli_verify(data_dir)
         assert "Traceback" not in verified.stderr and verified.returncode in (0, 1), \
             f"round {round_} ({done}): verify:\n{verified.stderr[-3000:]}"
@@ -268,4 +271,5 @@ def test_flips_and_truncations_under_a_real_broker_never_hang_mislead_or_crash(t
             log = f.read()
         assert "Traceback" not in log, f"round {round_} ({done}): the broker logged a traceback:\n{log[-3000:]}"
         shutil.rmtree(data_dir)
-    print(f"\n{BROKER_ROUNDS} broker rounds, {BROKER_ROUNDS * (META_FLIPS + BLOCK_FLIPS)} flips: {summary}")
+    print(f"\n{BROKER_ROUNDS} broker rounds, {BROKER_ROUNDS * (META_FLIPS + BLOCK_FLIPS)} flips, {cuts} truncated "
+          f"block files; damage counted per round: {summary}")
