@@ -598,7 +598,7 @@ def _checked_decode(buf, pos, limit):
     if record is not None:
         found.append(record)
     try:
-        found.extend(codec.scan_block(buf, pos, limit))
+        found.extend(codec.iter_records(buf, pos, limit, None, L.UNSET))
     except codec.BadRecord:
         pass
     out = []
@@ -663,4 +663,4 @@ def test_decoder_reads_intact_records_exactly(case):
     buf, lead, first, payloads = case
     record = codec.read_record(buf, lead, len(buf))
     assert [codec.entry_bytes(buf, record, i) for i in range(record.count)] == payloads
-    assert list(codec.scan_block(buf, lead, len(buf), first))[0].first_offset == first
+    assert list(codec.iter_records(buf, lead, len(buf), first, first + 1))[0].first_offset == first

@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 
 from . import layout as L
-from .codec import BadRecord, Record, find_next_record, read_record
+from .codec import BadRecord, Record, iter_records
 
 
 def find_block(meta, offset: int, lo: int, hi: int) -> int:
@@ -30,37 +30,29 @@ def find_block(meta, offset: int, lo: int, hi: int) -> int:
 
 def walk_to(buf, block_start: int, capacity: int, block_first: int, target: int,
             append_position: bool = False) -> tuple[int, Record | None]:
-    """Walk a block's records to ``target``.
+    """Walk a block's records to ``target`` (codec.iter_records).
 
     Returns (position of the record holding ``target``, that record); with
     ``append_position``, ``target`` is the offset right after the block's
     last published record and the result is (where its record goes, None).
-    Raises BadRecord when the records do not lead there.
+    A damaged record on the way is stepped over (the records after it are
+    intact and findable); ``target`` inside the damage raises BadRecord, as
+    does a walk whose records do not lead to ``target``.
     """
+    def lost(off, found, exc):
+        if found is None:
+            raise BadRecord(f"offset {target}: {exc}") from None
+
     pos = block_start + L.BLOCK_HEADER_SIZE
-    limit = block_start + capacity
     off = block_first
-    while True:
-        if off > target or (off == target and append_position):
-            if off == target:
-                return pos, None
-            raise BadRecord(f"offset {target} is not in the block starting at {block_first}")
-        try:
-            record = read_record(buf, pos, limit)
-            if record.first_offset != off:
-                raise BadRecord(f"record at {pos} holds offset {record.first_offset}, expected {off}")
-        except BadRecord as exc:
-            # A damaged record: what it held is lost, but the records after it
-            # are intact and findable.  ``target`` inside the damage stays bad.
-            record = find_next_record(buf, pos + L.ALIGN, limit, off, target + 1)
-            if record is None:
-                raise BadRecord(f"offset {target}: {exc}") from None
-            pos, off = record.pos, record.first_offset
-            continue
-        if target < record.end_offset and not append_position:
-            return pos, record
-        off = record.end_offset
-        pos += record.size
+    end = target if append_position else target + 1
+    for record in iter_records(buf, pos, block_start + capacity, block_first, end, lost):
+        if not append_position and target < record.end_offset:
+            return record.pos, record
+        off, pos = record.end_offset, record.pos + record.size
+    if append_position and off == target:
+        return pos, None
+    raise BadRecord(f"offset {target} is not in the block starting at {block_first}")
 
 
 def topic_hash(topic: str) -> int:

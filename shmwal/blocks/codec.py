@@ -174,19 +174,37 @@ def find_next_record(buf, start: int, limit: int, after_offset: int, max_offset:
     return None
 
 
-def scan_block(buf, start: int, limit: int, expect_offset: int | None = None):
-    """Yield the records of a block from ``start`` until the first bad or out-of-sequence one.
+def iter_records(buf, pos: int, limit: int, first: int | None, end: int, on_damage=None):
+    """Yield, in order, the records of a block that hold offsets ``first`` up to ``end``.
 
-    Used by recovery and verification; the reader hot path walks with read_record.
+    THE record walker: the reader's and appender's ``chain.walk_to``, recovery,
+    ``shmwal verify``, the rebuild of a lost meta file and the broker's count of
+    reclaimed bytes all walk through here (``hot.c``'s ``payload_bytes`` is its
+    compiled twin, with ``on_damage`` None).  The walk starts at ``pos``, where
+    the record holding ``first`` starts (``first`` None: whatever that record
+    holds), and ends once a record reaches ``end``; the last record yielded may
+    hold offsets past ``end`` (the caller decides what they mean).
+
+    A record that does not check out, or holds other offsets than the next ones,
+    is damage.  With ``on_damage`` None the walk stops there.  Otherwise the next
+    intact record whose first offset lies in (offset, end) is looked for (a
+    damaged header's length cannot be trusted, so ``find_next_record`` scans),
+    ``on_damage(offset, found, exc)`` is told (``found``: that record, or None),
+    and the walk goes on from ``found`` (ends when None).  ``on_damage`` may
+    raise to end the walk with an error.
     """
-    pos = start
-    while pos + L.RECORD_HEADER_SIZE <= limit:
+    off = first
+    while off is None or off < end:
         try:
             record = read_record(buf, pos, limit)
-        except BadRecord:
-            return
-        if expect_offset is not None and record.first_offset != expect_offset:
-            return
+            if off is not None and record.first_offset != off:
+                raise BadRecord(f"record at {pos} holds offset {record.first_offset}, expected {off}")
+        except BadRecord as exc:
+            if on_damage is None or off is None:
+                return
+            record = find_next_record(buf, pos + L.ALIGN, limit, off, end)
+            on_damage(off, record, exc)
+            if record is None:
+                return
         yield record
-        expect_offset = record.end_offset
-        pos += record.size
+        off, pos = record.end_offset, record.pos + record.size

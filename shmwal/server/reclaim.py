@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 from ..blocks import layout as L
 from ..blocks.allocator import BlockAllocator
 from ..blocks.files import BlockFiles
-from ..blocks.codec import BadRecord, read_record
+from ..blocks.codec import iter_records
 from ..client.hot import native
 from ..ipc import sync
 from ..options import Retention
@@ -294,13 +294,5 @@ class Reclaimer:
         start, limit = file_offset + L.BLOCK_HEADER_SIZE, file_offset + capacity
         if native is not None:
             return native.payload_bytes(buf, start, limit, first, end)
-        total = 0
-        pos, off = start, first
-        while off < end:
-            try:
-                record = read_record(buf, pos, limit)
-            except BadRecord:
-                break
-            total += sum(record.lengths)
-            off, pos = record.end_offset, pos + record.size
-        return total
+        # Stops at the first damage, as hot.c's payload_bytes does: stats, not data.
+        return sum(sum(record.lengths) for record in iter_records(buf, start, limit, first, end))

@@ -18,13 +18,16 @@ import time
 from ..ipc import sync
 from ..blocks import layout as L
 from ..blocks.chain import find_block, read_block_header, walk_to
-from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record, scan_block
+from ..blocks.codec import BadRecord, entry_bytes, iter_records, read_record
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 from . import metacheck
 
 log = logging.getLogger("shmwal.broker")
-NO_BLOCK = 2**64 - 1
+
+
+class _TornTail(Exception):
+    """No intact record after a damaged one: the tail is cut there."""
 
 
 def check_meta(meta) -> str | None:
@@ -177,7 +180,7 @@ def _recover_locked(meta, files, report) -> None:
     published = meta.get(L.H_PUBLISHED_BLOCKS)
     first_block = meta.get(L.H_FIRST_BLOCK)
     if published == 0 or published <= first_block:
-        meta.set(L.H_TAIL_CHAIN, NO_BLOCK)
+        meta.set(L.H_TAIL_CHAIN, L.NO_BLOCK)
         meta.set(L.H_TAIL_OFFSET, next_offset)
         _drop_short_pending_blocks(meta, files, published)
         return
@@ -204,27 +207,27 @@ def _recover_locked(meta, files, report) -> None:
     # also cut every good entry after it.
     tail_off, tail_pos = off, pos
     damaged = 0
-    while off < next_offset:
-        try:
-            record = read_record(buf, pos, limit)
-            if record.first_offset != off or record.end_offset > next_offset:
-                raise BadRecord(f"record at {pos} holds {record.first_offset}..{record.end_offset - 1}")
-        except BadRecord:
-            damaged += 1
-            # Intact records after the damaged one stay (a flipped header byte must not
-            # cost every later entry); with none after it, this is a torn tail: cut.
-            record = find_next_record(buf, pos + L.ALIGN, limit, off, next_offset)
-            if record is None or record.end_offset > next_offset:
+
+    def lost(off, found, exc):
+        nonlocal damaged
+        damaged += 1
+        # Intact records after the damaged one stay (a flipped header byte must not
+        # cost every later entry); with none after it, this is a torn tail: cut.
+        if found is None or found.end_offset > next_offset:
+            raise _TornTail
+        log.warning("topic %s: offsets %d..%d lost to a damaged record", meta.name, off, found.first_offset - 1)
+
+    try:
+        for record in iter_records(buf, pos, limit, block_first, next_offset, lost):
+            if record.end_offset > next_offset:   # runs past the published end: no record of ours
+                damaged += 1
                 break
-            log.warning("topic %s: offsets %d..%d lost to a damaged record", meta.name, off, record.first_offset - 1)
-            off, pos = record.first_offset, record.pos
-        payload_ok = all(entry_bytes(buf, record, i) is not None for i in range(record.count))
-        off = record.end_offset
-        pos += record.size
-        if not payload_ok:
-            damaged += 1  # kept: reads raise CorruptEntry for it, and seek steps over it
-        if record.batch_left == 0:
-            tail_off, tail_pos = off, pos
+            if not all(entry_bytes(buf, record, i) is not None for i in range(record.count)):
+                damaged += 1  # kept: reads raise CorruptEntry for it, and seek steps over it
+            if record.batch_left == 0:
+                tail_off, tail_pos = record.end_offset, record.pos + record.size
+    except _TornTail:
+        pass
     if tail_off < next_offset:
         log.warning("topic %s: cutting torn tail %d..%d", meta.name, tail_off, next_offset - 1)
         report["truncated_from"] = next_offset
@@ -346,7 +349,7 @@ def rebuild_meta(meta_path: str, topic: str, topic_id: int, blocks_dir: str, fil
         meta.set(w + L.C_FIRST_OFFSET, first_offset)
     last_index, file_id, file_offset, capacity, next_offset = run[-1]
     buf = files.map(file_id)
-    for record in scan_block(buf, file_offset + L.BLOCK_HEADER_SIZE, file_offset + capacity, next_offset):
+    for record in iter_records(buf, file_offset + L.BLOCK_HEADER_SIZE, file_offset + capacity, next_offset, L.UNSET):
         next_offset = record.end_offset
     meta.set(L.H_FIRST_BLOCK, run[0][0])
     meta.set(L.H_FIRST_OFFSET, run[0][4])

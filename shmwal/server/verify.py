@@ -11,7 +11,7 @@ import os
 
 from ..ipc import names
 from ..blocks import layout as L
-from ..blocks.codec import BadRecord, entry_bytes, find_next_record, read_record
+from ..blocks.codec import entry_bytes, iter_records
 from ..blocks.files import BlockFiles, allocated_bytes
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
@@ -135,24 +135,16 @@ def verify_topic(meta: TopicMeta, files: BlockFiles, counts: dict | None = None)
         if len(buf) < file_offset + capacity:
             damage.append((block_first, f"block file {L.block_file_name(file_id)} is truncated"))
             capacity = max(0, len(buf) - file_offset)
-        pos, off = file_offset + L.BLOCK_HEADER_SIZE, block_first
-        while off < block_end:
-            try:
-                record = read_record(buf, pos, file_offset + capacity)
-                if record.first_offset != off:
-                    raise BadRecord(f"holds offset {record.first_offset}")
-            except BadRecord as exc:
-                found = find_next_record(buf, pos + L.ALIGN, file_offset + capacity, off, block_end)
-                lost_to = (found.first_offset if found else block_end) - 1
-                damage.append((off, f"damaged record ({exc}): offsets {off}..{lost_to} unreadable"))
-                if found is None:
-                    break
-                off, pos = found.first_offset, found.pos
-                continue
+
+        def lost(off, found, exc, block_end=block_end):
+            lost_to = (found.first_offset if found else block_end) - 1
+            damage.append((off, f"damaged record ({exc}): offsets {off}..{lost_to} unreadable"))
+
+        for record in iter_records(buf, file_offset + L.BLOCK_HEADER_SIZE, file_offset + capacity,
+                                   block_first, block_end, lost):
             for i in range(record.count):
                 if entry_bytes(buf, record, i) is None:
-                    damage.append((off + i, "checksum mismatch"))
+                    damage.append((record.first_offset + i, "checksum mismatch"))
             if counts is not None:
                 counts["entries"] = counts.get("entries", 0) + record.count
-            off, pos = record.end_offset, pos + record.size
     return damage
