@@ -366,7 +366,7 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
     char *record = self->tail.base + pos;
     memcpy(record, header, sizeof header);
     memcpy(record + SINGLE_SIZE, bytes, (size_t)length);
-    /* Publish: bookkeeping first, the offset last (append.py's docstring). */
+    /* THE publish, in client/append.py Appender._publish's order (argued there). */
     store(m, H_TAIL_POS, pos + size);
     store(m, H_TAIL_CHAIN, block);
     store(m, H_TAIL_OFFSET, offset + 1);
@@ -781,10 +781,10 @@ static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy)
         }
     }
     if (checkpoint) {
-        /* Hint words are read only under the group mutex; the cursor, read by
-         * others (stats, reclamation), is stored last. */
-        store(m, g + G_HINT_POS, align_up(pos + SINGLE_SIZE + length));
+        /* The cursor commit, in client/read.py GroupReader._commit's order (argued
+         * there): hint offset, hint position (same block), the cursor last. */
         store(m, g + G_HINT_OFFSET, cursor + 1);
+        store(m, g + G_HINT_POS, align_up(pos + SINGLE_SIZE + length));
         store(m, g + G_CURSOR, cursor + 1);
     }
     pthread_mutex_unlock(mutex);

@@ -92,7 +92,7 @@ class TopicMeta:
                 words[L.H_VERSION // _Q] = L.META_VERSION
                 words[L.H_BOOT // _Q] = boot_hash()
                 words[L.H_TOPIC_ID // _Q] = topic_id
-                words[L.H_TAIL_CHAIN // _Q] = 2**64 - 1  # no block yet
+                words[L.H_TAIL_CHAIN // _Q] = L.NO_BLOCK  # no block yet
                 raw = name.encode()
                 words[L.H_NAME_LEN // _Q] = len(raw)
                 mm[L.H_NAME:L.H_NAME + len(raw)] = raw
@@ -146,7 +146,7 @@ class TopicMeta:
         words[w + 2] = 0
         words[w] = file_id
         words[w + 1] = file_offset
-        words[w + 3] = 2**64 - 1   # first offset: set by the appender that moves in
+        words[w + 3] = L.UNSET   # first offset: set by the appender that moves in
         words[w + 2] = capacity
 
     def chain(self, index: int) -> tuple[int, int, int, int]:
@@ -220,7 +220,7 @@ class TopicMeta:
             raw = name.encode()
             self.mm[at + L.G_NAME:at + L.G_NAME + len(raw)] = raw
             w[(at + L.G_NAME_LEN) // _Q] = len(raw)
-            w[(at + L.G_HINT_OFFSET) // _Q] = 2**64 - 1
+            w[(at + L.G_HINT_OFFSET) // _Q] = L.UNSET
             w[(at + L.G_CURSOR) // _Q] = cursor
             w[(at + L.G_READS) // _Q] = 0
             w[(at + L.G_SKIPPED) // _Q] = 0
@@ -241,7 +241,7 @@ class TopicMeta:
         self.lock_group(slot)
         try:
             w[(at + L.G_GEN) // _Q] += 1   # first: see the module's invariants
-            w[(at + L.G_HINT_OFFSET) // _Q] = 2**64 - 1
+            w[(at + L.G_HINT_OFFSET) // _Q] = L.UNSET
             w[(at + L.G_USED) // _Q] = 0
         finally:
             sync.unlock(self.base + at + L.G_MUTEX)

@@ -31,7 +31,7 @@ from ..blocks.codec import encode_record, xxh
 from ..errors import BatchTooLarge, EntryTooLarge, ShmwalError
 from .hot import native
 
-NO_BLOCK = 2**64 - 1
+NO_BLOCK = L.NO_BLOCK
 _W_NEXT = L.H_NEXT_OFFSET // 8
 _W_PUBLISHED = L.H_PUBLISHED_BLOCKS // 8
 _W_TAIL_POS = L.H_TAIL_POS // 8
@@ -155,22 +155,10 @@ class Appender:
             _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
                          length, digest)
             buf[pos + _SINGLE:pos + _SINGLE + length] = data
-            if self._sync_each:
-                self._sync_before_publish(block, block, offset + 1)
-            # Publish: bookkeeping first, the offset last (see the module docstring).
-            words[_W_TAIL_POS] = end
-            words[_W_TAIL_CHAIN] = block
-            words[_W_TAIL_OFFSET] = offset + 1
-            if words[_W_PUBLISHED] != block + 1:
-                words[_W_PUBLISHED] = block + 1
-            words[_W_BYTES] += length
-            words[_W_NEXT] = offset + 1
+            self._publish(block, end, offset + 1, length)
         finally:
             _unlock(mutex)
-        if words[_W_WAITERS]:
-            self.wake()
-        if self._first_append:
-            self._mark_visible()
+        self._after_publish(block, block)
         return offset
 
     def batch_append(self, items) -> range:
@@ -280,16 +268,27 @@ class Appender:
 
     # ------------------------------------------------------------------ publishing
     def _publish(self, block: int, end: int, next_offset: int, nbytes: int, first_block: int | None = None) -> None:
-        """Make entries up to ``next_offset`` visible (writer mutex held): the tail
-        bookkeeping first, the publish word last (see the module docstring); with
-        SyncEach, only once they are on disk (_sync_before_publish)."""
+        """THE publish (writer mutex held; records and chain slots already written): make
+        entries up to ``next_offset`` visible.  hot.c's Appender_append stores in the same order.
+
+        Store order, argued once: the tail bookkeeping (H_TAIL_*) first, then
+        H_PUBLISHED_BLOCKS, H_BYTES, and H_NEXT_OFFSET last.  x86-64 keeps stores
+        in order, so a reader that loads the new H_NEXT_OFFSET (readers load it
+        before the chain and the records) also sees the records, the chain slot
+        of a new block and H_PUBLISHED_BLOCKS.  A writer killed before the last
+        store published nothing: H_TAIL_OFFSET != H_NEXT_OFFSET tells the next
+        locker to rebuild the tail from published state (_recompute_tail).
+        With SyncEach, the entries (blocks ``first_block``..``block``) reach the disk
+        before any of these stores (_sync_before_publish).
+        """
         words = self.words
         if self._sync_each:
             self._sync_before_publish(block if first_block is None else first_block, block, next_offset)
         words[_W_TAIL_POS] = end
         words[_W_TAIL_CHAIN] = block
         words[_W_TAIL_OFFSET] = next_offset
-        words[_W_PUBLISHED] = block + 1
+        if words[_W_PUBLISHED] != block + 1:   # a store avoided: the line readers poll
+            words[_W_PUBLISHED] = block + 1
         words[_W_BYTES] += nbytes
         words[_W_NEXT] = next_offset
 
@@ -311,7 +310,7 @@ class Appender:
         self.meta.flush(upto=block + 1)
 
     def _after_publish(self, first_block: int, block: int) -> None:
-        """What follows a publish once the mutex is released: wake readers, visibility, SyncEach."""
+        """What follows a publish once the mutex is released: wake readers, mark the topic visible."""
         if self.words[_W_WAITERS]:
             self.wake()
         if self._first_append:

@@ -51,14 +51,10 @@ _W_FIRST_BLOCK = L.H_FIRST_BLOCK // 8
 _W_FIRST_OFFSET = L.H_FIRST_OFFSET // 8
 _W_FORCED = L.H_FORCED_OFFSET // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
-NO_HINT = 2**64 - 1
+NO_HINT = L.UNSET
 _ALIGN_MASK = L.ALIGN - 1
 _SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
 _group_unpack = struct.Struct("<QQQQ").unpack_from   # G_CURSOR, G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
-# One pack_into for the three hint words: it zeroes them before writing
-# (unlike a memoryview store), which is fine only because hints are read
-# solely under the group mutex. The cursor, read by others, is a word store.
-_hint_pack = struct.Struct("<QQQ").pack_into          # G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
 _single_unpack = L.SINGLE_RECORD.unpack_from
 _trylock = sync.trylock
 _unlock = sync.unlock_raw
@@ -309,14 +305,11 @@ class GroupReader:
                 digest ^ seed ^ _SINGLE_SALT ^ (batch_left << 20) ^ length != check:
             return None   # the general path reports it
         if checkpoint:
-            _hint_pack(mm, self.at_cursor + 8, cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK)
-            words[self.w_cursor] = cursor + 1
-            if self._strict_sync:
-                mm.flush(self.group_page, L.PAGE)
+            self._commit(cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK, 1)
         return make_entry(Entry, (self.topic, cursor, data))
 
     def seek(self, offset: int) -> None:
-        sync.lock(self.mutex)   # a dead holder's hint is voided below anyway
+        sync.lock(self.mutex)   # a dead holder's hint is voided by the commit anyway
         try:
             words = self.words
             if words[self.w_gen] != self.gen:
@@ -324,13 +317,9 @@ class GroupReader:
             lost = lost_below(words, words[self.w_cursor])
             offset = max(offset, words[_W_FIRST_OFFSET])
             offset = min(offset, words[_W_NEXT])  # past the end: wait at the end
-            words[self.w_hint_offset] = NO_HINT
-            if lost:
-                words[self.w_skipped] += lost   # lost before the seek: still lost (stats)
-            words[self.w_cursor] = offset
+            self._commit(offset, lost=lost)   # lost before the seek: still lost (stats)
         finally:
             sync.unlock(self.mutex)
-        self._flush_if_strict()
 
     def position(self) -> int:
         words = self.words
@@ -484,33 +473,6 @@ class GroupReader:
             if checkpoint and out:
                 self._commit(c, hint_block, hint_pos, len(out), lost)
 
-    def _commit(self, cursor: int, hint_block: int, hint_pos: int, taken: int, lost: int = 0) -> None:
-        """Move the cursor to ``cursor`` after ``taken`` entries, with the hint if one is known.
-
-        Under the group mutex.  The hint is voided first and its offset stored
-        last, so a reader killed in between leaves a hint that is ignored.  An
-        unknown position (-1) is never stored: the next take finds the block.
-        ``lost``: entries below the oldest kept one the cursor steps over (G_SKIPPED).
-        """
-        words = self.words
-        words[self.w_hint_offset] = NO_HINT
-        if hint_pos >= 0:
-            words[self.w_hint_chain] = hint_block
-            words[self.w_hint_pos] = hint_pos
-            words[self.w_hint_offset] = cursor
-        if lost:
-            words[self.w_skipped] += lost
-        words[self.w_cursor] = cursor
-        words[self.w_reads] += taken
-        if self._strict_sync:
-            self.meta.mm.flush(self.group_page, L.PAGE)
-        if hint_pos >= 0 and hint_block != self._hot_block and self._hot is not None:
-            # read_next's compiled path serves the hint's block from now on.
-            found = self._blocks.get(hint_block)
-            if found is not None:
-                self._hot.set_block(hint_block, found[0], found[4], found[1] + L.B_PINS)
-                self._hot_block = hint_block
-
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool, payloads: bool = False):
         """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
 
@@ -617,11 +579,7 @@ class GroupReader:
             return taken
         self.took_bytes = total
         if checkpoint:
-            _hint_pack(self.meta.mm, self.at_cursor + 8, c, hint_block, hint_pos)
-            words[self.w_cursor] = c
-            words[self.w_reads] += len(out)
-            if self._strict_sync:
-                self.meta.mm.flush(self.group_page, L.PAGE)
+            self._commit(c, hint_block, hint_pos, len(out))
         return out, next_offset
 
     def _pinned_view(self, block: int, mapping, file_offset: int) -> memoryview:
@@ -694,9 +652,43 @@ class GroupReader:
         self._record_key, self._record = key, record
         return record
 
-    def _flush_if_strict(self) -> None:
+    def _commit(self, cursor: int, block: int = -1, pos: int = -1, taken: int = 0, lost: int = 0) -> None:
+        """THE cursor commit (group mutex held): move the group's cursor to ``cursor``, with a
+        hint that ``cursor`` starts at record ``pos`` of chain slot ``block``: only ever a position
+        the caller validated (none, -1: the next take finds the block itself).
+
+        Store order, argued once (hot.c's next_entry stores in the same order):
+        G_HINT_OFFSET first, to the new cursor (or NO_HINT), which differs from the cursor
+        still stored, so until the last store the hint is never trusted (it is used only
+        when G_HINT_OFFSET equals the cursor); then the hint's block and position; then
+        G_CURSOR, the commit itself, one aligned word store, read by others without the
+        mutex (the broker's reclamation and fsync, ``position``). A reader killed anywhere
+        in between leaves the old cursor and an ignored hint: the next reader takes the
+        same entries again, as StrictlyAtOnce wants of a read that did not return.
+        Under SyncEach + StrictlyAtOnce the group's page reaches the disk before the read
+        returns.  ``taken``: entries read (G_READS); ``lost``: entries below the oldest kept
+        one that the cursor steps over (G_SKIPPED), both stats.
+        """
+        words = self.words
+        if pos < 0:
+            words[self.w_hint_offset] = NO_HINT
+        else:
+            words[self.w_hint_offset] = cursor
+            words[self.w_hint_chain] = block
+            words[self.w_hint_pos] = pos
+        if lost:
+            words[self.w_skipped] += lost
+        words[self.w_cursor] = cursor
+        if taken:
+            words[self.w_reads] += taken
         if self._strict_sync:
-            self.meta.mm.flush(self.group_page, L.PAGE)
+            self._mm.flush(self.group_page, L.PAGE)
+        if pos >= 0 and block != self._hot_block and self._hot is not None:
+            # read_next's compiled path serves the hint's block from now on.
+            found = self._blocks.get(block)
+            if found is not None:
+                self._hot.set_block(block, found[0], found[4], found[1] + L.B_PINS)
+                self._hot_block = block
 
     # ------------------------------------------------------------------ sleeping
     def _spin(self, seen_next: int) -> bool:
