@@ -414,6 +414,28 @@ def test_batch_read_counts_empty_entries_as_zero_bytes(client):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("read", ["batch_read", "batch_read_payloads"])
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_an_entry_larger_than_max_bytes_comes_alone_even_before_an_empty_one(client, read, zero_copy):
+    """API.md: the first entry alone when it is larger than max_bytes.  An empty entry after
+    it does not fit either (100 + 0 > 50).  The compiled path once took both when they lay in
+    separate records: the budget left (50 - 100) reached hot.c's decode clamped to 0."""
+    client.append("t", b"x" * 100)      # one record each: the second is decoded by hot.c
+    client.append("t", b"")
+    client.append("t", b"y")
+    client.batch_append("u", [b"x" * 100, b"", b"y"])   # one record
+
+    def offsets(got):
+        if read == "batch_read":
+            return [e.offset for e in got]
+        return list(range(got.first, got.first + len(got.data)))
+
+    for topic in ("t", "u"):
+        assert offsets(getattr(client, read)(topic, 50, zero_copy=zero_copy)) == [0], topic
+        assert offsets(getattr(client, read)(topic, 1, zero_copy=zero_copy)) == [1, 2], topic
+
+
+@pytest.mark.timeout(30)
 def test_batch_read_payloads_is_batch_read_without_the_entries(client):
     """Payloads(first, data): data[i] is the entry at offset first + i; caps, cursor,
     peeks and waits as batch_read; with nothing read, first is the group's position."""

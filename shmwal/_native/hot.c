@@ -1017,12 +1017,14 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
     uint64_t stop = PyLong_AsUnsignedLongLong(args[4]);
     uint64_t next_first = PyLong_AsUnsignedLongLong(args[5]);
     Py_ssize_t max_entries = PyLong_AsSsize_t(args[6]);
+    /* The budget left: below 0 when an entry taken before this call was larger than
+     * the read's max_bytes, and then nothing more fits, not even an empty entry. */
     int overflow = 0;
     long long max_bytes = PyLong_AsLongLongAndOverflow(args[7], &overflow);
     if (overflow > 0)
         max_bytes = LLONG_MAX;   /* a cap beyond any batch: no cap */
-    else if (overflow < 0 || max_bytes < 0)
-        max_bytes = 0;
+    else if (overflow < 0)
+        max_bytes = -1;
     int have_some = PyObject_IsTrue(args[8]);
     int zero_copy = PyObject_IsTrue(args[11]);
     if (PyErr_Occurred())
@@ -1060,7 +1062,8 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         int stopped = 0;
         for (; index < count; index++) {
             uint64_t length = rd64(table + index * TABLE_ENTRY_SIZE);
-            if ((have_some || taken) && taken_bytes + length > (uint64_t)max_bytes) {
+            /* Signed: taken_bytes + length <= MAX_BATCH_BYTES + MAX_ENTRY, far below 2**63. */
+            if ((have_some || taken) && (long long)(taken_bytes + length) > max_bytes) {
                 stopped = 1;
                 status = DECODE_DONE;
                 break;
