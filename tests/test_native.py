@@ -42,7 +42,28 @@ def test_long_inputs_hash_alike_whichever_vector_unit_runs(length):
 
 
 def test_layout_constants_are_layout_py():
-    assert {k: getattr(L, k) for k in native.LAYOUT} == native.LAYOUT
+    """Every constant of layout.py reached hot.c (through the generated layout.h), unchanged."""
+    assert native.LAYOUT == L.c_constants()
+    assert {"UNSET", "MAX_BATCH_BYTES", "SEED_GOLDEN", "SEED_SALT", "FUTEX_TID_MASK", "B_PINS"} <= set(native.LAYOUT)
+
+
+def test_the_generated_header_is_layout_py(tmp_path):
+    """The header the build wrote is what layout.py generates now (setup.py rewrites it each build)."""
+    header = os.path.join(os.path.dirname(L.__file__), os.pardir, "_native", "layout.h")
+    with open(header) as f:
+        assert f.read() == L.c_header()
+
+
+def test_a_build_for_another_layout_is_refused(monkeypatch):
+    """client/hot.py refuses a module whose constants differ from layout.py's, or lack one."""
+    from shmwal.client import hot
+    from shmwal import _hot
+    monkeypatch.delenv("SHMWAL_PURE_PYTHON", raising=False)
+    for changed in ({**_hot.LAYOUT, "H_NEXT_OFFSET": 8},
+                    {k: v for k, v in _hot.LAYOUT.items() if k != "MAX_BATCH_BYTES"}):
+        monkeypatch.setattr(_hot, "LAYOUT", changed)
+        with pytest.raises(ImportError, match="another layout"):
+            hot._load()
 
 
 def _records_from(buf, start: int, end: int) -> list:

@@ -61,9 +61,9 @@ def encode_single(buf, pos: int, offset: int, payload, length: int, batch_left: 
     digest = xxh(payload, L.entry_seed(offset))
     check = digest ^ L.record_seed(1, batch_left, offset, length)
     _single_pack(buf, pos, 1, batch_left, offset, length, check, length, digest)
-    start = pos + 48
+    start = pos + L.SINGLE_RECORD_SIZE
     buf[start:start + length] = payload
-    return pos + L.align(48 + length)
+    return pos + L.align(L.SINGLE_RECORD_SIZE + length)
 
 
 def encode_record(buf, pos: int, first_offset: int, batch_left: int,

@@ -133,7 +133,7 @@ class TopicMeta:
 
     def writer_tid(self) -> int:
         """The thread id holding the writer mutex, 0 if none (glibc robust mutex: the futex word)."""
-        return self.words[L.H_WRITER_MUTEX // _Q] & 0x3FFFFFFF
+        return self.words[L.H_WRITER_MUTEX // _Q] & L.FUTEX_TID_MASK
 
     def set_chain_slot(self, index: int, file_id: int, file_offset: int, capacity: int) -> None:
         """Point chain slot ``index`` at a block. Caller holds H_CHAIN_MUTEX.

@@ -41,10 +41,12 @@ _W_WAITERS = L.H_WAITERS // 8
 _W_SYNCED_NEXT = L.H_SYNCED_NEXT // 8
 _W_BYTES = L.H_BYTES // 8
 _W_VISIBLE = L.H_VISIBLE // 8
-_SINGLE = 48  # record header + one table entry
+_SINGLE = L.SINGLE_RECORD_SIZE  # record header + one table entry
 _ALIGN_MASK = L.ALIGN - 1
-_SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
-assert L.record_seed(1, 0, 5, 7) == (5 * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) ^ _SINGLE_SALT ^ 7
+_SINGLE_SALT = (1 << L.SEED_COUNT_SHIFT) ^ L.SEED_SALT   # what L.record_seed mixes in for count == 1
+_GOLDEN = L.SEED_GOLDEN
+_U64 = L.U64_MASK
+assert L.record_seed(1, 0, 5, 7) == L.entry_seed(5) ^ _SINGLE_SALT ^ 7
 # Shared words are stored one by one through the memoryview (one aligned
 # 8-byte move each), never with struct.pack_into: it zeroes the field before
 # writing it, and the broker reads H_TAIL_CHAIN without the writer mutex.
@@ -148,7 +150,7 @@ class Appender:
             if end > self._limit:
                 block, pos = self._next_block(offset, size)
                 end = pos + size
-            seed = (offset * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
+            seed = (offset * _GOLDEN) & _U64   # L.entry_seed
             digest = _xxh(data, seed)
             buf = self._buf
             # check = digest ^ L.record_seed(1, 0, offset, length)
@@ -237,7 +239,7 @@ class Appender:
         """Checksum and publish the reserved entry (as append does), then release the mutex."""
         offset, block, pos, length, _moved, end = place
         try:
-            seed = (offset * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
+            seed = (offset * _GOLDEN) & _U64   # L.entry_seed
             buf = self._buf
             start = pos + _SINGLE
             digest = _hash(buf[start:start + length], seed)
@@ -445,7 +447,7 @@ class Appender:
     def wake(self) -> None:
         """Post the topic semaphore for sleeping readers (bounded by how many sleep)."""
         waiting = self.words[_W_WAITERS]
-        if waiting > 1 << 20:  # an underflow (a reader killed between its add and subtract)
+        if waiting > L.MAX_SANE_WAITERS:  # an underflow (a reader killed between its add and subtract)
             return
         sem = self.sem
         missing = waiting - sem.value

@@ -53,7 +53,10 @@ _W_FORCED = L.H_FORCED_OFFSET // 8
 _W_CHAIN_FIRST = L.CHAIN_AT // 8 + L.C_FIRST_OFFSET // 8
 NO_HINT = L.UNSET
 _ALIGN_MASK = L.ALIGN - 1
-_SINGLE_SALT = (1 << 40) ^ 0x5EED   # what L.record_seed mixes in for count == 1
+_SINGLE_SALT = (1 << L.SEED_COUNT_SHIFT) ^ L.SEED_SALT   # what L.record_seed mixes in for count == 1
+_GOLDEN = L.SEED_GOLDEN
+_SINGLE = L.SINGLE_RECORD_SIZE
+_U64 = L.U64_MASK
 _group_unpack = struct.Struct("<QQQQ").unpack_from   # G_CURSOR, G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
 _single_unpack = L.SINGLE_RECORD.unpack_from
 _trylock = sync.trylock
@@ -289,20 +292,20 @@ class GroupReader:
         if cursor >= next_first:
             return None   # the entry is in a later block
         buf = self._fast_buf
-        if pos + 48 > self._fast_limit:
+        if pos + _SINGLE > self._fast_limit:
             return None
         try:
             count, batch_left, first, data_bytes, check, length, digest = _single_unpack(buf, pos)
         except ValueError:   # its file was deleted and the watcher closed the mapping
             self._fast_block = -1
             return None
-        end = pos + 48 + length
+        end = pos + _SINGLE + length
         if count != 1 or first != cursor or end > self._fast_limit:
             return None
-        seed = (cursor * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF   # L.entry_seed
-        data = buf[pos + 48:end]
+        seed = (cursor * _GOLDEN) & _U64   # L.entry_seed
+        data = buf[pos + _SINGLE:end]
         if _xxh(data, seed) != digest or length != data_bytes or \
-                digest ^ seed ^ _SINGLE_SALT ^ (batch_left << 20) ^ length != check:
+                digest ^ seed ^ _SINGLE_SALT ^ (batch_left << L.SEED_BATCH_LEFT_SHIFT) ^ length != check:
             return None   # the general path reports it
         if checkpoint:
             self._commit(cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK, 1)
@@ -436,7 +439,7 @@ class GroupReader:
                     data = buf[start:start + length]
                     if zero_copy or type(data) is not bytes:
                         data = data if zero_copy else bytes(data)
-                    if _xxh(data, (c * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) != sums[index]:  # L.entry_seed
+                    if _xxh(data, (c * _GOLDEN) & _U64) != sums[index]:  # L.entry_seed
                         if out:
                             return out, next_offset   # the next call raises for c
                         if resume is None and c < words[_W_FIRST_OFFSET]:
