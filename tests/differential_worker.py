@@ -1,0 +1,75 @@
+"""One side of tests/test_differential.py: runs the operations it is sent on a Client of its own.
+
+Started as ``python differential_worker.py DATA_DIR`` with or without SHMWAL_PURE_PYTHON=1;
+reads pickled (op, args) frames on stdin, answers each with a pickled result on stdout.
+Payloads are made here from (seed, size), so both sides write the same bytes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import struct
+import sys
+
+import shmwal
+from shmwal.client.hot import native
+
+_LEN = struct.Struct("<I")
+
+
+def payload(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def entries(got) -> list:
+    return [(e.topic, e.offset, bytes(e.data)) for e in got]
+
+
+def run(client, op: str, args: dict):
+    if op == "path":
+        return "compiled" if native is not None else "pure"
+    if op == "append":
+        return client.append(args["topic"], payload(args["seed"], args["size"]))
+    if op == "batch_append":
+        got = client.batch_append(args["topic"], [payload(args["seed"] + i, n) for i, n in enumerate(args["sizes"])])
+        return (got.start, got.stop)
+    if op == "read_next":
+        e = client.read_next(args["topic"], group=args["group"], checkpoint=args["checkpoint"],
+                             zero_copy=args["zero_copy"])
+        return None if e is None else entries([e])[0]
+    if op == "batch_read":
+        return entries(client.batch_read(args["topic"], args["max_bytes"], group=args["group"],
+                                         checkpoint=args["checkpoint"], zero_copy=args["zero_copy"]))
+    if op == "batch_read_payloads":
+        got = client.batch_read_payloads(args["topic"], args["max_bytes"], group=args["group"],
+                                         checkpoint=args["checkpoint"], zero_copy=args["zero_copy"])
+        return (got.first, [bytes(d) for d in got.data])
+    if op == "seek":
+        client.seek(args["topic"], args["offset"], group=args["group"])
+        return client.position(args["topic"], group=args["group"])
+    if op == "position":
+        return client.position(args["topic"], group=args["group"])
+    raise ValueError(op)
+
+
+def main() -> None:
+    client = shmwal.connect(sys.argv[1])
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = stdin.read(_LEN.size)
+        if len(head) < _LEN.size:
+            break
+        op, args = pickle.loads(stdin.read(_LEN.unpack(head)[0]))
+        try:
+            result = ("ok", run(client, op, args))
+        except shmwal.ShmwalError as exc:
+            result = ("error", type(exc).__name__)
+        data = pickle.dumps(result)
+        stdout.write(_LEN.pack(len(data)) + data)
+        stdout.flush()
+    client.close()
+
+
+if __name__ == "__main__":
+    main()
