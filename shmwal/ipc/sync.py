@@ -34,6 +34,7 @@ import errno
 import os
 import platform
 
+from ..blocks import layout as L
 from ..errors import ShmwalError
 
 if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - documented limitation
@@ -135,7 +136,7 @@ def lock_contended(address: int, rc: int) -> bool:
 
 LOCK_SLICE = 0.1   # seconds a deadline lock waits at a time: signal handlers run between slices
 CLOCK_MONOTONIC = 1
-FUTEX_TID_MASK = 0x3FFFFFFF
+FUTEX_TID_MASK = L.FUTEX_TID_MASK   # the one copy: layout.py (hot.c's header is generated from it)
 FUTEX_OWNER_DIED = 0x40000000
 
 
