@@ -129,7 +129,7 @@ def _repair(meta, report, findings) -> None:
 def _forget_hints(meta) -> None:
     """Read hints are a previous run's positions: readers find their entries afresh (no file word is trusted)."""
     for slot in meta.group_names().values():
-        meta.set(L.group_slot_at(slot) + L.G_HINT_OFFSET, NO_BLOCK)
+        meta.set(L.group_slot_at(slot) + L.G_HINT_OFFSET, L.UNSET)
 
 
 def keep_synced(meta, files, report) -> None:
