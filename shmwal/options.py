@@ -20,7 +20,16 @@ class StrictlyAtOnce:
 
 @dataclass(frozen=True)
 class AtLeastOnce:
-    """The cursor is made durable at least every ``persist_every`` checkpointed reads."""
+    """Reads that may be delivered again after a crash: at most ``persist_every`` per group.
+
+    What the code does, in both modes alike: a checkpointed read moves the cursor in the
+    shared, file-backed meta page, so a killed process (any, the broker too) never loses
+    a cursor move; against a power cut the cursor is as durable as the fsync schedule
+    (server/fsync.py: FsyncEvery's interval; never under NoFsync).  ``persist_every`` is
+    carried to every client (``client.consistency``) but no code counts reads against it:
+    nothing is made durable every N reads.  (Only ``SyncEach`` with ``StrictlyAtOnce``
+    makes each read's cursor page durable before the read returns.)
+    """
 
     persist_every: int = 1000
 

@@ -2,7 +2,7 @@
 
 A ``RunSpec`` is one cell of the race (a scenario at one message size); every contender
 runs every spec it supports, back to back, so that all figures of a spec come from the
-same minutes on the same machine (this VM's speed drifts: see shared/FACTS.md).
+same minutes on the same machine (this VM's speed drifts from minute to minute).
 """
 
 from __future__ import annotations

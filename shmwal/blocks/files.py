@@ -30,11 +30,10 @@ import os
 import time
 
 from . import layout as L
+from ..ipc.fsio import fsync_dir
+from ..ipc.libc import function as libc_function
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_fallocate = _libc.fallocate
-_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_fallocate.restype = ctypes.c_int
+_fallocate = libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -59,11 +58,7 @@ def create_block_file(directory: str, file_id: int, size: int) -> str:
     finally:
         if fd >= 0:
             os.close(fd)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(directory)
     return path
 
 

@@ -29,6 +29,8 @@ import ctypes
 import os
 import platform
 
+from ..ipc.libc import function as libc_function
+
 M_TRIM_THRESHOLD = -1          # glibc malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20      # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
@@ -47,12 +49,9 @@ def _mallopt():
     if "trim_threshold" in tunables or "mmap_threshold" in tunables:
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+        return libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    except AttributeError:   # not glibc
         return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
 
 
 _set = _mallopt()

@@ -36,12 +36,13 @@ import platform
 
 from ..blocks import layout as L
 from ..errors import ShmwalError
+from .libc import libc, libc_with_gil, oserror
 
 if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - documented limitation
     raise ImportError("shmwal relies on x86-64 memory ordering (see shmwal/ipc/sync.py)")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_plibc = ctypes.PyDLL(None)
+_libc = libc
+_plibc = libc_with_gil
 _libatomic = ctypes.PyDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
 
 PTHREAD_PROCESS_SHARED = 1
@@ -259,8 +260,7 @@ def populate_write(mapping, offset: int, length: int) -> None:
     view = (ctypes.c_char * (end - start)).from_buffer(mapping, start)
     try:
         if _madvise(ctypes.addressof(view), end - start, MADV_POPULATE_WRITE) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            raise oserror("madvise(MADV_POPULATE_WRITE)")
     finally:
         del view   # the mapping can be closed once this returns
 

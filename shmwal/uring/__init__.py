@@ -2,8 +2,9 @@
 
 ``abi`` mirrors ``linux/io_uring.h`` (structs and constants only); ``ring``
 holds the logic (``Ring``, ``ReadArena``, ``probe``); ``residency`` answers
-"is this range in the page cache?" so ``io="auto"`` can pick uring for cold
-data and mmap for warm data.
+"is this range in the page cache?" (mincore), for tests and scripts/bench_uring.py:
+``io="auto"`` does not ask it, it reads through the mapping (client/facade.py
+``_make_fetcher`` says why).
 """
 
 from .residency import resident_fraction

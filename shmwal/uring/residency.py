@@ -18,6 +18,8 @@ import operator
 import os
 import sys
 
+from ..ipc.libc import function as libc_function, oserror
+
 __all__ = ["resident_fraction"]
 
 _PAGE = mmap.PAGESIZE
@@ -25,17 +27,10 @@ _LOW_BIT = bytes(b & 1 for b in range(256))  # vec bytes: bit 0 = resident, rest
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 if sys.platform.startswith("linux"):
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _mincore = _libc.mincore
-    _mincore.restype = ctypes.c_int
-    _mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    _mmap = _libc.mmap
-    _mmap.restype = ctypes.c_void_p
-    _mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long)
-    _munmap = _libc.munmap
-    _munmap.restype = ctypes.c_int
-    _munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    _mincore = libc_function("mincore", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p))
+    _mmap = libc_function("mmap", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                   ctypes.c_int, ctypes.c_long), ctypes.c_void_p)
+    _munmap = libc_function("munmap", (ctypes.c_void_p, ctypes.c_size_t))
 
 
 class _Py_buffer(ctypes.Structure):
@@ -63,11 +58,7 @@ _ReleaseBuffer.argtypes = (ctypes.POINTER(_Py_buffer),)
 _ReleaseBuffer.restype = None
 
 
-def _oserror(what: str) -> OSError:
-    err = ctypes.get_errno()
-    exc = OSError(err, os.strerror(err))
-    exc.add_note(what)
-    return exc
+_oserror = oserror
 
 
 def _fraction(address: int, length: int) -> float:

