@@ -47,6 +47,20 @@ def parse_payload(data: bytes) -> tuple[int, int]:
     return tag, seq
 
 
+def every_call(client, topic: str) -> dict:
+    """One call of each Client method on ``topic`` (a closed client must refuse them all)."""
+    return {
+        "append": lambda: client.append(topic, b"y"),
+        "batch_append": lambda: client.batch_append(topic, [b"y"]),
+        "read_next": lambda: client.read_next(topic),
+        "batch_read": lambda: client.batch_read(topic, 10),
+        "seek": lambda: client.seek(topic, 0),
+        "position": lambda: client.position(topic),
+        "topics": lambda: client.topics(),
+        "stats": lambda: client.stats(),
+    }
+
+
 def expected_batches(sizes: list[int], max_bytes: int, start: int = 0) -> list[list[int]]:
     """Offsets of successive batch_read calls per API.md: entries in order while their
     payloads add up to at most ``max_bytes``, the first alone when it alone is larger,

@@ -15,7 +15,7 @@ import pytest
 
 import shmwal
 from conftest import ipc_leftovers, wait_until
-from helpers import connect, expected_batches, read_all
+from helpers import connect, every_call, expected_batches, read_all
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -643,16 +643,7 @@ def test_client_is_a_context_manager_and_a_closed_client_raises(broker):
     with connect(broker) as client:
         assert isinstance(client, shmwal.Client)
         assert client.append("t", b"x") == 0
-    calls = {
-        "append": lambda: client.append("t", b"y"),
-        "batch_append": lambda: client.batch_append("t", [b"y"]),
-        "read_next": lambda: client.read_next("t"),
-        "batch_read": lambda: client.batch_read("t", 10),
-        "seek": lambda: client.seek("t", 0),
-        "position": lambda: client.position("t"),
-        "topics": lambda: client.topics(),
-        "stats": lambda: client.stats(),
-    }
+    calls = every_call(client, "t")
     for name, call in calls.items():
         with pytest.raises(shmwal.ShmwalError) as info:
             call()

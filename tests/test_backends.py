@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 import shmwal
-from helpers import read_all
+from helpers import every_call, read_all
 
 # Re-collected from test_api_basic with this module's parametrised `client`.
 from test_api_basic import (  # noqa: F401
@@ -190,16 +190,7 @@ def test_stats_has_every_key_of_api_md_with_the_same_values(client, backend):
 def test_a_closed_client_raises_client_closed(address):
     with shmwal.connect(address[0], key=address[1]) as client:
         assert client.append("t", b"x") == 0
-    calls = {
-        "append": lambda: client.append("t", b"y"),
-        "batch_append": lambda: client.batch_append("t", [b"y"]),
-        "read_next": lambda: client.read_next("t"),
-        "batch_read": lambda: client.batch_read("t", 10),
-        "seek": lambda: client.seek("t", 0),
-        "position": lambda: client.position("t"),
-        "topics": lambda: client.topics(),
-        "stats": lambda: client.stats(),
-    }
+    calls = every_call(client, "t")
     for name, call in calls.items():
         with pytest.raises(shmwal.ClientClosed):
             call()

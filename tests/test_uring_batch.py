@@ -184,16 +184,23 @@ def block_files(root: str) -> list[str]:
     return sorted(os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".blk"))
 
 
+def backlog_for_every_mode(broker, n: int, seed: int) -> list[bytes]:
+    """write_backlog to topic "t", and a group "g-<mode>" at 0 for each of MODES: every group
+    exists before any reads, so no block is reclaimed under a group that comes later."""
+    with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as writer:
+        written = write_backlog(writer, "t", n, seed=seed)
+        for mode in MODES:
+            writer.seek("t", 0, group=f"g-{mode}")
+    return written
+
+
 # ----------------------------------------------------------------------------- identical entries
 
 @needs_uring
 @pytest.mark.timeout(120)
 def test_modes_return_identical_batches_over_many_blocks_and_files(start_broker, fetches):
     broker = start_broker()
-    with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as writer:
-        written = write_backlog(writer, "t", 2500, seed=1)
-        for mode in MODES:   # every group exists before any reads: no block is reclaimed under a later one
-            writer.seek("t", 0, group=f"g-{mode}")
+    written = backlog_for_every_mode(broker, 2500, seed=1)
     sizes = [len(p) for p in written]
     files = block_files(broker.root)
     assert len(files) >= 10, files                       # many blocks and files
@@ -226,10 +233,7 @@ def test_modes_return_identical_batches_over_many_blocks_and_files(start_broker,
 def test_modes_agree_with_seeks_and_peeks(start_broker, fetches):
     """Random seeks (which void the hint), peeks (checkpoint=False) and reads, same on every path."""
     broker = start_broker()
-    with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as writer:
-        written = write_backlog(writer, "t", 1200, seed=3)
-        for mode in MODES:   # every group exists before any reads: no block is reclaimed under a later one
-            writer.seek("t", 0, group=f"g-{mode}")
+    written = backlog_for_every_mode(broker, 1200, seed=3)
     n = len(written)
     outcomes = {}
     for mode in MODES:

@@ -78,6 +78,20 @@ def as_payload(data) -> memoryview:
     return view
 
 
+def batch_list(items) -> list:
+    """``items`` of a batch_append as a list, or TypeError / BatchTooLarge (API.md): the checks
+    every backend makes before it looks at one item."""
+    if isinstance(items, (bytes, bytearray, memoryview, str)):
+        raise TypeError("items must be a sequence of bytes-like objects, not one bytes-like object")
+    try:
+        items = list(items)
+    except TypeError:
+        raise TypeError(f"items must be an iterable of bytes-like objects, not {type(items).__name__}") from None
+    if len(items) > L.MAX_BATCH_ENTRIES:
+        raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_ENTRIES} entries, got {len(items)}")
+    return items
+
+
 class _Lengths:
     """``lengths[i]`` of a batch checked by hot.c's measure, computed only where asked."""
 
@@ -332,14 +346,7 @@ class Appender:
 
     @staticmethod
     def _check_batch(items):
-        if isinstance(items, (bytes, bytearray, memoryview, str)):
-            raise TypeError("items must be a sequence of bytes-like objects, not one bytes-like object")
-        try:
-            items = list(items)
-        except TypeError:
-            raise TypeError(f"items must be an iterable of bytes-like objects, not {type(items).__name__}") from None
-        if len(items) > L.MAX_BATCH_ENTRIES:
-            raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_ENTRIES} entries, got {len(items)}")
+        items = batch_list(items)
         if native is not None:
             # One C pass checks every item; hot.c's encode_run reads them as they are.
             total, longest = native.measure(items)

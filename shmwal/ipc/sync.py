@@ -127,8 +127,14 @@ def lock_contended(address: int, rc: int) -> bool:
     """The slow half of ``lock``: ``rc`` is what trylock returned."""
     if rc == errno.EBUSY:
         rc = _lock_blocking(address)
-        if rc == 0:
-            return False
+    return _locked(address, rc)
+
+
+def _locked(address: int, rc: int) -> bool:
+    """What a lock call's ``rc`` means: False taken, True taken from a dead holder (made
+    consistent here), else LockError."""
+    if rc == 0:
+        return False
     if rc == EOWNERDEAD:
         _consistent(address)
         return True
@@ -169,12 +175,7 @@ def lock_before(address: int, deadline: float, should_stop=None) -> bool:
         rc = _clocklock(address, CLOCK_MONOTONIC, ctypes.byref(spec))
         if rc == errno.ETIMEDOUT:
             rc = errno.EBUSY
-    if rc == 0:
-        return False
-    if rc == EOWNERDEAD:
-        _consistent(address)
-        return True
-    raise LockError(f"pthread_mutex_lock: {errno.errorcode.get(rc, rc)} ({os.strerror(rc)})")
+    return _locked(address, rc)
 
 
 def _mutex_image() -> bytes:

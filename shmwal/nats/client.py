@@ -47,6 +47,7 @@ import uuid
 from ..entry import Entry, Payloads
 from ..errors import (BatchTooLarge, BrokerUnavailable, ClientClosed, EntryTooLarge,
                       ShmwalError, Unsupported)
+from ..client.append import batch_list
 from ..ipc.names import check_name
 from ..options import AtLeastOnce, StrictlyAtOnce
 from ..blocks import layout as L
@@ -366,14 +367,7 @@ class NatsClient:
         """API.md ``batch_append`` (``shmwal/nats/__init__.py`` says what holds of "atomic").
         ``msg_ids``: one dedup id per entry (the bridge derives them from local offsets)."""
         t = self._topic(topic)
-        if isinstance(items, (bytes, bytearray, memoryview, str)):
-            raise TypeError("items must be a sequence of bytes-like objects, not one bytes-like object")
-        try:
-            items = list(items)
-        except TypeError:
-            raise TypeError(f"items must be an iterable of bytes-like objects, not {type(items).__name__}") from None
-        if len(items) > L.MAX_BATCH_ENTRIES:
-            raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_ENTRIES} entries, got {len(items)}")
+        items = batch_list(items)
         payloads = [self._payload(item) for item in items]
         if sum(map(len, payloads)) > L.MAX_BATCH_BYTES:
             raise BatchTooLarge(f"a batch holds at most {L.MAX_BATCH_BYTES} bytes")

@@ -17,21 +17,27 @@ from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 
 
-def unusable_meta_files(root: str) -> dict[str, str]:
-    """Topics whose meta file cannot even be opened -> why (start rebuilds them from the block files)."""
+def _topic_meta_paths(root: str):
+    """(topic, path of its meta file) for each directory of ``topics/`` named like a topic."""
     topics_dir = os.path.join(root, "topics")
-    found = {}
     try:
         entries = sorted(os.listdir(topics_dir))
     except FileNotFoundError:
-        return found
+        return
     for name in entries:
         try:
             names.check_name(name)
         except ShmwalError:
             continue
+        yield name, os.path.join(topics_dir, name, "meta")
+
+
+def unusable_meta_files(root: str) -> dict[str, str]:
+    """Topics whose meta file cannot even be opened -> why (start rebuilds them from the block files)."""
+    found = {}
+    for name, path in _topic_meta_paths(root):
         try:
-            TopicMeta(os.path.join(topics_dir, name, "meta"), name).close()
+            TopicMeta(path, name).close()
         except (OSError, ValueError) as exc:
             found[name] = f"topics/{name}/meta +0: unusable ({exc}); start rebuilds it from the block files"
     return found
@@ -54,17 +60,11 @@ def verify_meta(meta: TopicMeta, files: BlockFiles) -> tuple[list[str], bool]:
 
 
 def open_topics(root: str) -> dict[str, TopicMeta]:
-    topics_dir = os.path.join(root, "topics")
     found = {}
-    try:
-        entries = sorted(os.listdir(topics_dir))
-    except FileNotFoundError:
-        return found
-    for name in entries:
+    for name, path in _topic_meta_paths(root):
         try:
-            names.check_name(name)
-            found[name] = TopicMeta(os.path.join(topics_dir, name, "meta"), name)
-        except (ShmwalError, OSError, ValueError):
+            found[name] = TopicMeta(path, name)
+        except (OSError, ValueError):
             continue
     return found
 
