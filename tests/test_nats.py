@@ -198,6 +198,9 @@ def test_the_bridge_killed_again_and_again_mirrors_every_entry_once_in_order(bro
         try:
             mirrored = wait_until(lambda: remote.stats()["topics"].get(topic, {}).get("entries", 0) >= count, 60)
             assert mirrored, remote.stats()
+            # The bridges before it may have mirrored everything already: this one may still be
+            # starting, and a SIGTERM before its handler is installed kills it (-15), no clean stop.
+            assert wait_until(lambda: _catches(bridge.pid, signal.SIGTERM), 30)
         finally:
             bridge.send_signal(signal.SIGTERM)
             assert bridge.wait(20) == 0, bridge.stderr.read().decode()
@@ -238,3 +241,12 @@ def test_the_cluster_script_serves_until_sigint_and_leaves_nothing_behind():
             script.wait(10)
         script.stdout.close()
         script.stderr.close()
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has installed a handler for ``signum`` (SigCgt in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
