@@ -24,6 +24,7 @@ recovery.check_meta, and the meta file is then rebuilt from the block headers.
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import re
 from typing import Callable, NamedTuple
@@ -196,7 +197,7 @@ def chain_findings(meta, files) -> tuple[list[Finding], str | None]:
         at = L.chain_slot_at(k)
         try:
             buf = files.map(file_id)
-            header = read_block_header(buf, file_offset)
+            header = _read_header_alone(buf, file_offset)
         except (OSError, ValueError):
             buf = header = None
         if header is None or header[3] != meta.name or header[0] != k:
@@ -254,3 +255,21 @@ def chain_findings(meta, files) -> tuple[list[Finding], str | None]:
                                         f"{h_capacity}; set from the block",
                                         lambda w=at + L.C_CAPACITY, v=h_capacity: meta.set(w, v)))
     return findings, None
+
+
+def _read_header_alone(buf: mmap.mmap, file_offset: int):
+    """A block's header, read without the kernel's readahead around it.
+
+    A fault in a mapping reads ahead (128 KiB and more): header by header, start-up made
+    every small block of a cold backlog resident, which then read through the page cache
+    instead of io_uring (tests/test_uring_batch.py cold_backlog). MADV_RANDOM on the
+    header's page alone, then back to normal, so the mapping's areas merge again.
+    """
+    page = file_offset - file_offset % L.PAGE
+    if page + L.PAGE > len(buf):
+        return read_block_header(buf, file_offset)
+    buf.madvise(mmap.MADV_RANDOM, page, L.PAGE)
+    try:
+        return read_block_header(buf, file_offset)
+    finally:
+        buf.madvise(mmap.MADV_NORMAL, page, L.PAGE)
