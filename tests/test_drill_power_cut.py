@@ -26,7 +26,7 @@ import pytest
 
 import shmwal
 from drill_helpers import offset_payload, read_report
-from test_drill_flips import copy_sparse
+from test_drill_flips import copy_sparse, copy_sparse_file
 
 pytestmark = pytest.mark.slow
 
@@ -48,23 +48,6 @@ def _snapshot(shadow_root: str, live_root: str, path: str) -> None:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     copy_sparse_file(path, tmp)
     os.rename(tmp, dst)   # a copy the kill cut short is no fsync: the old one stands
-
-
-def copy_sparse_file(src: str, dst: str) -> None:
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        at = 0
-        while at < size:
-            try:
-                at = os.lseek(fin.fileno(), at, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fin.fileno(), at, os.SEEK_HOLE)
-            fin.seek(at)
-            fout.seek(at)
-            fout.write(fin.read(end - at))
-            at = end
-        fout.truncate(size)
 
 
 def install_shadow(live_root: str, shadow_root: str) -> None:
