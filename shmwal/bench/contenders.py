@@ -371,11 +371,15 @@ ICEORYX_BUFFER_BYTES = 16 * 2**20  # per subscriber: samples its queue holds (bl
 class IceoryxContender(Contender):
     """iceoryx2 publish-subscribe with a slice payload: the publisher loans a sample from its
     shared-memory pool, copies the message into it and sends it; the subscriber reads it in
-    place. Nothing is dropped: no safe overflow, RetryUntilDelivered backpressure (a full
-    subscriber queue blocks the publisher), and each producer waits until every subscriber
-    is connected before its first message and until every consumer took its end token before
-    it goes (its samples live in its own data segment). Subscribers sleep on an event service
-    the producers notify after each send."""
+    place. Nothing is dropped: no safe overflow, RetryUntilDelivered backpressure, and each
+    producer waits until every subscriber is connected before its first message and until
+    every consumer took its end token before it goes (its samples live in its own data
+    segment). Subscribers sleep on an event service the producers notify after each send.
+
+    Producers also keep the messages in flight below a subscriber's queue (credits, below):
+    iceoryx2 0.10 sometimes drops a sample at the moment a subscriber's queue fills despite
+    RetryUntilDelivered (send() then reports fewer receivers than are connected; seen about
+    one tiny race in six on a loaded machine), so the harness never lets a queue fill."""
 
     name = "iceoryx2"
     pubsub = True
@@ -401,7 +405,8 @@ class IceoryxSession:
         self.dir = tempfile.mkdtemp(prefix="iox2sb-")
         self.prefix = f"iox2sb{uuid.uuid4().hex[:10]}_"
         acks = ctx.RawArray("b", spec.producers * spec.consumers)
-        self.channel = IceoryxChannel(self.dir, self.prefix, spec.size, spec.producers, spec.consumers, acks)
+        credits = Credits(ctx, spec.producers, spec.consumers, IceoryxChannel.queue_for(spec.size, spec.producers))
+        self.channel = IceoryxChannel(self.dir, self.prefix, spec.size, spec.producers, spec.consumers, acks, credits)
 
     def send_baton(self):
         pass  # producers end their own streams (IceoryxSender.finish)
@@ -416,12 +421,45 @@ class IceoryxSession:
                     pass
 
 
+class Credits:
+    """Bounds the messages any subscriber has not taken yet below its queue's length.
+
+    Shared counters, each written by one process: ``sent[p]`` by producer p, ``taken[c]`` by
+    consumer c (every consumer gets every message: one consumer or separate groups). They
+    are published every ``every`` messages, and a consumer publishes its exact count before
+    it sleeps, so a waiting producer is always released. A producer's own count is exact and
+    the others' lag by less than ``every`` each; with at most ``every`` sends between two
+    checks, in flight <= limit + (P-1)(every-1) + every < queue."""
+
+    def __init__(self, ctx, producers, consumers, queue):
+        self.every = max(1, queue // (4 * producers))
+        self.limit = queue - producers * self.every
+        self.sent = ctx.RawArray("q", producers)
+        self.taken = ctx.RawArray("q", consumers)
+
+    def wait_for_room(self, producer, sent):
+        """Called by producer ``producer`` after each ``every``-th message, ``sent`` in all."""
+        self.sent[producer] = sent
+        shared_sent, taken = self.sent, self.taken
+        deadline = time.monotonic() + FOREVER
+        while sum(shared_sent) - min(taken) > self.limit:
+            if time.monotonic() > deadline:
+                raise TimeoutError("iceoryx2: a subscriber took nothing for an hour")
+            time.sleep(0.00002)
+
+
 class IceoryxChannel:
-    def __init__(self, root, prefix, size, producers, consumers, acks):
+    def __init__(self, root, prefix, size, producers, consumers, acks, credits):
         self.root, self.prefix = root, prefix
         self.size = size
         self.producers, self.consumers = producers, consumers
         self.acks = acks
+        self.credits = credits
+
+    @staticmethod
+    def queue_for(size, producers) -> int:
+        """A subscriber's queue length: ICEORYX_BUFFER_BYTES of samples, and room for credits."""
+        return max(8 * producers, min(1024, ICEORYX_BUFFER_BYTES // size))
 
     def open(self):
         """(iceoryx2 module, node, pub/sub service, event service) in this process."""
@@ -433,7 +471,7 @@ class IceoryxChannel:
         config.global_cfg.prefix = iox2.FileName.new(self.prefix)
         config.global_cfg.root_path = iox2.Path.new(self.root + "/")
         node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
-        queue = max(2, min(1024, ICEORYX_BUFFER_BYTES // self.size))
+        queue = self.queue_for(self.size, self.producers)
         data = (node.service_builder(iox2.ServiceName.new("bench/data"))
                 .publish_subscribe(iox2.Slice[ctypes.c_uint8])
                 .enable_safe_overflow(False).history_size(0).subscriber_max_buffer_size(queue)
@@ -471,6 +509,8 @@ class IceoryxSender:
         self._char = ctypes.c_char
         self._addressof = ctypes.addressof
         self._source = None     # (buffer, ctypes view of it): the harness reuses one buffer
+        self._sent = 0
+        self._every = channel.credits.every
 
     def _address(self, buf) -> int:
         held = self._source
@@ -487,8 +527,14 @@ class IceoryxSender:
         n = len(buf)
         sample = self.publisher.loan_slice_uninit(n)
         self._memmove(sample.payload_ptr, self._address(buf), n)
-        sample.assume_init().send()
+        receivers = sample.assume_init().send()
+        if receivers != self.channel.consumers:
+            raise RuntimeError(f"iceoryx2 delivered a sample to {receivers} of "
+                               f"{self.channel.consumers} subscribers")
         self.notifier.notify()
+        self._sent += 1
+        if self._sent % self._every == 0:
+            self.channel.credits.wait_for_room(self.producer, self._sent)
 
     def finish(self):
         self.send(messages.token(self.producer))
@@ -515,6 +561,9 @@ class IceoryxReceiver:
         self._slice = iox2.Duration.from_millis(100)
         self._sample = None    # the sample the last message returned is a view of
         self.ended = set()
+        self._taken = 0
+        self._every = channel.credits.every
+        self._published = channel.credits.taken
 
     def recv(self):
         receive, wait = self.subscriber.receive, self.listener.timed_wait
@@ -522,7 +571,11 @@ class IceoryxReceiver:
             sample = receive()
             if sample is not None:
                 self._sample = sample   # holds the previous one until now (2 borrowed at most)
+                self._taken += 1
+                if self._taken % self._every == 0:
+                    self._published[self.consumer] = self._taken
                 return sample.payload().as_memory_view()
+            self._published[self.consumer] = self._taken   # a waiting producer must see all of it
             wait(self._slice)   # woken by the producer's notify; the timeout only bounds a miss
 
     def on_token(self, msg) -> bool:
