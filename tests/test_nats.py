@@ -243,6 +243,36 @@ def test_the_cluster_script_serves_until_sigint_and_leaves_nothing_behind():
         script.stderr.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_killed_starters_store_is_swept_by_the_next_cluster_and_a_live_one_is_not(nats_cluster):
+    import psutil
+
+    from shmwal.nats.cluster import sweep_orphans
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = subprocess.Popen([sys.executable, os.path.join(root, "scripts", "nats_cluster.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert script.stdout.readline().startswith(b"nats://")
+        store = script.stderr.readline().decode().split("store and logs: ")[1].split(" (")[0]
+        nodes = psutil.Process(script.pid).children()
+        script.kill()
+        script.wait(10)
+        assert wait_until(lambda: not [n for n in nodes if n.is_running() and n.status() != psutil.STATUS_ZOMBIE],
+                   timeout=10)
+        assert os.path.isdir(store)   # what a killed starter leaves
+        removed = sweep_orphans(os.path.dirname(store))
+        assert store in removed and not os.path.exists(store)
+        assert os.path.isdir(nats_cluster.root)   # the session's cluster lives: untouched
+        assert nats_cluster.root not in removed
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait(10)
+        script.stdout.close()
+        script.stderr.close()
+
+
 def _catches(pid: int, signum: int) -> bool:
     """Whether the process has installed a handler for ``signum`` (SigCgt in /proc/PID/status)."""
     with open(f"/proc/{pid}/status") as status:

@@ -69,6 +69,48 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+DIR_PREFIX = "shmwal-nats-"
+
+
+def sweep_orphans(parent: str | None = None) -> list[str]:
+    """Remove the store folders of clusters whose starter died (SIGKILL, no ``stop()``).
+
+    A folder is named after the pid that made it; its nodes died with that process
+    (``_die_with_parent``), so once the pid is gone nothing uses it. Only folders of this
+    user are touched. Returns the folders removed."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(DIR_PREFIX):
+            continue
+        pid_text = name[len(DIR_PREFIX):].split("-", 1)[0]
+        path = os.path.join(parent, name)
+        try:
+            if not pid_text.isdigit() or os.lstat(path).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Node:
     def __init__(self, name: str, root: str, client: int, route: int, http: int):
         self.name = name
@@ -101,7 +143,8 @@ class Cluster:
         self.binary = binary or server_binary()
         if self.binary is None:
             raise ClusterUnavailable("nats-server is not installed (apt-get install nats-server)")
-        self.root = tempfile.mkdtemp(prefix="shmwal-nats-", dir=parent)
+        sweep_orphans(parent)
+        self.root = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=parent)
         os.chmod(self.root, 0o700)
         ports = free_ports(3 * nodes)
         self.nodes = [Node(f"n{i}", self.root, *ports[3 * i:3 * i + 3]) for i in range(nodes)]
