@@ -4,6 +4,7 @@ remotely. The behaviours both backends share are in test_backends.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -217,8 +218,9 @@ def test_the_bridge_killed_again_and_again_mirrors_every_entry_once_in_order(bro
 
 # ============================================================================ the cluster script
 
-@pytest.mark.timeout(60)
-def test_the_cluster_script_serves_until_sigint_and_leaves_nothing_behind():
+@contextlib.contextmanager
+def _cluster_script():
+    """scripts/nats_cluster.py running: (its process, its url, its store folder, its nodes)."""
     import psutil
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,50 +229,48 @@ def test_the_cluster_script_serves_until_sigint_and_leaves_nothing_behind():
     try:
         url = script.stdout.readline().decode().strip()
         assert url.startswith("nats://127.0.0.1:") and url.count(",") == 2, script.stderr.read()
-        nodes = psutil.Process(script.pid).children()
+        store = script.stderr.readline().decode().split("store and logs: ")[1].split(" (")[0]
+        yield script, url, store, psutil.Process(script.pid).children()
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait(10)
+        script.stdout.close()
+        script.stderr.close()
+
+
+def _all_gone(processes) -> bool:
+    import psutil
+
+    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.timeout(60)
+def test_the_cluster_script_serves_until_sigint_and_leaves_nothing_behind():
+    with _cluster_script() as (script, url, store, nodes):
         assert len(nodes) == 3
         with shmwal.connect(url) as client:
             assert client.append("t", b"x") == 0
             assert client.stats()["topics"]["t"]["replicas"] == 3
         script.send_signal(signal.SIGINT)
         assert script.wait(30) == 0
-        assert not [n for n in nodes if n.is_running() and n.status() != psutil.STATUS_ZOMBIE]
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.wait(10)
-        script.stdout.close()
-        script.stderr.close()
+        assert _all_gone(nodes)
+        assert not os.path.exists(store)
 
 
 @pytest.mark.timeout(60)
 def test_a_killed_starters_store_is_swept_by_the_next_cluster_and_a_live_one_is_not(nats_cluster):
-    import psutil
-
     from shmwal.nats.cluster import sweep_orphans
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = subprocess.Popen([sys.executable, os.path.join(root, "scripts", "nats_cluster.py")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert script.stdout.readline().startswith(b"nats://")
-        store = script.stderr.readline().decode().split("store and logs: ")[1].split(" (")[0]
-        nodes = psutil.Process(script.pid).children()
+    with _cluster_script() as (script, _url, store, nodes):
         script.kill()
         script.wait(10)
-        assert wait_until(lambda: not [n for n in nodes if n.is_running() and n.status() != psutil.STATUS_ZOMBIE],
-                   timeout=10)
+        assert wait_until(lambda: _all_gone(nodes), timeout=10)
         assert os.path.isdir(store)   # what a killed starter leaves
         removed = sweep_orphans(os.path.dirname(store))
         assert store in removed and not os.path.exists(store)
         assert os.path.isdir(nats_cluster.root)   # the session's cluster lives: untouched
         assert nats_cluster.root not in removed
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.wait(10)
-        script.stdout.close()
-        script.stderr.close()
 
 
 def _catches(pid: int, signum: int) -> bool:
