@@ -173,13 +173,13 @@ class Client:
             timeout = check_timeout(timeout)
         if not self._alive:
             self._revive()
+        try:
+            reader = self._readers[topic, group]
+        except (KeyError, TypeError):
+            reader = self._reader(topic, group, create=timeout != 0)
+            if reader is None:
+                return None
         if zero_copy:
-            try:
-                reader = self._readers[topic, group]
-            except (KeyError, TypeError):
-                reader = self._reader(topic, group, create=timeout != 0)
-                if reader is None:
-                    return None
             found = reader.hot_next_view(checkpoint)   # hot.c: an Entry of a pinned view, or as hot_next
             if found.__class__ is Entry:
                 return found
@@ -187,12 +187,6 @@ class Client:
                 return None
             entries = reader.read(1, L.MAX_ENTRY, checkpoint, timeout, True)
             return entries[0] if entries else None
-        try:
-            reader = self._readers[topic, group]
-        except (KeyError, TypeError):
-            reader = self._reader(topic, group, create=timeout != 0)
-            if reader is None:
-                return None
         found = reader.hot_next(checkpoint)   # hot.c: an Entry, or what read_one needs to know
         if found.__class__ is Entry:
             return found
