@@ -37,7 +37,7 @@ import zlib
 
 from . import layout as L
 from ..ipc import sync
-from ..ipc.fsio import fsync_dir
+from ..ipc.fsio import replacing
 
 _Q = 8
 
@@ -49,6 +49,21 @@ def boot_hash() -> int:
             return zlib.crc32(f.read()) or 1
     except OSError:  # pragma: no cover - not Linux
         return 1
+
+
+def init_mutexes(mm, group_high: int) -> None:
+    """Fresh robust mutexes in the meta file mapped by ``mm``: the writer and chain mutexes,
+    and those of the group slots below ``group_high``, free ones too (a freed slot's mutex is
+    used again with the slot).  Only where no process can hold one: a file not yet renamed
+    into place, or at broker start.  The one list of a meta file's mutexes."""
+    base, pin = sync.buffer_address(mm)
+    try:
+        sync.mutex_init(base + L.H_WRITER_MUTEX)
+        sync.mutex_init(base + L.H_CHAIN_MUTEX)
+        for slot in range(group_high):
+            sync.mutex_init(base + L.group_slot_at(slot) + L.G_MUTEX)
+    finally:
+        del pin
 
 
 class TopicMeta:
@@ -76,9 +91,9 @@ class TopicMeta:
     # ------------------------------------------------------------ creation (broker)
     @classmethod
     def create(cls, path: str, name: str, topic_id: int) -> "TopicMeta":
-        tmp = path + ".new"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
+        # Written as path.new and renamed: the topic appears whole; a crash before the
+        # rename leaves only a .new to sweep.
+        with replacing(path, path + ".new") as fd:
             os.ftruncate(fd, L.META_SIZE)
             # The file stays sparse, but every page anyone will store to is
             # reserved first: a store to a hole on a full filesystem is a SIGBUS,
@@ -96,18 +111,9 @@ class TopicMeta:
                 raw = name.encode()
                 words[L.H_NAME_LEN // _Q] = len(raw)
                 mm[L.H_NAME:L.H_NAME + len(raw)] = raw
-                base, pin = sync.buffer_address(mm)
-                sync.mutex_init(base + L.H_WRITER_MUTEX)
-                sync.mutex_init(base + L.H_CHAIN_MUTEX)
-                del pin
+                init_mutexes(mm, group_high=0)
                 words[L.H_MAGIC // _Q] = L.META_MAGIC  # last: a half-made file is never taken for a topic
                 words.release()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # The rename makes the topic appear whole; a crash before it leaves only a .new to sweep.
-        os.rename(tmp, path)
-        fsync_dir(os.path.dirname(path))
         return cls(path, name)
 
     def reserve_chain_slot(self, index: int) -> None:
@@ -118,10 +124,7 @@ class TopicMeta:
 
     def reinit_mutexes(self) -> None:
         """After a reboot: every mutex word may name a TID of the old boot. Broker start only."""
-        sync.mutex_init(self.base + L.H_WRITER_MUTEX)
-        sync.mutex_init(self.base + L.H_CHAIN_MUTEX)
-        for slot in range(self.group_high()):   # free slots too: their mutexes are used again
-            sync.mutex_init(self.base + L.group_slot_at(slot) + L.G_MUTEX)
+        init_mutexes(self.mm, self.group_high())
         self.words[L.H_BOOT // _Q] = boot_hash()
 
     # ------------------------------------------------------------ words

@@ -17,8 +17,8 @@ import mmap
 import os
 
 from . import layout as L
-from ..ipc import sync
-from ..ipc.fsio import fsync_dir
+from ..ipc.fsio import replacing
+from .meta import init_mutexes
 
 log = logging.getLogger("shmwal.broker")
 _Q = 8
@@ -54,8 +54,7 @@ def upgrade_v2(path: str) -> int:
         finally:
             words.release()
         high = used[-1] + 1 if used else 0
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
+        with replacing(path, tmp) as fd:
             os.ftruncate(fd, L.META_SIZE)
             # Storage first, for every page written below (a store to a hole on a full disk is a SIGBUS).
             os.posix_fallocate(fd, 0, L.CHAIN_AT + L.PAGE)
@@ -74,14 +73,7 @@ def upgrade_v2(path: str) -> int:
                     src = L.V2_GROUPS_AT + slot * L.GROUP_SLOT
                     if slot in used:
                         new[L.group_slot_at(slot):L.group_slot_at(slot + 1)] = old[src:src + L.GROUP_SLOT]
-                base, pin = sync.buffer_address(new)
-                try:
-                    sync.mutex_init(base + L.H_WRITER_MUTEX)
-                    sync.mutex_init(base + L.H_CHAIN_MUTEX)
-                    for slot in range(high):   # free slots too: every slot below the mark has one
-                        sync.mutex_init(base + L.group_slot_at(slot) + L.G_MUTEX)
-                finally:
-                    del pin
+                init_mutexes(new, high)
                 nw = memoryview(new).cast("Q")
                 nw[L.H_GROUP_HIGH // _Q] = high
                 nw[L.H_FORCED_OFFSET // _Q] = 0
@@ -89,10 +81,5 @@ def upgrade_v2(path: str) -> int:
                 nw[L.H_VERSION // _Q] = L.META_VERSION
                 nw.release()
                 new.flush()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(os.path.dirname(path))
     log.info("%s: meta file upgraded from version 2 (%d group(s))", path, len(used))
     return len(used)

@@ -7,6 +7,7 @@ must find complete after a crash (broker.run, a topic's meta) goes through here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import ShmwalError
@@ -21,17 +22,26 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is old or new, never half."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+@contextlib.contextmanager
+def replacing(path: str, tmp: str):
+    """``with replacing(path, tmp) as fd:`` write the new file through ``fd`` (0600, read-write);
+    on a normal exit it is fsynced, renamed over ``path`` and its directory fsynced: the file
+    is old or new, never half.  If the block raises, ``path`` is untouched and ``tmp`` stays
+    for whoever sweeps that name (each caller picks a ``tmp`` its sweeper knows)."""
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        yield fd
         os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
     fsync_dir(os.path.dirname(path))
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """``data`` as the whole of ``path``, old or new after a crash, never half."""
+    with replacing(path, f"{path}.{os.getpid()}.tmp") as fd:
+        os.write(fd, data)
 
 
 def make_private_dir(path: str) -> None:
