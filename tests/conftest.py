@@ -13,6 +13,15 @@ import pytest
 import shmwal
 from shmwal.ipc import names
 
+def pytest_configure(config):
+    # A job a non-interactive shell starts in the background (`cmd &`, as CI scripts may)
+    # begins with SIGINT ignored, and every process it starts inherits that through exec:
+    # the tests that end `tail --follow` or `stat --watch` with Ctrl-C would then wait in
+    # vain. A Python handler, unlike SIG_IGN, is reset to the default by exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # Processes a wider-scoped fixture keeps alive across tests (the NATS cluster's nodes):
 # the per-test leftover check leaves these alone, and their fixture stops them.
 LONG_LIVED_PIDS: set[int] = set()
