@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import psutil
@@ -69,6 +70,28 @@ def start_broker(data_dir):
         broker.stop()
     for broker in started:
         assert wait_until(lambda: not ipc_leftovers(broker.root), 5), ipc_leftovers(broker.root)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> the path of a fresh tmpfs of that size (unmounted at teardown); skips where not permitted."""
+    mounted = []
+
+    def mount(size: str) -> str:
+        mnt = tmp_path / f"tmpfs{len(mounted)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
+                        f"{done.stderr.strip() or done.returncode}")
+        mounted.append(str(mnt))
+        return str(mnt)
+
+    yield mount
+    for mnt in mounted:
+        if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
 
 
 @pytest.fixture

@@ -25,23 +25,11 @@ import pytest
 
 import shmwal
 from drill_helpers import offset_payload, offset_payload_ok
+from helpers import read_all
 
 TOPIC = "full"
 ENTRY = 4000
 CTX = multiprocessing.get_context("fork")
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
-    yield str(mnt)
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _space_error(exc) -> bool:
@@ -84,12 +72,7 @@ def _fill(data_dir, result):
 
 def _read_all(data_dir, group, result):
     client = shmwal.connect(data_dir)
-    got = []
-    while True:
-        batch = client.batch_read(TOPIC, 1 << 20, group=group)
-        if not batch:
-            break
-        got.extend((e.offset, offset_payload_ok(e.offset, e.data)) for e in batch)
+    got = [(e.offset, offset_payload_ok(e.offset, e.data)) for e in read_all(client, TOPIC, group, 1 << 20)]
     out = {"offsets": [o for o, _ in got], "bad": [o for o, ok in got if not ok],
            "next": client.stats()["topics"][TOPIC]["next_offset"]}
     client.close()
@@ -150,7 +133,8 @@ def _broker_alive(broker) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_disk_full_fails_cleanly_loses_nothing_and_recovers(small_fs, start_broker):
+def test_disk_full_fails_cleanly_loses_nothing_and_recovers(tmpfs, start_broker):
+    small_fs = tmpfs("8m")
     data_dir = os.path.join(small_fs, "data")
     broker = start_broker(data_dir, block_size=16 * 1024, blocks_per_file=4)
     filled = _run(_fill, data_dir)

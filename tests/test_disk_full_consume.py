@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
-import subprocess
 import time
 
 import pytest
@@ -23,25 +22,12 @@ import pytest
 import shmwal
 from conftest import wait_until
 from drill_helpers import offset_payload, offset_payload_ok
+from helpers import read_all
 
 TOPIC = "full"
 ENTRY = 3000
 IDLE = 3
 CTX = multiprocessing.get_context("fork")
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): "
-                    f"{done.stderr.strip() or done.returncode}")
-    yield str(mnt)
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _fill(data_dir, start, result):
@@ -64,14 +50,9 @@ def _fill(data_dir, start, result):
 def _idle_reader(data_dir, group, caught_up, release, result):
     """Read everything in ``group`` (mapping every file), say so, then sit idle, connected."""
     client = shmwal.connect(data_dir)
-    got, bad = 0, 0
-    while True:
-        batch = client.batch_read(TOPIC, 1 << 20, group=group)
-        if not batch:
-            break
-        got += len(batch)
-        bad += sum(not offset_payload_ok(e.offset, e.data) for e in batch)
-    caught_up.put((os.getpid(), got, bad))
+    entries = read_all(client, TOPIC, group, 1 << 20)
+    bad = sum(not offset_payload_ok(e.offset, e.data) for e in entries)
+    caught_up.put((os.getpid(), len(entries), bad))
     release.wait(120)
     client.close()
     result.put("done")
@@ -79,12 +60,7 @@ def _idle_reader(data_dir, group, caught_up, release, result):
 
 def _consume(data_dir, group, result):
     client = shmwal.connect(data_dir)
-    got = 0
-    while True:
-        batch = client.batch_read(TOPIC, 1 << 20, group=group)
-        if not batch:
-            break
-        got += len(batch)
+    got = len(read_all(client, TOPIC, group, 1 << 20))
     client.close()
     result.put(got)
 
@@ -111,7 +87,8 @@ def _deleted_block_maps(pid: int) -> list[str]:
 
 
 @pytest.mark.timeout(180)
-def test_consuming_frees_a_full_disk_with_idle_clients_connected(small_fs, start_broker):
+def test_consuming_frees_a_full_disk_with_idle_clients_connected(tmpfs, start_broker):
+    small_fs = tmpfs("6m")
     data_dir = os.path.join(small_fs, "data")
     start_broker(data_dir, block_size=32 * 1024, blocks_per_file=4)
     p, q = _child(_fill, data_dir, 0)
