@@ -26,6 +26,7 @@ import pytest
 
 import shmwal
 from drill_helpers import offset_payload, read_report
+from helpers import read_all
 from test_drill_flips import copy_sparse, copy_sparse_file
 
 pytestmark = pytest.mark.slow
@@ -143,12 +144,7 @@ def test_power_cuts_keep_every_returned_and_every_read_append_and_tear_nothing(t
             with shmwal.connect(after_dir) as client:
                 end = client.stats()["topics"]["t"]["next_offset"]
                 client.seek("t", 0, group="check")
-                got = []
-                while True:
-                    batch = client.batch_read("t", 1 << 20, group="check")
-                    if not batch:
-                        break
-                    got += batch
+                got = read_all(client, "t", "check", 1 << 20)
             with open(os.path.join(after.root, "broker.log")) as f:
                 kept_synced.append("but their publish was lost: kept" in f.read())
         offsets = [e.offset for e in got]

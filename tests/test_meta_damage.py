@@ -16,6 +16,7 @@ import pytest
 import shmwal
 from shmwal.blocks import layout as L
 from drill_helpers import flip_byte, meta_path, read_word, write_word
+from helpers import read_all
 
 BROKER = dict(block_size=64 * 1024, blocks_per_file=4)
 
@@ -74,12 +75,7 @@ def test_start_repairs_what_verify_reports_and_reads_stay_exact(data_dir, start_
     broker = start_broker(**BROKER)   # must start, and within the fixture's ordinary timeout
     with shmwal.connect(data_dir) as client:
         client.seek("t", 0, group="check")
-        got = []
-        while True:
-            batch = client.batch_read("t", 1 << 20, group="check")
-            if not batch:
-                break
-            got += batch
+        got = read_all(client, "t", "check", 1 << 20)
         assert [e.offset for e in got] == list(range(300)) and [e.data for e in got] == payloads
         assert client.append("t", b"after") == 300
         assert "t" in client.topics()
