@@ -3,6 +3,7 @@ bad options (exit 2, one line), failures (exit 1, one line) and a closed stdout 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -22,6 +23,23 @@ pytestmark = pytest.mark.timeout(120)
 def shmwal_cli(*args, input=None, timeout=60, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "shmwal", *args], input=input, capture_output=True,
                           timeout=timeout, env=env)
+
+
+@contextlib.contextmanager
+def shmwal_running(*args, stdout=subprocess.PIPE, env=None):
+    """``shmwal ARGS`` as a child (stderr piped; stdout piped unless given) for the block's length:
+    killed if it still runs when the block ends, then reaped and its pipes closed."""
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", *args], stdout=stdout, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def ns(broker) -> list[str]:
@@ -96,33 +114,20 @@ def test_tail_with_a_group_takes_entries_from_it(broker, client):
 
 def test_tail_follow_prints_what_is_appended_later(broker, client):
     client.append("t", b"before")
-    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "tail", "t", "--follow", *ns(broker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with shmwal_running("tail", "t", "--follow", *ns(broker)) as proc:
         assert proc.stdout.readline() == b"before\n"
         client.append("t", b"after")
         assert proc.stdout.readline() == b"after\n"
         proc.send_signal(signal.SIGINT)                 # Ctrl-C is how --follow ends
         assert proc.wait(timeout=30) == 0
         assert proc.stderr.read() == b""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_tail_follow_waits_for_a_topic_that_does_not_exist_yet(broker, client):
     client.append("other", b"x")        # the namespace exists; topic "later" does not
-    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "tail", "later", "-f", *ns(broker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with shmwal_running("tail", "later", "-f", *ns(broker)) as proc:
         client.append("later", b"first")
         assert proc.stdout.readline() == b"first\n"
-    finally:
-        proc.kill()
-        proc.wait()
         proc.stdout.close()
         proc.stderr.close()
 
@@ -188,21 +193,13 @@ def test_groups_lists_position_and_lag(broker, client):
 
 def test_stat_watch_refreshes_as_json_lines(broker, client):
     client.append("t", b"x")
-    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "stat", "--watch", "0.05", "--json", *ns(broker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with shmwal_running("stat", "--watch", "0.05", "--json", *ns(broker)) as proc:
         first = json.loads(proc.stdout.readline())
         assert first["topics"]["t"]["next_offset"] == 1
         client.append("t", b"y")
         assert wait_until(lambda: json.loads(proc.stdout.readline())["topics"]["t"]["next_offset"] == 2, 20)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def _on_a_terminal(args, until: bytes, interrupt: bool, env=None):
@@ -212,29 +209,24 @@ def _on_a_terminal(args, until: bytes, interrupt: bool, env=None):
     """
     master, slave = pty.openpty()
     env = dict(env or os.environ, COLUMNS="120", LINES="40", TERM="xterm")
-    proc = subprocess.Popen([sys.executable, "-m", "shmwal", *args], stdout=slave,
-                            stderr=subprocess.PIPE, env=env)
-    os.close(slave)
-    out = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:      # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-            if interrupt and until in out and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                interrupt = False
-        return proc.wait(timeout=30), out.decode(errors="replace").replace("\r\n", "\n")
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    with shmwal_running(*args, stdout=slave, env=env) as proc:
+        os.close(slave)
+        out = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:      # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if interrupt and until in out and proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+                    interrupt = False
+            return proc.wait(timeout=30), out.decode(errors="replace").replace("\r\n", "\n")
+        finally:
+            os.close(master)
 
 
 def test_stat_on_a_terminal_draws_a_table(broker, client):
