@@ -55,6 +55,33 @@ def _line(fd, text):
     os.write(fd, (text.replace("\n", " ") + "\n").encode())
 
 
+def _timed(fd, slow, call, *args):
+    """``(call(*args), when it returned)``, or None if it raised BrokerUnavailable: reported
+    as ``U start end`` (then a short pause before the next try); a call that took longer
+    than ``slow`` seconds is reported as ``X start end`` (``slow`` None: no limit)."""
+    t0 = time.monotonic()
+    try:
+        result = call(*args)
+    except shmwal.BrokerUnavailable:
+        t1 = time.monotonic()
+        _line(fd, f"U {t0:.6f} {t1:.6f}")
+        time.sleep(0.01)
+        return None
+    t1 = time.monotonic()
+    if slow is not None and t1 - t0 > slow:
+        _line(fd, f"X {t0:.6f} {t1:.6f}")
+    return result, t1
+
+
+def _append(client, payloads, batch):
+    """The offset of the first of ``payloads``: one batch_append, or (not ``batch``) one append."""
+    if batch:
+        got = client.batch_append(TOPIC, payloads)
+        assert len(got) == len(payloads), got
+        return got.start
+    return client.append(TOPIC, payloads[0])
+
+
 def _producer(client, writer, batch, report_path, stop_path):
     fd = open_report(report_path)
     rng = random.Random(writer)
@@ -63,22 +90,10 @@ def _producer(client, writer, batch, report_path, stop_path):
         while not os.path.exists(stop_path):
             count = rng.randint(1, 30) if batch else 1
             payloads = [make_payload(writer, 0, seq, i, count, rng.randint(0, 300), rng) for i in range(count)]
-            t0 = time.monotonic()
-            try:
-                if batch:
-                    got = client.batch_append(TOPIC, payloads)
-                    assert len(got) == count, got
-                    first = got.start
-                else:
-                    first = client.append(TOPIC, payloads[0])
-            except shmwal.BrokerUnavailable:
-                t1 = time.monotonic()
-                _line(fd, f"U {t0:.6f} {t1:.6f}")
-                time.sleep(0.01)
+            done = _timed(fd, SLOW_CALL, _append, client, payloads, batch)
+            if done is None:
                 continue
-            t1 = time.monotonic()
-            if t1 - t0 > SLOW_CALL:
-                _line(fd, f"X {t0:.6f} {t1:.6f}")
+            first, t1 = done
             _line(fd, f"A {seq} {first} {count} {payloads_digest(payloads)} {t1:.6f}")
             seq += 1
             time.sleep(0.0005)   # a few thousand appends a second: enough, and the verification stays quick
@@ -89,27 +104,24 @@ def _producer(client, writer, batch, report_path, stop_path):
 
 def _consumer(client, style, report_path, stop_path):
     fd = open_report(report_path)
+    if style == "next":
+        def receive():
+            entry = client.read_next(TOPIC, group=GROUP, timeout=0.3)
+            return [entry] if entry is not None else []
+    elif style == "wait":
+        def receive():
+            # Waits as long as it takes -- and must still notice the broker's death.
+            return [client.read_next(TOPIC, group=GROUP, timeout=None)]
+    else:
+        def receive():
+            return client.batch_read(TOPIC, 4096, group=GROUP, timeout=0.3)
+    slow = None if style == "wait" else SLOW_CALL + 0.3
     try:
         while not os.path.exists(stop_path):
-            t0 = time.monotonic()
-            try:
-                if style == "next":
-                    entry = client.read_next(TOPIC, group=GROUP, timeout=0.3)
-                    got = [entry] if entry is not None else []
-                elif style == "wait":
-                    # Waits as long as it takes -- and must still notice the broker's death.
-                    entry = client.read_next(TOPIC, group=GROUP, timeout=None)
-                    got = [entry]
-                else:
-                    got = client.batch_read(TOPIC, 4096, group=GROUP, timeout=0.3)
-            except shmwal.BrokerUnavailable:
-                t1 = time.monotonic()
-                _line(fd, f"U {t0:.6f} {t1:.6f}")
-                time.sleep(0.01)
+            done = _timed(fd, slow, receive)
+            if done is None:
                 continue
-            t1 = time.monotonic()
-            if t1 - t0 > SLOW_CALL + 0.3 and style != "wait":
-                _line(fd, f"X {t0:.6f} {t1:.6f}")
+            got, t1 = done
             if got:
                 first = got[0].offset
                 assert [e.offset for e in got] == list(range(first, first + len(got)))
