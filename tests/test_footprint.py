@@ -196,8 +196,7 @@ def test_a_stopped_broker_leaves_only_the_blocks_its_chains_keep(tmpfs, path):
 @pytest.mark.timeout(120)
 def test_enospc_from_append_names_the_full_directory_and_what_the_topic_needed(tmpfs, path):
     mnt = tmpfs("2m")
-    broker = shmwal.Broker(mnt).start()
-    try:
+    with shmwal.Broker(mnt):
         out = run_client(f"""
             import errno
             client = shmwal.connect({mnt!r})
@@ -212,8 +211,6 @@ def test_enospc_from_append_names_the_full_directory_and_what_the_topic_needed(t
             assert client.append("t", b"after") == 1        # nothing was written; the topic goes on
             print([e.data for e in client.batch_read("t", 1 << 20)])
         """, path)
-    finally:
-        broker.stop()
     message, entries = out.splitlines()
     blocks_dir = os.path.join(mnt, "default", "blocks")
     assert message.startswith(f"[Errno {errno.ENOSPC}] No space left on device: {blocks_dir} is full (")
@@ -269,8 +266,7 @@ def test_the_demo_runs_in_a_64_MiB_tmpfs(tmpfs, tmp_path):
 @pytest.mark.timeout(120)
 def test_enospc_for_a_new_topic_names_the_full_directory_and_what_its_meta_file_needed(tmpfs, path):
     mnt = tmpfs("1m")
-    broker = shmwal.Broker(mnt).start()
-    try:
+    with shmwal.Broker(mnt):
         # Leave one page less than a new topic's meta file takes.
         st = os.statvfs(mnt)
         fd = os.open(os.path.join(mnt, "filler"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -290,8 +286,6 @@ def test_enospc_for_a_new_topic_names_the_full_directory_and_what_its_meta_file_
                 raise SystemExit("a topic fitted in less than its meta file takes")
             assert client.topics() == []
         """, path)
-    finally:
-        broker.stop()
     topics_dir = os.path.join(mnt, "default", "topics")
     assert out.startswith(f"[Errno {errno.ENOSPC}] No space left on device: {topics_dir} is full ("), out
     assert f"the meta file of new topic 't' needed {L.CHAIN_AT + L.PAGE:,} bytes" in out
