@@ -255,6 +255,54 @@ class FasterFifoEnd:
         pass
 
 
+# ---------------------------------------------------------------- end tokens (zmq, iceoryx2)
+
+class EndTokens:
+    """How a run ends where there is no one FIFO (module docstring): producer p sends end
+    tokens until every consumer has acknowledged one; a consumer is done once it holds one
+    from every producer. ``acks[p * consumers + c]`` goes 0 -> 1 once, written by consumer
+    c alone and read by producer p: a shared byte array, no lock."""
+
+    def __init__(self, ctx, producers, consumers):
+        self.producers, self.consumers = producers, consumers
+        self.acks = ctx.RawArray("b", producers * consumers)
+
+    def all_acked(self, producer) -> bool:
+        n = self.consumers
+        return all(self.acks[producer * n:(producer + 1) * n])
+
+
+class EndTokenChannel:
+    """A channel whose runs end with EndTokens, and whose children's ends are
+    ``Sender(channel, producer)`` and ``Receiver(channel, consumer)``."""
+
+    Sender = Receiver = None
+
+    def __init__(self, ends: EndTokens):
+        self.ends = ends
+
+    def sender(self, producer):
+        return self.Sender(self, producer)
+
+    def receiver(self, consumer):
+        return self.Receiver(self, consumer)
+
+
+class EndTokenReceiver:
+    """``on_token``: acknowledge the token, True once every producer's has come."""
+
+    def __init__(self, channel, consumer):
+        self.channel, self.consumer = channel, consumer
+        self.ended = set()
+
+    def on_token(self, msg) -> bool:
+        producer = messages.token_arg(msg)
+        ends = self.channel.ends
+        ends.acks[producer * ends.consumers + self.consumer] = 1
+        self.ended.add(producer)
+        return len(self.ended) == ends.producers
+
+
 # ---------------------------------------------------------------- pyzmq ipc PUSH/PULL
 
 class ZmqContender(Contender):
@@ -273,27 +321,13 @@ class ZmqSession:
         # (zmq load-balances across connected PULLs, the work-queue pattern).
         self.dir = tempfile.mkdtemp(prefix="zmq-", dir=workdir)
         endpoints = [f"ipc://{self.dir}/c{i}" for i in range(spec.consumers)]
-        acks = ctx.RawArray("b", spec.producers * spec.consumers)
-        self.channel = ZmqChannel(endpoints, acks, spec.producers)
+        self.channel = ZmqChannel(endpoints, EndTokens(ctx, spec.producers, spec.consumers))
 
     def send_baton(self):
         pass  # producers end their own pipes (module docstring)
 
     def close(self):
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class ZmqChannel:
-    def __init__(self, endpoints, acks, producers):
-        self.endpoints = endpoints
-        self.acks = acks
-        self.producers = producers
-
-    def sender(self, producer):
-        return ZmqSender(self, producer)
-
-    def receiver(self, consumer):
-        return ZmqReceiver(self, consumer)
 
 
 class ZmqSender:
@@ -319,12 +353,10 @@ class ZmqSender:
         self.send = self.sock.send
 
     def finish(self):
-        acks, n = self.channel.acks, len(self.channel.endpoints)
-        mine = slice(self.producer * n, (self.producer + 1) * n)
         end = messages.token(self.producer)
         # Round-robin sends each token to the next pipe with room; repeat until every
         # consumer has seen one (a consumer that is done closes its pipe and drops out).
-        while not all(acks[mine]):
+        while not self.channel.ends.all_acked(self.producer):
             try:
                 self.sock.send(end, self.zmq.NOBLOCK)
             except self.zmq.Again:
@@ -340,27 +372,28 @@ class ZmqSender:
         self.ctx.term()
 
 
-class ZmqReceiver:
+class ZmqReceiver(EndTokenReceiver):
     def __init__(self, channel, consumer):
         import zmq
 
-        self.channel, self.consumer = channel, consumer
+        super().__init__(channel, consumer)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(channel.endpoints[consumer])
         self.recv = self.sock.recv
-        self.ended = set()
-
-    def on_token(self, msg) -> bool:
-        producer = messages.token_arg(msg)
-        self.channel.acks[producer * len(self.channel.endpoints) + self.consumer] = 1
-        self.ended.add(producer)
-        return len(self.ended) == self.channel.producers
 
     def close(self):
         self.sock.close()
         self.ctx.term()
+
+
+class ZmqChannel(EndTokenChannel):
+    Sender, Receiver = ZmqSender, ZmqReceiver
+
+    def __init__(self, endpoints, ends):
+        super().__init__(ends)
+        self.endpoints = endpoints
 
 
 # ---------------------------------------------------------------- iceoryx2
@@ -404,9 +437,9 @@ class IceoryxSession:
         # and a socket path holds at most 107 bytes.
         self.dir = tempfile.mkdtemp(prefix="iox2sb-")
         self.prefix = f"iox2sb{uuid.uuid4().hex[:10]}_"
-        acks = ctx.RawArray("b", spec.producers * spec.consumers)
+        ends = EndTokens(ctx, spec.producers, spec.consumers)
         credits = Credits(ctx, spec.producers, spec.consumers, IceoryxChannel.queue_for(spec.size, spec.producers))
-        self.channel = IceoryxChannel(self.dir, self.prefix, spec.size, spec.producers, spec.consumers, acks, credits)
+        self.channel = IceoryxChannel(self.dir, self.prefix, spec.size, spec.producers, spec.consumers, ends, credits)
 
     def send_baton(self):
         pass  # producers end their own streams (IceoryxSender.finish)
@@ -446,46 +479,6 @@ class Credits:
             if time.monotonic() > deadline:
                 raise TimeoutError("iceoryx2: a subscriber took nothing for an hour")
             time.sleep(0.00002)
-
-
-class IceoryxChannel:
-    def __init__(self, root, prefix, size, producers, consumers, acks, credits):
-        self.root, self.prefix = root, prefix
-        self.size = size
-        self.producers, self.consumers = producers, consumers
-        self.acks = acks
-        self.credits = credits
-
-    @staticmethod
-    def queue_for(size, producers) -> int:
-        """A subscriber's queue length: ICEORYX_BUFFER_BYTES of samples, and room for credits."""
-        return max(8 * producers, min(1024, ICEORYX_BUFFER_BYTES // size))
-
-    def open(self):
-        """(iceoryx2 module, node, pub/sub service, event service) in this process."""
-        import ctypes
-
-        import iceoryx2 as iox2
-
-        config = iox2.config.default()
-        config.global_cfg.prefix = iox2.FileName.new(self.prefix)
-        config.global_cfg.root_path = iox2.Path.new(self.root + "/")
-        node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
-        queue = self.queue_for(self.size, self.producers)
-        data = (node.service_builder(iox2.ServiceName.new("bench/data"))
-                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-                .enable_safe_overflow(False).history_size(0).subscriber_max_buffer_size(queue)
-                .subscriber_max_borrowed_samples(2)
-                .max_publishers(max(2, self.producers)).max_subscribers(max(2, self.consumers))
-                .open_or_create())
-        event = node.service_builder(iox2.ServiceName.new("bench/data-ready")).event().open_or_create()
-        return iox2, node, data, event
-
-    def sender(self, producer):
-        return IceoryxSender(self, producer)
-
-    def receiver(self, consumer):
-        return IceoryxReceiver(self, consumer)
 
 
 class IceoryxSender:
@@ -538,11 +531,9 @@ class IceoryxSender:
 
     def finish(self):
         self.send(messages.token(self.producer))
-        acks, n = self.channel.acks, self.channel.consumers
-        mine = slice(self.producer * n, (self.producer + 1) * n)
         # Our samples live in our data segment: stay until every consumer has taken our token.
         deadline = time.monotonic() + FOREVER
-        while not all(acks[mine]) and time.monotonic() < deadline:
+        while not self.channel.ends.all_acked(self.producer) and time.monotonic() < deadline:
             time.sleep(0.0005)
 
     def close(self):
@@ -550,17 +541,16 @@ class IceoryxSender:
         self.publisher = self.notifier = self.data = self.event = self.node = None
 
 
-class IceoryxReceiver:
+class IceoryxReceiver(EndTokenReceiver):
     views = True   # data are views into the current sample: the harness copies what it keeps
 
     def __init__(self, channel, consumer):
-        self.channel, self.consumer = channel, consumer
+        super().__init__(channel, consumer)
         iox2, self.node, self.data, self.event = channel.open()
         self.subscriber = self.data.subscriber_builder().create()
         self.listener = self.event.listener_builder().create()
         self._slice = iox2.Duration.from_millis(100)
         self._sample = None    # the sample the last message returned is a view of
-        self.ended = set()
         self._taken = 0
         self._every = channel.credits.every
         self._published = channel.credits.taken
@@ -578,15 +568,45 @@ class IceoryxReceiver:
             self._published[self.consumer] = self._taken   # a waiting producer must see all of it
             wait(self._slice)   # woken by the producer's notify; the timeout only bounds a miss
 
-    def on_token(self, msg) -> bool:
-        producer = messages.token_arg(msg)
-        self.channel.acks[producer * self.channel.consumers + self.consumer] = 1
-        self.ended.add(producer)
-        return len(self.ended) == self.channel.producers
-
     def close(self):
         self._sample = None
         self.subscriber = self.listener = self.data = self.event = self.node = None
+
+
+class IceoryxChannel(EndTokenChannel):
+    Sender, Receiver = IceoryxSender, IceoryxReceiver
+
+    def __init__(self, root, prefix, size, producers, consumers, ends, credits):
+        super().__init__(ends)
+        self.root, self.prefix = root, prefix
+        self.size = size
+        self.producers, self.consumers = producers, consumers
+        self.credits = credits
+
+    @staticmethod
+    def queue_for(size, producers) -> int:
+        """A subscriber's queue length: ICEORYX_BUFFER_BYTES of samples, and room for credits."""
+        return max(8 * producers, min(1024, ICEORYX_BUFFER_BYTES // size))
+
+    def open(self):
+        """(iceoryx2 module, node, pub/sub service, event service) in this process."""
+        import ctypes
+
+        import iceoryx2 as iox2
+
+        config = iox2.config.default()
+        config.global_cfg.prefix = iox2.FileName.new(self.prefix)
+        config.global_cfg.root_path = iox2.Path.new(self.root + "/")
+        node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
+        queue = self.queue_for(self.size, self.producers)
+        data = (node.service_builder(iox2.ServiceName.new("bench/data"))
+                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+                .enable_safe_overflow(False).history_size(0).subscriber_max_buffer_size(queue)
+                .subscriber_max_borrowed_samples(2)
+                .max_publishers(max(2, self.producers)).max_subscribers(max(2, self.consumers))
+                .open_or_create())
+        event = node.service_builder(iox2.ServiceName.new("bench/data-ready")).event().open_or_create()
+        return iox2, node, data, event
 
 
 # ---------------------------------------------------------------- shmwal
@@ -653,35 +673,28 @@ class ShmwalContender(Contender):
         return ShmwalSession(self, spec, workdir)
 
 
-class ShmwalSession(BatonSession):
-    """A fresh data directory, key and broker for every run."""
+def _read_bytes(spec, read_bytes=None) -> int:
+    """A batched consumer's max_bytes: ``read_bytes`` if given, else BATCH messages up to
+    READ_BATCH_BYTES; never less than one message."""
+    return max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES) if read_bytes is None else read_bytes)
 
-    def __init__(self, contender, spec, workdir):
+
+class BrokerSession(BatonSession):
+    """A fresh data directory, key and broker for every run; close() stops the broker and
+    removes the directory (also when the broker did not start)."""
+
+    broker = None
+
+    def start_broker(self, workdir, prefix, **options):
         import shmwal
 
-        self.dir = tempfile.mkdtemp(prefix="shmwal-", dir=workdir)
+        self.dir = tempfile.mkdtemp(prefix=prefix, dir=workdir)
         self.key = f"bench-{uuid.uuid4().hex[:12]}"
-        self.broker = None
         try:
-            fsync = shmwal.NoFsync() if contender.fsync_ms is None else shmwal.FsyncEvery(milliseconds=contender.fsync_ms)
-            self.broker = shmwal.Broker(
-                self.dir, key=self.key, fsync=fsync, consistency=shmwal_consistency(contender.consistency)
-            ).start()
+            self.broker = shmwal.Broker(self.dir, key=self.key, **options).start()
         except BaseException:
             self.close()
             raise
-        if contender.read_bytes is None:
-            read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
-        else:
-            read_bytes = max(spec.size, contender.read_bytes)
-        super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups, read_bytes,
-                                       contender.zero_copy, contender.payloads, contender.reserve))
-
-    def send_baton(self):
-        import shmwal
-
-        with shmwal.connect(self.dir, key=self.key) as client:
-            client.append(TOPIC, messages.token())
 
     def close(self):
         try:
@@ -689,6 +702,23 @@ class ShmwalSession(BatonSession):
                 self.broker.stop()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ShmwalSession(BrokerSession):
+    def __init__(self, contender, spec, workdir):
+        import shmwal
+
+        fsync = shmwal.NoFsync() if contender.fsync_ms is None else shmwal.FsyncEvery(milliseconds=contender.fsync_ms)
+        self.start_broker(workdir, "shmwal-", fsync=fsync, consistency=shmwal_consistency(contender.consistency))
+        super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups,
+                                       _read_bytes(spec, contender.read_bytes),
+                                       contender.zero_copy, contender.payloads, contender.reserve))
+
+    def send_baton(self):
+        import shmwal
+
+        with shmwal.connect(self.dir, key=self.key) as client:
+            client.append(TOPIC, messages.token())
 
 
 class ShmwalChannel:
@@ -812,22 +842,14 @@ class ShmwalQueueContender(Contender):
         return ShmwalQueueSession(self, workdir)
 
 
-class ShmwalQueueSession(BatonSession):
+class ShmwalQueueSession(BrokerSession):
     def __init__(self, contender, workdir):
         import shmwal
         from .. import embedded
 
-        self.dir = tempfile.mkdtemp(prefix="shmwal-queue-", dir=workdir)
-        self.key = f"bench-{uuid.uuid4().hex[:12]}"
-        self.broker = None
-        try:
-            self.broker = shmwal.Broker(
-                self.dir, key=self.key, fsync=shmwal.NoFsync(), consistency=shmwal_consistency(contender.consistency),
-                block_size=embedded.BLOCK_SIZE, blocks_per_file=embedded.BLOCKS_PER_FILE,
-            ).start()
-        except BaseException:
-            self.close()
-            raise
+        self.start_broker(workdir, "shmwal-queue-", fsync=shmwal.NoFsync(),
+                          consistency=shmwal_consistency(contender.consistency),
+                          block_size=embedded.BLOCK_SIZE, blocks_per_file=embedded.BLOCKS_PER_FILE)
         super().__init__(ShmwalQueueChannel(self.dir, self.key))
 
     def send_baton(self):
@@ -837,13 +859,6 @@ class ShmwalQueueSession(BatonSession):
         # What Queue.put(token) writes, without a Queue (and its per-process client) in the parent.
         with shmwal.connect(self.dir, key=self.key) as client:
             client.append(TOPIC, objects.gather(*objects.encode(messages.token())))
-
-    def close(self):
-        try:
-            if self.broker is not None:
-                self.broker.stop()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class ShmwalQueueChannel:
@@ -961,7 +976,7 @@ class ShmwalNatsContender(Contender):
         return _nats_missing()
 
     def open(self, spec, ctx, workdir):
-        read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
+        read_bytes = _read_bytes(spec)
         return NatsSession(lambda url, key: ShmwalNatsChannel(url, key, spec.separate_groups, read_bytes,
                                                               self.consistency, self.claims))
 
@@ -1010,7 +1025,7 @@ class BridgeSession(NatsSession):
         self.broker = shmwal.Broker(self.dir, key="bridge", fsync=shmwal.FsyncEvery(milliseconds=200)).start()
         self.bridge = None
         try:
-            read_bytes = max(spec.size, min(BATCH * spec.size, READ_BATCH_BYTES))
+            read_bytes = _read_bytes(spec)
             super().__init__(lambda url, key: BridgeChannel(self.dir, url, key, read_bytes))
             self.bridge = subprocess.Popen(
                 [sys.executable, "-m", "shmwal", "bridge", "--data-dir", self.dir, "--key", "bridge",
