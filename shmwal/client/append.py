@@ -256,7 +256,8 @@ class Appender:
             seed = (offset * _GOLDEN) & _U64   # L.entry_seed
             buf = self._buf
             start = pos + _SINGLE
-            digest = _hash(buf[start:start + length], seed)
+            # Through a memoryview: a slice of the mmap itself is a copy of the payload.
+            digest = _hash(memoryview(buf)[start:start + length], seed)
             _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
                          length, digest)
             self._publish(block, end, offset + 1, length)
