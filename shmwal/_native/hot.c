@@ -232,18 +232,27 @@ typedef struct {
     Pin meta;
     CachedBlock tail;       /* the tail block */
     sem_t *sem;
+    /* A weak reference to client/append.py's Appender that made this one (or NULL): a
+     * reserve slot hands what this cannot do to its general path.  Weak, because that
+     * Appender holds this one. */
+    PyObject *general;
+    /* The tail block's mapping as a Span (below), made at the first reserve of the block:
+     * each slot's memoryview is taken from it, so a slot costs no mapping buffer of its own. */
+    PyObject *span;
 } Appender;
 
 static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *meta;
+    PyObject *meta, *general = Py_None;
     const char *sem_name;
-    if (!PyArg_ParseTuple(args, "Os", &meta, &sem_name))
+    if (!PyArg_ParseTuple(args, "Os|O", &meta, &sem_name, &general))
         return -1;
     if (self->meta.held) {
         PyErr_SetString(PyExc_RuntimeError, "Appender initialised twice");
         return -1;
     }
+    if (general != Py_None && (self->general = PyWeakref_NewRef(general, NULL)) == NULL)
+        return -1;
     if (pin(&self->meta, meta, 1, META_MIN_SIZE) < 0)
         return -1;
     self->tail.index = UNSET;
@@ -262,11 +271,14 @@ static void Appender_dealloc(Appender *self)
     unpin(&self->meta);
     if (self->sem != NULL)
         sem_close(self->sem);
+    Py_XDECREF(self->general);
+    Py_XDECREF(self->span);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *Appender_set_block(Appender *self, PyObject *args)
 {
+    Py_CLEAR(self->span);   /* the slots that took views of it keep it while they need it */
     if (set_block(&self->tail, args, 1) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -289,6 +301,39 @@ static void wake_readers(Appender *self)
         missing = 64;
     for (int64_t i = 0; i < missing; i++)
         sem_post(self->sem);
+}
+
+/* The header of a one-entry record (codec.encode_single's bytes) whose payload of `length`
+ * bytes already lies behind it: its checksum is taken from there, so append (which copied
+ * it in) and a reserve slot (whose owner wrote it in place) share this. */
+static inline void write_single_header(char *record, uint64_t offset, uint64_t length)
+{
+    uint64_t digest = checksum(record + SINGLE_RECORD_SIZE, (size_t)length, entry_seed(offset));
+    uint64_t header[6];
+    header[0] = 1;   /* count = 1, batch_left = 0 (two little-endian u32) */
+    header[1] = offset;
+    header[2] = length;
+    header[3] = digest ^ record_seed(1, 0, offset, length);
+    header[4] = length;
+    header[5] = digest;
+    memcpy(record, header, sizeof header);
+}
+
+/* THE publish of one record ending at `end` of chain slot `block` (writer mutex held, the
+ * record written), in client/append.py Appender._publish's order (argued there): the tail
+ * words, H_PUBLISHED_BLOCKS, H_BYTES, and H_NEXT_OFFSET last, a release store.  H_VISIBLE
+ * goes before it too, so a reader that sees the entry also sees the topic. */
+static inline void publish_single(char *m, uint64_t block, uint64_t end, uint64_t offset, uint64_t length)
+{
+    store(m, H_TAIL_POS, end);
+    store(m, H_TAIL_CHAIN, block);
+    store(m, H_TAIL_OFFSET, offset + 1);
+    if (load(m, H_PUBLISHED_BLOCKS) != block + 1)
+        store(m, H_PUBLISHED_BLOCKS, block + 1);
+    store(m, H_BYTES, load(m, H_BYTES) + length);
+    if (load(m, H_VISIBLE) == 0)
+        store(m, H_VISIBLE, 1);
+    store(m, H_NEXT_OFFSET, offset + 1);
 }
 
 /* append(data) -> offset, or -1: take the general path. */
@@ -324,28 +369,10 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
         pthread_mutex_unlock(mutex);
         goto done;
     }
-    uint64_t seed = entry_seed(offset);
-    uint64_t digest = checksum(bytes, (size_t)length, seed);
-    uint64_t header[6];
-    header[0] = 1;   /* count = 1, batch_left = 0 (two little-endian u32) */
-    header[1] = offset;
-    header[2] = (uint64_t)length;
-    header[3] = digest ^ record_seed(1, 0, offset, (uint64_t)length);
-    header[4] = (uint64_t)length;
-    header[5] = digest;
     char *record = self->tail.base + pos;
-    memcpy(record, header, sizeof header);
     memcpy(record + SINGLE_RECORD_SIZE, bytes, (size_t)length);
-    /* THE publish, in client/append.py Appender._publish's order (argued there). */
-    store(m, H_TAIL_POS, pos + size);
-    store(m, H_TAIL_CHAIN, block);
-    store(m, H_TAIL_OFFSET, offset + 1);
-    if (load(m, H_PUBLISHED_BLOCKS) != block + 1)
-        store(m, H_PUBLISHED_BLOCKS, block + 1);
-    store(m, H_BYTES, load(m, H_BYTES) + (uint64_t)length);
-    if (load(m, H_VISIBLE) == 0)
-        store(m, H_VISIBLE, 1);
-    store(m, H_NEXT_OFFSET, offset + 1);
+    write_single_header(record, offset, (uint64_t)length);
+    publish_single(m, block, pos + size, offset, (uint64_t)length);
     pthread_mutex_unlock(mutex);
     wake_readers(self);
     result = (long long)offset;
@@ -433,10 +460,325 @@ static PyObject *Appender_encode_run(Appender *self, PyObject *args)
     return Py_BuildValue("Kn", pos + align_up(used), last);
 }
 
+/* ================================================================== reserve: zero-copy writes
+ *
+ * client/reserve.py's Slot with Appender.reserve_begin / reserve_commit / reserve_abort,
+ * compiled (API.md "Zero-copy writes"; issue 13: in Python they cost ~2.5x an append).
+ * __enter__ takes the writer mutex and hands out a writable memoryview of the payload area
+ * behind the published tail; __exit__ checksums the payload where it lies and publishes it
+ * (write_single_header + publish_single, as append), or, when the block raised, only unlocks.
+ *
+ * Crash-safety is append's: nothing is visible before the H_NEXT_OFFSET store, and a holder
+ * killed inside the block leaves the robust mutex to the next locker (EOWNERDEAD), which
+ * rebuilds the tail from published state.  The fast path stores no shared word before the
+ * publish, so a death inside the block leaves the tail words as consistent as it found them.
+ *
+ * Anything unusual at __enter__ (no cached block, stale tail words, a new block needed, a
+ * dead holder, our own thread holding the mutex) goes to the general path: the slot unlocks
+ * and calls the Python Appender's reserve_begin, later its reserve_commit or reserve_abort,
+ * exactly as client/reserve.py does; that path repairs, allocates and reports errors. */
+
+static PyObject *str_release, *str_reserve_commit, *str_reserve_abort;   /* method names, interned at import */
+
+/* The payload area of a reserved record, exported as a writable buffer.  It holds a buffer
+ * of the block's mapping, so the mapping cannot be closed under a memoryview of it (a view
+ * kept past the block through an export stays valid memory, as in the Python path, where
+ * the view is a slice of the mmap). */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer source;
+    Py_ssize_t start, length;
+} Span;
+
+static void Span_dealloc(Span *self)
+{
+    if (self->source.obj != NULL)
+        PyBuffer_Release(&self->source);
+    PyObject_Free(self);
+}
+
+static int Span_getbuffer(Span *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, (char *)self->source.buf + self->start, self->length, 0, flags);
+}
+
+static PyBufferProcs Span_as_buffer = {(getbufferproc)Span_getbuffer, NULL};
+
+static PyTypeObject SpanType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmwal._hot.Span",
+    .tp_basicsize = sizeof(Span),
+    .tp_dealloc = (destructor)Span_dealloc,
+    .tp_as_buffer = &Span_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "the writable payload area of a reserved entry (made by Slot.__enter__)",
+};
+
+static Span *span_new(PyObject *mapping)
+{
+    Span *span = PyObject_New(Span, &SpanType);
+    if (span == NULL)
+        return NULL;
+    span->start = span->length = 0;
+    if (PyObject_GetBuffer(mapping, &span->source, PyBUF_WRITABLE) < 0) {
+        span->source.obj = NULL;
+        Py_DECREF(span);
+        return NULL;
+    }
+    return span;
+}
+
+enum { SLOT_NEW = 0, SLOT_OPEN = 1, SLOT_DONE = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    Appender *owner;        /* its mutex, meta and tail block */
+    PyObject *general;      /* client/append.py's Appender (strong: the client may drop it meanwhile) */
+    PyObject *buffer;       /* the memoryview while the block runs, the released one after */
+    PyObject *offset;       /* NULL (None) until published */
+    PyObject *place;        /* the general path's place; NULL on the fast path */
+    Span *span;             /* the fast path's payload area (holds the mapping) until __exit__ */
+    uint64_t nbytes;
+    uint64_t entry_offset, block, pos, end;   /* where the fast path placed the record */
+    int state;
+} Slot;
+
+static PyTypeObject SlotType;
+
+/* Appender.slot(nbytes) -> Slot (nbytes checked by the caller, client/facade.py reserve). */
+static PyObject *Appender_slot(Appender *self, PyObject *arg)
+{
+    unsigned long long nbytes = PyLong_AsUnsignedLongLong(arg);
+    if (nbytes == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (nbytes > MAX_ENTRY) {
+        PyErr_SetString(PyExc_ValueError, "slot: nbytes above MAX_ENTRY (checked before, by reserve())");
+        return NULL;
+    }
+    PyObject *general = self->general ? PyWeakref_GetObject(self->general) : NULL;   /* borrowed */
+    if (general == NULL || general == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "slot: this Appender has no general path (made without one, or it is gone)");
+        return NULL;
+    }
+    Slot *slot = PyObject_New(Slot, &SlotType);
+    if (slot == NULL)
+        return NULL;
+    Py_INCREF(self);
+    slot->owner = self;
+    Py_INCREF(general);
+    slot->general = general;
+    slot->buffer = slot->offset = slot->place = NULL;
+    slot->span = NULL;
+    slot->nbytes = nbytes;
+    slot->entry_offset = slot->block = slot->pos = slot->end = 0;
+    slot->state = SLOT_NEW;
+    return (PyObject *)slot;
+}
+
+static void Slot_dealloc(Slot *self)
+{
+    /* A slot dropped while open (entered by hand, never exited) keeps the mutex held, as the
+     * Python Slot does: unlocking here could publish nothing wrong, but it would let another
+     * writer in while a memoryview of this record may still be written through. */
+    Py_XDECREF(self->owner);
+    Py_XDECREF(self->general);
+    Py_XDECREF(self->buffer);
+    Py_XDECREF(self->offset);
+    Py_XDECREF(self->place);
+    Py_XDECREF(self->span);
+    PyObject_Free(self);
+}
+
+/* The fast path: 1 the slot is open, 0 hand it to the general path, -1 an error (nothing held). */
+static int slot_begin_fast(Slot *self)
+{
+    Appender *a = self->owner;
+    if (a->tail.base == NULL)
+        return 0;
+    /* The span before the lock: making it can fail, and then nothing is held yet. */
+    if (a->span == NULL && (a->span = (PyObject *)span_new(a->tail.pin.view.obj)) == NULL)
+        return -1;
+    Span *span = (Span *)a->span;
+    char *m = a->meta.view.buf;
+    pthread_mutex_t *mutex = (pthread_mutex_t *)(m + H_WRITER_MUTEX);
+    int locked = lock_robust(mutex);
+    if (locked < 0)            /* e.g. EDEADLK, this thread holds it: the general path says so */
+        return 0;
+    if (locked == 1) {
+        /* As in append: a dead holder may have moved the tail words; mark them stale. */
+        store(m, H_TAIL_OFFSET, UNSET);
+        goto hand_back;
+    }
+    uint64_t offset = load(m, H_NEXT_OFFSET);
+    uint64_t pos = load(m, H_TAIL_POS);
+    uint64_t block = load(m, H_TAIL_CHAIN);
+    uint64_t size = align_up(SINGLE_RECORD_SIZE + self->nbytes);
+    /* tail.limit is clamped to the mapping, which is the span's source: the record fits it. */
+    if (load(m, H_TAIL_OFFSET) != offset || block != a->tail.index || pos > a->tail.limit
+            || size > a->tail.limit - pos || a->tail.base != span->source.buf)
+        goto hand_back;
+    /* A view copies the range when it is made: views of earlier slots keep theirs. */
+    span->start = (Py_ssize_t)(pos + SINGLE_RECORD_SIZE);
+    span->length = (Py_ssize_t)self->nbytes;
+    PyObject *view = PyMemoryView_FromObject((PyObject *)span);
+    if (view == NULL) {
+        pthread_mutex_unlock(mutex);
+        return -1;
+    }
+    Py_INCREF(span);
+    self->span = span;
+    self->buffer = view;
+    self->entry_offset = offset;
+    self->block = block;
+    self->pos = pos;
+    self->end = pos + size;
+    return 1;
+hand_back:
+    pthread_mutex_unlock(mutex);
+    return 0;
+}
+
+static PyObject *Slot_enter(Slot *self, PyObject *unused)
+{
+    if (self->state != SLOT_NEW) {
+        PyErr_SetString(PyExc_RuntimeError, "a reserve() slot is entered once");
+        return NULL;
+    }
+    int fast = slot_begin_fast(self);
+    if (fast < 0)
+        return NULL;
+    if (fast == 0) {
+        PyObject *got = PyObject_CallMethod(self->general, "reserve_begin", "K", (unsigned long long)self->nbytes);
+        if (got == NULL)
+            return NULL;
+        if (!PyTuple_CheckExact(got) || PyTuple_GET_SIZE(got) != 2) {
+            /* Cannot happen (append.py returns a pair); if it did, the mutex would be held. */
+            Py_DECREF(got);
+            PyErr_SetString(PyExc_SystemError, "reserve_begin did not return (place, view)");
+            return NULL;
+        }
+        self->place = PyTuple_GET_ITEM(got, 0);
+        self->buffer = PyTuple_GET_ITEM(got, 1);
+        Py_INCREF(self->place);
+        Py_INCREF(self->buffer);
+        Py_DECREF(got);
+    }
+    self->state = SLOT_OPEN;
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+/* buffer.release(); a buffer something still exports (e.g. a ctypes from_buffer) stays
+ * usable through that object, as client/reserve.py says; its BufferError is dropped. */
+static void release_buffer(Slot *self)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(self->buffer, str_release);
+    if (done == NULL)
+        PyErr_Clear();
+    Py_XDECREF(done);
+}
+
+static PyObject *Slot_exit(Slot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (self->state != SLOT_OPEN)
+        Py_RETURN_FALSE;
+    self->state = SLOT_DONE;
+    int publish = nargs < 1 || args[0] == Py_None;
+    if (self->place == NULL) {
+        Appender *a = self->owner;
+        char *m = a->meta.view.buf;
+        if (publish) {
+            write_single_header((char *)self->span->source.buf + self->pos, self->entry_offset, self->nbytes);
+            publish_single(m, self->block, self->end, self->entry_offset, self->nbytes);
+        }
+        pthread_mutex_unlock((pthread_mutex_t *)(m + H_WRITER_MUTEX));   /* ours since __enter__ */
+        if (publish)
+            wake_readers(a);
+        release_buffer(self);
+        Py_CLEAR(self->span);
+        if (publish && (self->offset = PyLong_FromUnsignedLongLong(self->entry_offset)) == NULL)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    release_buffer(self);
+    PyObject *place = self->place;
+    self->place = NULL;
+    /* One argument, never unpacked: the place is a tuple (CallMethod's "O" would spread it). */
+    PyObject *got = PyObject_CallMethodOneArg(self->general, publish ? str_reserve_commit : str_reserve_abort, place);
+    Py_DECREF(place);
+    if (got == NULL)
+        return NULL;
+    if (publish)
+        self->offset = got;
+    else
+        Py_DECREF(got);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Slot_get_nbytes(Slot *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->nbytes);
+}
+
+static PyObject *Slot_get_buffer(Slot *self, void *closure)
+{
+    PyObject *buffer = self->buffer ? self->buffer : Py_None;
+    Py_INCREF(buffer);
+    return buffer;
+}
+
+static PyObject *Slot_get_offset(Slot *self, void *closure)
+{
+    PyObject *offset = self->offset ? self->offset : Py_None;
+    Py_INCREF(offset);
+    return offset;
+}
+
+static PyObject *Slot_repr(Slot *self)
+{
+    static const char *states[] = {"reserved", "open", "discarded"};
+    const char *state = self->state == SLOT_DONE && self->offset ? "published" : states[self->state];
+    PyObject *topic = PyObject_GetAttrString(self->general, "topic");
+    if (topic == NULL)
+        return NULL;
+    PyObject *repr = PyUnicode_FromFormat("<shmwal reserve slot %R %llu bytes %s offset=%R>", topic,
+                                          (unsigned long long)self->nbytes, state,
+                                          self->offset ? self->offset : Py_None);
+    Py_DECREF(topic);
+    return repr;
+}
+
+static PyMethodDef Slot_methods[] = {
+    {"__enter__", (PyCFunction)Slot_enter, METH_NOARGS, "take the writer mutex; slot.buffer is the entry's payload area"},
+    {"__exit__", (PyCFunction)(void (*)(void))Slot_exit, METH_FASTCALL,
+     "publish the entry (no exception) or discard it, release the mutex and slot.buffer"},
+    {NULL}
+};
+
+static PyGetSetDef Slot_getset[] = {
+    {"nbytes", (getter)Slot_get_nbytes, NULL, "the size asked for", NULL},
+    {"buffer", (getter)Slot_get_buffer, NULL, "the writable payload area while the block runs (released after)", NULL},
+    {"offset", (getter)Slot_get_offset, NULL, "the entry's offset once published, else None", NULL},
+    {NULL}
+};
+
+static PyTypeObject SlotType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmwal._hot.Slot",
+    .tp_basicsize = sizeof(Slot),
+    .tp_dealloc = (destructor)Slot_dealloc,
+    .tp_repr = (reprfunc)Slot_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "one reserved entry (client.reserve): buffer inside the with block, offset after it",
+    .tp_methods = Slot_methods,
+    .tp_getset = Slot_getset,
+};
+
 static PyMethodDef Appender_methods[] = {
     {"append", (PyCFunction)Appender_append, METH_O, "append(data) -> offset, or -1: take the general path"},
     {"set_block", (PyCFunction)Appender_set_block, METH_VARARGS, "set_block(block, mapping, limit) | set_block(None)"},
     {"encode_run", (PyCFunction)Appender_encode_run, METH_VARARGS, "encode_run(pos, offset, items, i) -> (pos, j)"},
+    {"slot", (PyCFunction)Appender_slot, METH_O, "slot(nbytes) -> Slot: client.reserve's zero-copy write"},
     {NULL}
 };
 
@@ -445,7 +787,7 @@ static PyTypeObject AppenderType = {
     .tp_name = "shmwal._hot.Appender",
     .tp_basicsize = sizeof(Appender),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Appender(meta_mmap, semaphore_name): one topic's single-entry append path",
+    .tp_doc = "Appender(meta_mmap, semaphore_name[, general]): one topic's single-entry append and reserve paths",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Appender_init,
     .tp_dealloc = (destructor)Appender_dealloc,
@@ -1209,7 +1551,12 @@ static int add_constant(PyObject *dict, const char *name, unsigned long long val
 
 PyMODINIT_FUNC PyInit__hot(void)
 {
-    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinnedViewType) < 0)
+    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinnedViewType) < 0
+            || PyType_Ready(&SpanType) < 0 || PyType_Ready(&SlotType) < 0)
+        return NULL;
+    if (str_release == NULL && ((str_release = PyUnicode_InternFromString("release")) == NULL
+            || (str_reserve_commit = PyUnicode_InternFromString("reserve_commit")) == NULL
+            || (str_reserve_abort = PyUnicode_InternFromString("reserve_abort")) == NULL))
         return NULL;
     PyObject *module = PyModule_Create(&hot_module);
     if (module == NULL)
@@ -1229,7 +1576,8 @@ PyMODINIT_FUNC PyInit__hot(void)
     Py_INCREF(&ReaderType);
     if (PyModule_AddObject(module, "Appender", (PyObject *)&AppenderType) < 0
             || PyModule_AddObject(module, "Reader", (PyObject *)&ReaderType) < 0
-            || PyModule_AddObject(module, "PinnedView", (Py_INCREF(&PinnedViewType), (PyObject *)&PinnedViewType)) < 0) {
+            || PyModule_AddObject(module, "PinnedView", (Py_INCREF(&PinnedViewType), (PyObject *)&PinnedViewType)) < 0
+            || PyModule_AddObject(module, "Slot", (Py_INCREF(&SlotType), (PyObject *)&SlotType)) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -121,15 +121,20 @@ class Appender:
         self._meta_mm = meta.mm
         self._buf = None
         self._limit = 0
-        # The compiled single-entry path (hot.c), unless every append must
+        # The compiled single-entry paths (hot.c), unless every append must
         # also fsync (SyncEach: the general path does that).  ``hot_append``
-        # returns the offset, or -1 to say "take append()".
+        # returns the offset, or -1 to say "take append()"; ``hot_reserve(n)``
+        # makes a compiled reserve slot (None: client/reserve.py's Slot), which
+        # hands what it cannot do to reserve_begin/commit/abort below (so it
+        # holds this Appender; hot.c's only weakly, being held by it).
         self._hot = None
         self.hot_append = self._no_hot
+        self.hot_reserve = None
         if native is not None:
-            self._hot = native.Appender(meta.mm, sem.name)
+            self._hot = native.Appender(meta.mm, sem.name, self)
             if not self._sync_each:
                 self.hot_append = self._hot.append
+                self.hot_reserve = self._hot.slot
 
     @staticmethod
     def _no_hot(data) -> int:

@@ -144,11 +144,16 @@ class Client:
         if nbytes.__class__ is not int or not 0 <= nbytes <= L.MAX_ENTRY:
             check_nbytes(nbytes)   # raises the right error (an int subclass passes it)
         try:
-            known = topic in self._appenders   # checked when its appender was made
-        except TypeError:
-            known = False
-        if not known:
+            appender = self._appenders[topic]   # its name was checked when it was made
+        except (KeyError, TypeError):
             names.check_name(topic)
+            # Made now, not at __enter__: then hot.c's slot serves the first reserve of a
+            # topic too. The topic is not visible before its first entry is published.
+            appender = self._appender_for(topic)
+        # hot.c's slot costs about an append; client/reserve.py's Slot is the reference
+        # (SHMWAL_PURE_PYTHON=1, SyncEach) and looks the appender up again at __enter__.
+        if appender.hot_reserve is not None and self._alive:
+            return appender.hot_reserve(nbytes)
         return Slot(self._appender_for, topic, nbytes)
 
     def _appender_for(self, topic) -> Appender:
