@@ -7,6 +7,7 @@ Payloads are made here from (seed, size), so both sides write the same bytes.
 
 from __future__ import annotations
 
+import collections
 import pickle
 import random
 import struct
@@ -16,6 +17,13 @@ import shmwal
 from shmwal.client.hot import native
 
 _LEN = struct.Struct("<I")
+# Which Slot class each reserve got ("shmwal._hot.Slot" or client/reserve.py's): the test asks,
+# so that a compiled worker that never took hot.c's slot cannot pass for a comparison.
+SLOT_KINDS: collections.Counter = collections.Counter()
+
+
+class Discard(Exception):
+    """Raised inside a reserve block: the entry must not be published."""
 
 
 def payload(seed: int, size: int) -> bytes:
@@ -34,6 +42,10 @@ def run(client, op: str, args: dict):
     if op == "batch_append":
         got = client.batch_append(args["topic"], [payload(args["seed"] + i, n) for i, n in enumerate(args["sizes"])])
         return (got.start, got.stop)
+    if op == "reserve":
+        return reserve(client, args)
+    if op == "slot_kinds":
+        return dict(SLOT_KINDS)
     if op == "read_next":
         e = client.read_next(args["topic"], group=args["group"], checkpoint=args["checkpoint"],
                              zero_copy=args["zero_copy"])
@@ -51,6 +63,36 @@ def run(client, op: str, args: dict):
     if op == "position":
         return client.position(args["topic"], group=args["group"])
     raise ValueError(op)
+
+
+def reserve(client, args: dict):
+    """One ``with client.reserve(...)``: filled, then maybe an inner append of the same topic
+    (which must fail at once) and maybe discarded by an exception; returns what a caller sees."""
+    data = payload(args["seed"], args["size"])
+    slot = client.reserve(args["topic"], args["size"])
+    SLOT_KINDS[f"{type(slot).__module__}.{type(slot).__name__}"] += 1
+    inner = None
+    try:
+        with slot:
+            slot.buffer[:] = data
+            if args["inner"]:
+                try:
+                    if args["inner"] == "append":
+                        client.append(args["topic"], b"inner")
+                    else:
+                        client.batch_append(args["topic"], [b"inner", b""])
+                except shmwal.ShmwalError as exc:
+                    inner = type(exc).__name__
+            if args["discard"]:
+                raise Discard
+    except Discard:
+        pass
+    try:
+        slot.buffer[:0]
+        released = False
+    except ValueError:
+        released = True
+    return (slot.offset, slot.nbytes, inner, released)
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 A hypothesis state machine sends the same random operations to two worker
 processes, one with hot.c and one with SHMWAL_PURE_PYTHON=1, each on a broker of
 its own, and requires identical answers: append, batch_append of 0..N entries
-(empty ones included, now and then one larger than a block), read_next,
+(empty ones included, now and then one larger than a block), reserve (zero-copy writes:
+published, discarded by an exception, with an append of the same topic inside that must
+fail, of 0 bytes and of more than a block), read_next,
 batch_read and batch_read_payloads with budgets of 0, 1 and more, peeks
 (checkpoint=False), zero-copy reads, seek and position, on two topics and two
 groups.  A "keeper" group that never reads holds every block, so reclamation
@@ -83,6 +85,11 @@ class SamePaths(RuleBasedStateMachine):
     def batch_append(self, topic, sizes, seed):
         self.both("batch_append", topic=topic, sizes=sizes, seed=seed)
 
+    @rule(topic=TOPICS, size=SIZES, seed=st.integers(0, 2**32), discard=st.booleans(),
+          inner=st.sampled_from([None, None, None, "append", "batch_append"]))
+    def reserve(self, topic, size, seed, discard, inner):
+        self.both("reserve", topic=topic, size=size, seed=seed, discard=discard, inner=inner)
+
     @rule(topic=TOPICS, group=GROUPS, checkpoint=st.booleans(), zero_copy=st.booleans())
     def read_next(self, topic, group, checkpoint, zero_copy):
         self.both("read_next", topic=topic, group=group, checkpoint=checkpoint, zero_copy=zero_copy)
@@ -120,6 +127,9 @@ def test_compiled_and_pure_python_paths_agree(start_broker, tmp_path):
                                                derandomize=True, database=None,
                                                suppress_health_check=list(HealthCheck))
         SamePaths.TestCase().runTest()
+        # Each side really ran its own reserve: hot.c's slot, client/reserve.py's Slot.
+        assert set(Paths.compiled.call("slot_kinds")[1]) == {"shmwal._hot.Slot"}
+        assert set(Paths.pure.call("slot_kinds")[1]) == {"shmwal.client.reserve.Slot"}
     finally:
         Paths.compiled.close()
         Paths.pure.close()

@@ -183,7 +183,7 @@ client = shmwal.connect(data_dir, key=key)
 with client.reserve(topic, nbytes) as slot:
     slot.buffer[:nbytes // 2] = b"\xee" * (nbytes // 2)
     with open(ready + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
+        f.write(f"{os.getpid()} {type(slot).__module__}")
     os.rename(ready + ".tmp", ready)   # whole, once it exists
     if sys.argv[6] == "hold":
         time.sleep(600)       # SIGKILLed in here
@@ -209,6 +209,13 @@ def _holder(broker, topic, nbytes, ready, how, pure):
                             env=_env(pure), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _ready(ready, pure) -> int:
+    """The holder's pid, once it is inside its block; and it runs the path it was given."""
+    pid, slot_module = ready.read_text().split()
+    assert slot_module == ("shmwal.client.reserve" if pure else "shmwal._hot")
+    return int(pid)
+
+
 def _reap(proc):
     if proc.poll() is None:
         proc.kill()
@@ -221,6 +228,7 @@ def test_other_writers_in_other_processes_wait_for_the_block(broker, tmp_path, p
     holder = _holder(broker, "t", 1000, ready, "wait", pure)
     try:
         assert poll(ready.exists, 30), _reap(holder)
+        _ready(ready, pure)
         with connect(broker) as client:
             client.append("x", b"another topic is not held")   # only the topic's writers wait
             waiter = subprocess.Popen(
@@ -256,7 +264,7 @@ def test_sigkill_inside_the_block_publishes_nothing_and_leaves_no_lock(broker, t
         holder = _holder(broker, "t", nbytes, ready, "hold", pure)
         try:
             assert poll(ready.exists, 30), _reap(holder)
-            pid = int(ready.read_text())
+            pid = _ready(ready, pure)
             meta = MetaView(meta_path(broker.root, "t"))
             assert meta.writer_mutex_owner() == pid   # killed inside the block, holding the mutex
             os.kill(pid, signal.SIGKILL)
