@@ -13,6 +13,11 @@ either way, so a stale reference cannot write into a published entry
 it, such as ``numpy.frombuffer`` arrays, do point into the mapped block after
 the block ends: writing through one then changes a published entry, which
 readers report as ``CorruptEntry``.
+
+This is the reference path (SHMWAL_PURE_PYTHON=1, SyncEach).  Where hot.c is built,
+``Client.reserve`` returns its compiled twin, ``shmwal._hot.Slot``: the same behaviour
+(tests/test_differential.py compares them), at about the cost of an append; it hands
+whatever is unusual to the Appender's reserve_begin/commit/abort that this class uses.
 """
 
 from __future__ import annotations
