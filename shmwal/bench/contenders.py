@@ -1072,28 +1072,32 @@ class BridgeChannel(ShmwalChannel):
 class PlainNatsContender(Contender):
     """nats-py by hand, with shmwal nats's acknowledgement settings: a publish waits for its
     PubAck (batched: 1,000 in flight, then all awaited), a read is a pull from a durable
-    consumer whose acks are awaited before the next pull. No claims, no message ids."""
+    consumer whose acks are awaited before the next pull (``awaited_acks=False``: sent and
+    not awaited, as shmwal's AtLeastOnce does). No claims, no message ids."""
 
     family = "peer"
     pubsub = True
 
-    def __init__(self, batched=False):
+    def __init__(self, batched=False, awaited_acks=True):
         self.batched = batched
-        self.name = f"nats-py plain {'batch' if batched else 'entry'}"
+        self.awaited_acks = awaited_acks
+        self.name = f"nats-py plain {'batch' if batched else 'entry'}" + ("" if awaited_acks else " unawaited-acks")
 
     def unavailable(self):
         return _nats_missing()
 
     def open(self, spec, ctx, workdir):
         return NatsSession(lambda url, key: PlainNatsChannel(url, key, spec.separate_groups,
-                                                             max(1, min(BATCH, READ_BATCH_BYTES // spec.size))))
+                                                             max(1, min(BATCH, READ_BATCH_BYTES // spec.size)),
+                                                             self.awaited_acks))
 
 
 class PlainNatsChannel:
-    def __init__(self, url, key, separate_groups, read_batch):
+    def __init__(self, url, key, separate_groups, read_batch, awaited_acks=True):
         self.url, self.key = url, key
         self.separate_groups = separate_groups
         self.read_batch = read_batch
+        self.awaited_acks = awaited_acks
 
     def sender(self, producer):
         return PlainNatsEnd(self, None)
@@ -1158,7 +1162,11 @@ class PlainNatsEnd:
                 msgs = await self.sub.fetch(n, timeout=5)
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 continue
-            await asyncio.gather(*(m.ack_sync() for m in msgs))
+            if self.channel.awaited_acks:
+                await asyncio.gather(*(m.ack_sync() for m in msgs))
+            else:
+                for m in msgs:
+                    await m.ack()
             return [m.data for m in msgs]
 
     def recv(self):
@@ -1182,6 +1190,9 @@ class PlainNatsEnd:
 
 def nats_contenders() -> list[Contender]:
     """The NATS rows (not in the default race: each run starts a 3-node cluster)."""
+    # AtLeastOnce rows beside the plain twin whose acks are not awaited either.
     return [PlainNatsContender(), ShmwalNatsContender(), ShmwalNatsContender(claims=False),
             PlainNatsContender(batched=True), ShmwalNatsContender(batched=True),
-            ShmwalNatsContender(batched=True, claims=False), BridgeContender()]
+            ShmwalNatsContender(batched=True, claims=False),
+            PlainNatsContender(batched=True, awaited_acks=False),
+            ShmwalNatsContender(batched=True, consistency="at-least-once:1"), BridgeContender()]
