@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import os
 import time
@@ -119,6 +120,57 @@ class _Topic:
         self.subject = names.subject(ns, topic)
 
 
+class _Inbox:
+    """What the server sends to one subscription, in arrival order, for whoever awaits it.
+
+    nats-py's ``sub.next_msg`` starts a task, a timer task and a uuid for every message:
+    a third of a 1,000-entry read's time went there. A callback subscription hands
+    each message over without a task (its one task drains nats-py's queue in a loop),
+    and ``get`` does not suspend while messages are waiting."""
+
+    __slots__ = ("msgs", "waiter")
+
+    def __init__(self):
+        self.msgs = collections.deque()
+        self.waiter = None
+
+    async def deliver(self, msg) -> None:
+        self.msgs.append(msg)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, timeout: float):
+        """The next message, or None if none came within ``timeout`` seconds."""
+        if not self.msgs:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait((self.waiter,), timeout=timeout)
+            finally:
+                self.waiter = None
+            if not self.msgs:
+                return None
+        return self.msgs.popleft()
+
+
+class _Pending:
+    """The answers of one pipeline (``NatsClient._pipeline``) as they come in."""
+
+    __slots__ = ("answers", "left", "done")
+
+    def __init__(self, n: int):
+        self.answers: list = [None] * n
+        self.left = n
+        self.done = asyncio.get_running_loop().create_future()
+
+    def answer(self, i: int, answer) -> None:
+        if self.answers[i] is None:
+            self.left -= 1
+        self.answers[i] = answer
+        if not self.left and not self.done.done():
+            self.done.set_result(None)
+
+
 class _Reader:
     """One (topic, group) as this client reads it: its consumer and its reply inbox."""
 
@@ -129,6 +181,7 @@ class _Reader:
         self.generation = generation
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{topic.stream}.{durable}"
         self.sub = None
+        self.inbox = _Inbox()          # what pulls deliver to ``sub``
         self.lock = asyncio.Lock()     # one pull at a time: replies are told apart by order
         self.mean_size = None          # of the payloads read so far: sizes the next pull
         self.buffer = []               # delivered past a batch_read's cap: the next read's first
@@ -176,6 +229,8 @@ class NatsClient:
         self._known_streams: set[str] = set()
         self._readers: dict[tuple, _Reader] = {}
         self._claims_ready = False
+        self._pending: dict[int, _Pending] = {}   # pipelines awaiting answers, by number
+        self._pipelines = 0
         self._pid = os.getpid()
         self._loop = LoopThread()
         self._closed = False
@@ -213,6 +268,16 @@ class NatsClient:
         except (NoServersError, OSError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"no NATS server answers at {self._url}: {exc}") from None
         self._max_payload = self._nc.max_payload
+        # One subscription for the answers of every pipeline, for the client's life
+        # (nats-py subscribes it again after a reconnect): ``<prefix>.<pipeline>.<request>``.
+        self._reply_prefix = self._nc.new_inbox()
+        await self._nc.subscribe(self._reply_prefix + ".*.*", cb=self._on_answer)
+
+    async def _on_answer(self, msg) -> None:
+        _, pipeline, i = msg.subject.rsplit(".", 2)
+        pending = self._pending.get(int(pipeline))
+        if pending is not None:   # else a pipeline that gave up on it: dropped
+            pending.answer(int(i), _answer(msg))
 
     async def _request(self, subject: str, payload: bytes, headers=None, timeout: float = ATTEMPT):
         """One JetStream API request or publish: its JSON answer, or _Transient/_ApiError."""
@@ -238,37 +303,31 @@ class NatsClient:
         _ApiError, or a _Transient (no responder, or no reply within ``timeout``).
 
         Order matters (a batch's chain, NAKs that must come back in offset order), and
-        concurrent ``nc.request`` calls do not keep it; one inbox with a numbered
-        subject per request does."""
+        concurrent ``nc.request`` calls do not keep it; one reply subject per request,
+        numbered, on the client's one answer subscription, does."""
         from nats.errors import ConnectionClosedError
         nc = self._nc
-        inbox = nc.new_inbox()
+        self._pipelines += 1
+        number = self._pipelines
+        pending = _Pending(len(requests))
+        self._pending[number] = pending   # before the first publish: it may yield
         try:
-            sub = await nc.subscribe(inbox + ".*")
-            for i, (subject, payload, headers) in enumerate(requests):
-                await nc.publish(subject, payload, reply=f"{inbox}.{i}", headers=headers)
-        except ConnectionClosedError:
-            raise BrokerUnavailable(f"the connection to {self._url} is closed") from None
-        except Exception as exc:   # reconnecting, or a write that failed: send again later
-            return [_Transient(repr(exc))] * len(requests)
-        answers: list = [None] * len(requests)
-        left = len(requests)
-        # Thousands of requests in one flush take a while to answer on a busy machine:
-        # resending them all after a short wait would only add to the load.
-        end = time.monotonic() + (timeout or max(ATTEMPT, min(self._timeout, ATTEMPT + len(requests) / 500)))
-        try:
-            while left:
-                try:
-                    msg = await sub.next_msg(timeout=max(0.001, end - time.monotonic()))
-                except Exception:
-                    break
-                i = int(msg.subject.rpartition(".")[2])
-                if answers[i] is None:
-                    left -= 1
-                answers[i] = _answer(msg)
+            try:
+                for i, (subject, payload, headers) in enumerate(requests):
+                    await nc.publish(subject, payload, reply=f"{self._reply_prefix}.{number}.{i}",
+                                     headers=headers)
+            except ConnectionClosedError:
+                raise BrokerUnavailable(f"the connection to {self._url} is closed") from None
+            except Exception as exc:   # reconnecting, or a write that failed: send again later
+                return [_Transient(repr(exc))] * len(requests)
+            if pending.left:
+                # Thousands of requests in one flush take a while to answer on a busy machine:
+                # resending them all after a short wait would only add to the load.
+                wait = timeout or max(ATTEMPT, min(self._timeout, ATTEMPT + len(requests) / 500))
+                await asyncio.wait((pending.done,), timeout=wait)
         finally:
-            await _unsubscribe(sub)
-        return [_Transient("no reply") if a is None else a for a in answers]
+            del self._pending[number]
+        return [_Transient("no reply") if a is None else a for a in pending.answers]
 
     async def _retrying(self, make, deadline: float):
         """``await make()`` until it stops raising _Transient or ``deadline`` passes."""
@@ -507,7 +566,7 @@ class NatsClient:
             info = await self._consumer(t, group, deadline, start)
             description = json.loads(info["config"].get("description") or "{}")
             reader = _Reader(t, group, info["name"], description.get("generation", ""))
-            reader.sub = await self._nc.subscribe(self._nc.new_inbox())
+            reader.sub = await self._nc.subscribe(self._nc.new_inbox(), cb=reader.inbox.deliver)
             self._readers[t.name, group] = reader
         return reader
 
@@ -662,12 +721,11 @@ class NatsClient:
         limit = time.monotonic() + (wait or 0.0) + max(GRACE, min(self._timeout, ATTEMPT))
         msgs = []
         while len(msgs) < batch:
-            try:
-                msg = await reader.sub.next_msg(timeout=max(0.001, limit - time.monotonic()))
-            except Exception as exc:   # nats TimeoutError: the server's answer was lost
+            msg = await reader.inbox.get(max(0.001, limit - time.monotonic()))
+            if msg is None:   # the server's answer was lost
                 if msgs:
                     break
-                raise _Transient(f"no answer to a pull: {exc!r}") from None
+                raise _Transient("no answer to a pull")
             status = msg.headers.get("Status") if msg.headers else None
             if status is None:
                 msgs.append(msg)
