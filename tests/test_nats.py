@@ -151,6 +151,72 @@ def test_killing_the_group_leader_under_load_loses_no_acknowledged_entry_and_dup
         assert len(set(acknowledged.values())) == count
 
 
+# ============================================================================ acknowledged before return
+
+_READ_AND_DIE = """
+import os, signal, sys
+import shmwal
+client = shmwal.connect(sys.argv[1], key=sys.argv[2], claims=sys.argv[3] == "claims", timeout=15)
+entries = client.batch_read("t", 1000, group="g", timeout=30)
+os.write(1, " ".join(str(e.offset) for e in entries).encode())
+os.kill(os.getpid(), signal.SIGKILL)   # right after the read returned: nothing more sent
+"""
+
+
+def _consumer_state(url, key, topic, group) -> dict:
+    """JetStream's own word on a group's consumer (not the client's)."""
+    import asyncio
+
+    import nats
+
+    from shmwal.nats import names
+    from shmwal.nats.client import parse_servers
+
+    async def info():
+        nc = await nats.connect(servers=parse_servers(url))
+        try:
+            return await nc.jetstream().consumer_info(names.stream_name(names.namespace(key), topic),
+                                                      names.durable_name(group))
+        finally:
+            await nc.close()
+
+    state = asyncio.run(info())
+    return {"ack_floor": state.ack_floor.stream_seq, "delivered": state.delivered.stream_seq,
+            "ack_pending": state.num_ack_pending}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("claims", ["claims", "no-claims"])
+def test_a_strict_batch_is_acknowledged_before_it_returns_and_what_was_past_its_cap_comes_next(
+        nats_cluster, key, claims):
+    url = nats_cluster.url
+    ack_wait = 2.0   # what the killed reader fetched past its cap comes back after this
+    with shmwal.connect(url, key=key, ack_wait=ack_wait) as setup:
+        setup.create_group("t", "g")
+        setup.batch_append("t", [b"%0100d" % i for i in range(16)])   # 100 B each: 10 fit in 1000
+    reader = subprocess.run([sys.executable, "-c", _READ_AND_DIE, url, key, claims],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert reader.returncode == -signal.SIGKILL, reader.stderr.decode()
+    assert reader.stdout.split() == [b"%d" % i for i in range(10)]
+    state = _consumer_state(url, key, "t", "g")
+    # The reader's first pull brought more than the cap let it return (what this test is
+    # about); the server holds exactly the returned entries acknowledged, no more.
+    assert state["delivered"] > 10, state
+    assert state["ack_floor"] == 10, state
+    assert state["ack_pending"] == state["delivered"] - 10, state
+    # An AtLeastOnce reader returns whatever the group's consumer delivers, redeliveries
+    # included (claims would hide one): the rest of the topic comes, each entry once, and
+    # none of the killed reader's returned batch.
+    got = []
+    with shmwal.connect(url, key=key, consistency=shmwal.AtLeastOnce()) as after:
+        deadline = time.monotonic() + 30
+        while len(got) < 6 and time.monotonic() < deadline:
+            got += [e.offset for e in after.batch_read("t", 1 << 20, group="g", timeout=ack_wait)]
+    assert sorted(got) == list(range(10, 16)), got
+    assert wait_until(lambda: _consumer_state(url, key, "t", "g") == {
+        "ack_floor": 16, "delivered": 16, "ack_pending": 0}, 30), _consumer_state(url, key, "t", "g")
+
+
 # ============================================================================ the bridge
 
 def _bridge(data_dir, key, url, topic, remote_key):

@@ -301,8 +301,9 @@ class NatsClient:
         """Send ``(subject, payload, headers)`` requests in this order, in one flush, and
         return each one's answer: a dict (JSON, or ``{}`` for an empty reply), an
         _ApiError, or a _Transient (no responder, or no reply within ``timeout``).
+        A request made with ``_unanswered`` asks for no answer and counts as ``{}``.
 
-        Order matters (a batch's chain, NAKs that must come back in offset order), and
+        Order matters (a batch's chain, the acks of a read: ``_ack_requests``), and
         concurrent ``nc.request`` calls do not keep it; one reply subject per request,
         numbered, on the client's one answer subscription, does."""
         from nats.errors import ConnectionClosedError
@@ -314,8 +315,12 @@ class NatsClient:
         try:
             try:
                 for i, (subject, payload, headers) in enumerate(requests):
-                    await nc.publish(subject, payload, reply=f"{self._reply_prefix}.{number}.{i}",
-                                     headers=headers)
+                    if headers is UNANSWERED:
+                        await nc.publish(subject, payload)
+                        pending.answer(i, {})
+                    else:
+                        await nc.publish(subject, payload, reply=f"{self._reply_prefix}.{number}.{i}",
+                                         headers=headers)
             except ConnectionClosedError:
                 raise BrokerUnavailable(f"the connection to {self._url} is closed") from None
             except Exception as exc:   # reconnecting, or a write that failed: send again later
@@ -634,7 +639,7 @@ class NatsClient:
                 if self._claims:
                     msgs = await self._claim(reader, msgs, deadline)
                 elif self._strict:
-                    await self._acknowledge(msgs, b"+ACK", deadline)
+                    await self._acknowledge(msgs, deadline)
                 else:
                     for msg in msgs:
                         await self._nc.publish(msg.reply, b"+ACK")
@@ -767,10 +772,10 @@ class NatsClient:
         n = len(msgs)
         ids = [f"{reader.generation}.{_stream_seq(m)}" for m in msgs]
         claims = [(subject, token, {"Nats-Msg-Id": i}) for i in ids]
-        acks = [(m.reply, b"+ACK", None) for m in msgs] if acknowledge else []
+        acks = _ack_requests(msgs) if acknowledge else []
         answers = await self._pipeline(claims + acks)
         claim_answers = answers[:n]
-        late_acks = [k for k, a in enumerate(answers[n:]) if isinstance(a, _Transient)]
+        acks_late = bool(acks) and isinstance(answers[-1], _Transient)
         won: list = [None] * n
         pause = RETRY_PAUSE
         while True:
@@ -784,32 +789,30 @@ class NatsClient:
                     won[k] = (not answer.get("duplicate")
                               or await self._claim_owner(answer["seq"], deadline) == token)
             late = [k for k in range(n) if won[k] is None]
-            if not late and not late_acks:
+            if not late and not acks_late:
                 return won
             if time.monotonic() + pause >= deadline:
                 raise BrokerUnavailable("JetStream did not take a read's claims and acks")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
-            again = await self._pipeline([claims[k] for k in late] + [acks[k] for k in late_acks])
+            # Acks go again all together: only the last one's answer says the others were taken.
+            again = await self._pipeline([claims[k] for k in late] + (acks if acks_late else []))
             claim_answers = [None] * n
             for k, answer in zip(late, again):
                 claim_answers[k] = answer
-            late_acks = [k for k, a in zip(late_acks, again[len(late):]) if isinstance(a, _Transient)]
+            acks_late = acks_late and isinstance(again[-1], _Transient)
 
-    async def _acknowledge(self, msgs: list, what: bytes, deadline: float) -> None:
-        """Send ``what`` (+ACK, -NAK) for each message, in order, and wait for the server
-        to have taken them all: JetStream processes acks apart from pulls, so the next
-        pull or position could otherwise overtake them."""
-        todo = [(m.reply, what, None) for m in msgs]
+    async def _acknowledge(self, msgs: list, deadline: float) -> None:
+        """Acknowledge every message and wait for the server to have taken them all:
+        JetStream processes acks apart from pulls, so the next pull or position could
+        otherwise overtake them. One answer, the last ack's, says so (``_ack_requests``)."""
+        requests = _ack_requests(msgs)
         pause = RETRY_PAUSE
-        while todo:
-            answers = await self._pipeline(todo)
-            todo = [r for r, a in zip(todo, answers) if isinstance(a, _Transient)]
-            if todo:
-                if time.monotonic() + pause >= deadline:
-                    raise BrokerUnavailable("JetStream did not take a read's acknowledgements")
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.5)
+        while isinstance((await self._pipeline(requests))[-1], _Transient):
+            if time.monotonic() + pause >= deadline:
+                raise BrokerUnavailable("JetStream did not take a read's acknowledgements")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def _claim_owner(self, seq: int, deadline: float) -> bytes:
         answer = await self._api(f"STREAM.MSG.GET.{names.CLAIMS_STREAM}", {"seq": seq}, deadline)
@@ -1085,6 +1088,34 @@ async def _unsubscribe(sub) -> None:
         await sub.unsubscribe()
     except Exception:
         pass
+
+
+UNANSWERED = object()   # a pipeline request's headers: publish it without a reply subject
+
+
+def _ack_requests(msgs: list) -> list:
+    """Pipeline requests acknowledging ``msgs``, only the last one answered.
+
+    Why one answer says all were taken: a consumer's leader queues the acks of one
+    consumer in the order they arrive (one connection, one route: the order this
+    client sent them), takes them off that queue one by one, and answers an ack
+    after processing it (nats-server ``consumer.go``: ``pushAck`` → ``ackMsgs``
+    → ``processInboundAcks`` → ``processAck`` → ``sendAckReply``). An answered ack
+    costs the server a reply and this client a task-free but parsed message; a
+    1,000-entry read made 1,000 of them, as many as its claims.
+
+    Not AckAll (one ack for everything up to a sequence): it would also acknowledge
+    what other readers of the group hold unreturned, and what this reader keeps past a
+    batch_read's cap when a redelivery arrived behind newer entries; nor can a
+    durable's ack policy be changed in place. The acks stay explicit, each its own.
+
+    What an answer cannot say: a consumer leader lost between the acks (an election)
+    may have dropped the unanswered ones while its successor answers the last, and
+    those entries come again after ``ack_wait`` (with claims they are then dropped as
+    claimed; without, they are returned again, as an ack answered and not replicated
+    already could be)."""
+    last = len(msgs) - 1
+    return [(m.reply, b"+ACK", None if k == last else UNANSWERED) for k, m in enumerate(msgs)]
 
 
 def _fitting(msgs: list, max_count: int, max_bytes) -> int:
