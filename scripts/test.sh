@@ -24,18 +24,19 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] \
     || echo "nats-server could not be installed: the nats:// tests will skip" >&2
 fi
 set +e
-"$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "$@"
+# Two workers (pytest-xdist): most tests wait on other processes, so both cores stay busy.
+workers=(-n "${SHMWAL_TEST_WORKERS:-2}" --dist worksteal)
+"$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "${workers[@]}" "$@"
 status=$?
 if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
   # The whole suite again, drills included, on the pure-Python hot path: it must
   # behave as hot.c does (tests/test_differential.py compares the two directly).
-  # Left out, as they never reach the hot path: the nats:// backend's own tests (NATS
-  # JetStream moves its entries), the docs' text, the io_uring ring against plain files,
-  # the pure reclamation policy; test_differential.py skips itself (it runs both paths).
-  # One after the other, not side by side: a background job of a non-interactive shell
-  # ignores SIGINT, and the CLI tests end `tail --follow` and `stat --watch` with Ctrl-C.
+  # Left out, as they never reach the hot path: the nats:// backend's own tests and its
+  # half of test_backends.py (NATS JetStream moves its entries), the docs' text, the
+  # io_uring ring against plain files, the pure reclamation policy; test_differential.py
+  # skips itself (it runs both paths).
   echo "--- the whole suite again with SHMWAL_PURE_PYTHON=1"
-  SHMWAL_PURE_PYTHON=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 \
+  SHMWAL_PURE_PYTHON=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "${workers[@]}" \
     --ignore=tests/test_nats.py --ignore=tests/test_docs.py --ignore=tests/test_uring_ring.py \
     --ignore=tests/test_reclaim_policy.py
   status=$?
