@@ -299,12 +299,10 @@ def test_consumed_block_files_are_deleted_within_10s_and_unread_topics_keep_thei
         before = block_files(broker)
 
         assert [e.data for e in read_all(client, "eaten", "g", max_bytes=50_000)] == eaten
-        read_done = time.monotonic()
         # The consumed topic's files go (but the one it still writes to, and one it may share
         # with "kept"); "kept" loses nothing.
         expected_at_most = len(before) - (eaten_files - 2)
         assert wait_until(lambda: len(block_files(broker)) <= expected_at_most, 10), (before, block_files(broker))
-        assert time.monotonic() - read_done < 10.5
         after = client.stats()["topics"]
         assert after["eaten"]["first_offset"] > 0
         assert after["eaten"]["files"] <= 1
