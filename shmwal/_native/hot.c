@@ -225,6 +225,21 @@ static int set_block(CachedBlock *cached, PyObject *args, int writable)
     return 0;
 }
 
+/* Appender and Reader are made alike: Name(args) runs Name_init on a zeroed object (so
+ * Name_dealloc is safe on a half-made one), and Name_methods is all they offer. */
+#define HOT_TYPE(Name, doc)                          \
+    static PyTypeObject Name##Type = {               \
+        PyVarObject_HEAD_INIT(NULL, 0)               \
+        .tp_name = "shmwal._hot." #Name,             \
+        .tp_basicsize = sizeof(Name),                \
+        .tp_flags = Py_TPFLAGS_DEFAULT,              \
+        .tp_doc = doc,                               \
+        .tp_new = PyType_GenericNew,                 \
+        .tp_init = (initproc)Name##_init,            \
+        .tp_dealloc = (destructor)Name##_dealloc,    \
+        .tp_methods = Name##_methods,                \
+    }
+
 /* ================================================================== Appender */
 
 typedef struct {
@@ -782,17 +797,7 @@ static PyMethodDef Appender_methods[] = {
     {NULL}
 };
 
-static PyTypeObject AppenderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmwal._hot.Appender",
-    .tp_basicsize = sizeof(Appender),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Appender(meta_mmap, semaphore_name[, general]): one topic's single-entry append and reserve paths",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Appender_init,
-    .tp_dealloc = (destructor)Appender_dealloc,
-    .tp_methods = Appender_methods,
-};
+HOT_TYPE(Appender, "Appender(meta_mmap, semaphore_name[, general]): one topic's single-entry append and reserve paths");
 
 /* ================================================================== PinnedView */
 
@@ -1250,17 +1255,7 @@ static PyMethodDef Reader_methods[] = {
     {NULL}
 };
 
-static PyTypeObject ReaderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmwal._hot.Reader",
-    .tp_basicsize = sizeof(Reader),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Reader(meta_mmap, group_slot, generation, topic, semaphore_name): one group's read path",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Reader_init,
-    .tp_dealloc = (destructor)Reader_dealloc,
-    .tp_methods = Reader_methods,
-};
+HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_name): one group's read path");
 
 /* ================================================================== module functions */
 
