@@ -19,9 +19,10 @@ from helpers import (START_METHODS, Workers, append_until_unavailable, connect, 
 
 KiB = 1024
 
+# Policies are immutable values (options.py): one object serves every broker a test starts.
 CONSISTENCIES = {
-    "strict": lambda: shmwal.StrictlyAtOnce(),
-    "at-least-once-10": lambda: shmwal.AtLeastOnce(persist_every=10),
+    "strict": shmwal.StrictlyAtOnce(),
+    "at-least-once-10": shmwal.AtLeastOnce(persist_every=10),
 }
 
 
@@ -81,7 +82,7 @@ def block_files(broker) -> list[str]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", CONSISTENCIES)
 def test_clean_restart_keeps_every_entry_and_every_cursor(start_broker, mode):
-    broker = start_broker(consistency=CONSISTENCIES[mode]())
+    broker = start_broker(consistency=CONSISTENCIES[mode])
     with connect(broker) as client:
         datas = write_mixed(client, "t", 400, seed=1)
         other = write_mixed(client, "u", 30, seed=2)
@@ -92,7 +93,7 @@ def test_clean_restart_keeps_every_entry_and_every_cursor(start_broker, mode):
         assert [e.data for e in read_mixed(client, "u", "g1", 29, seed=5)] == other[:29]
     broker.stop()
 
-    broker = start_broker(consistency=CONSISTENCIES[mode]())
+    broker = start_broker(consistency=CONSISTENCIES[mode])
     with connect(broker) as client:
         positions = {g: client.position("t", group=g) for g in ("holder", "g1", "g2", "g3")}
         assert positions == {"holder": 0, "g1": 123, "g2": 7, "g3": 250}
@@ -135,7 +136,7 @@ def test_clean_stop_leaves_no_ipc_objects_and_no_broker_process(start_broker):
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("mode", CONSISTENCIES)
 def test_sigkilled_broker_restarts_and_recovers_every_returned_entry_and_cursor(start_broker, tmp_path, mode):
-    broker = start_broker(consistency=CONSISTENCIES[mode]())
+    broker = start_broker(consistency=CONSISTENCIES[mode])
     client = connect(broker)
     try:
         client.seek("t", 0, group="holder")
@@ -150,7 +151,7 @@ def test_sigkilled_broker_restarts_and_recovers_every_returned_entry_and_cursor(
             result = workers.result(producer, 30)
         assert result["unavailable_at"] - killed_at < 2.0
 
-        restarted = start_broker(consistency=CONSISTENCIES[mode]())  # no BrokerAlreadyRunning
+        restarted = start_broker(consistency=CONSISTENCIES[mode])  # no BrokerAlreadyRunning
         with connect(restarted) as fresh:
             calls = result["calls"]
             returned = sum(count for _, count, _ in calls)
@@ -328,23 +329,23 @@ def test_consumed_block_files_are_deleted_within_10s_and_unread_topics_keep_thei
 # ============================================================================ fsync schedules
 
 FSYNCS = {
-    "sync-each": lambda: shmwal.SyncEach(),
-    "no-fsync": lambda: shmwal.NoFsync(),
-    "every-5ms": lambda: shmwal.FsyncEvery(milliseconds=5),
+    "sync-each": shmwal.SyncEach(),
+    "no-fsync": shmwal.NoFsync(),
+    "every-5ms": shmwal.FsyncEvery(milliseconds=5),
 }
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("schedule", FSYNCS)
 def test_fsync_schedules_keep_entries_across_a_broker_kill_and_a_clean_restart(start_broker, schedule):
-    broker = start_broker(fsync=FSYNCS[schedule]())
+    broker = start_broker(fsync=FSYNCS[schedule])
     with connect(broker) as client:
         datas = write_mixed(client, "t", 300, seed=42)
         client.seek("t", 0, group="holder")
         assert [e.data for e in read_mixed(client, "t", "g", 100, seed=1)] == datas[:100]
         assert client.stats()["topics"]["t"]["blocks"] > 4
     kill_broker(broker)
-    broker = start_broker(fsync=FSYNCS[schedule]())
+    broker = start_broker(fsync=FSYNCS[schedule])
     with connect(broker) as client:
         assert client.position("t", group="g") == 100
         assert [e.data for e in read_all(client, "t", "holder")] == datas
@@ -352,7 +353,7 @@ def test_fsync_schedules_keep_entries_across_a_broker_kill_and_a_clean_restart(s
         datas += write_mixed(client, "t", 50, seed=43, start=300)
         assert [e.data for e in read_mixed(client, "t", "g", 50, seed=2)] == datas[100:150]
     broker.stop()
-    broker = start_broker(fsync=FSYNCS[schedule]())
+    broker = start_broker(fsync=FSYNCS[schedule])
     with connect(broker) as client:
         assert client.position("t", group="g") == 150
         client.seek("t", 0, group="holder")
