@@ -79,6 +79,9 @@ def reserve(client, args: dict):
                 try:
                     if args["inner"] == "append":
                         client.append(args["topic"], b"inner")
+                    elif args["inner"] == "reserve":
+                        with client.reserve(args["topic"], 5) as nested:
+                            nested.buffer[:] = b"inner"
                     else:
                         client.batch_append(args["topic"], [b"inner", b""])
                 except shmwal.ShmwalError as exc:

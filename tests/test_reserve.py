@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -145,6 +146,23 @@ def test_another_append_of_the_same_thread_inside_the_block_fails_and_does_not_h
             client.batch_append("t", [b"inner"])
     assert slot.offset == 0
     assert [e.data for e in read_all(client, "t")] == [b"ok"]
+
+
+def test_a_writer_thread_of_the_same_process_waits_for_the_block(client):
+    """Another thread's append waits (with the GIL released, or the block could never end)
+    and lands after the reserved entry."""
+    client.append("t", b"first")
+    got = []
+    with client.reserve("t", 3) as slot:
+        writer = threading.Thread(target=lambda: got.append(client.append("t", b"third")))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive() and got == []   # still waiting for the block
+        slot.buffer[:] = b"two"
+    writer.join(30)
+    assert not writer.is_alive()
+    assert slot.offset == 1 and got == [2]
+    assert [(e.offset, e.data) for e in read_all(client, "t")] == [(0, b"first"), (1, b"two"), (2, b"third")]
 
 
 # ----------------------------------------------------------------------------- bad input
