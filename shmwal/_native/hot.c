@@ -613,12 +613,17 @@ static int slot_begin_fast(Slot *self)
     /* The span before the lock: making it can fail, and then nothing is held yet. */
     if (a->span == NULL && (a->span = (PyObject *)span_new(a->tail.pin.view.obj)) == NULL)
         return -1;
+    /* Ours: while this thread waits for the mutex (GIL released), another one of this
+     * process may move to a new block and drop the appender's span (set_block). */
     Span *span = (Span *)a->span;
+    Py_INCREF(span);
     char *m = a->meta.view.buf;
     pthread_mutex_t *mutex = (pthread_mutex_t *)(m + H_WRITER_MUTEX);
     int locked = lock_robust(mutex);
-    if (locked < 0)            /* e.g. EDEADLK, this thread holds it: the general path says so */
+    if (locked < 0) {          /* e.g. EDEADLK, this thread holds it: the general path says so */
+        Py_DECREF(span);
         return 0;
+    }
     if (locked == 1) {
         /* As in append: a dead holder may have moved the tail words; mark them stale. */
         store(m, H_TAIL_OFFSET, UNSET);
@@ -628,9 +633,10 @@ static int slot_begin_fast(Slot *self)
     uint64_t pos = load(m, H_TAIL_POS);
     uint64_t block = load(m, H_TAIL_CHAIN);
     uint64_t size = align_up(SINGLE_RECORD_SIZE + self->nbytes);
-    /* tail.limit is clamped to the mapping, which is the span's source: the record fits it. */
+    /* The span is still the tail block's (set_block drops it), and tail.limit is clamped to
+     * that mapping, which is the span's source: the record fits in it. */
     if (load(m, H_TAIL_OFFSET) != offset || block != a->tail.index || pos > a->tail.limit
-            || size > a->tail.limit - pos || a->tail.base != span->source.buf)
+            || size > a->tail.limit - pos || a->span != (PyObject *)span)
         goto hand_back;
     /* A view copies the range when it is made: views of earlier slots keep theirs. */
     span->start = (Py_ssize_t)(pos + SINGLE_RECORD_SIZE);
@@ -638,10 +644,10 @@ static int slot_begin_fast(Slot *self)
     PyObject *view = PyMemoryView_FromObject((PyObject *)span);
     if (view == NULL) {
         pthread_mutex_unlock(mutex);
+        Py_DECREF(span);
         return -1;
     }
-    Py_INCREF(span);
-    self->span = span;
+    self->span = span;   /* our reference */
     self->buffer = view;
     self->entry_offset = offset;
     self->block = block;
@@ -650,6 +656,7 @@ static int slot_begin_fast(Slot *self)
     return 1;
 hand_back:
     pthread_mutex_unlock(mutex);
+    Py_DECREF(span);
     return 0;
 }
 
