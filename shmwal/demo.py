@@ -5,6 +5,11 @@ consumers share the group "workers" (a work queue: each entry to one of
 them) and one consumer reads as "audit" (publish/subscribe: it sees every
 entry).  Progress is printed while it runs; at the end each group's entries
 are checked: every entry exactly once, payloads intact.
+
+The workers' pids are printed at the start: ``kill -9`` any of them while it
+runs.  The demo still ends, and the summary checks that every entry written
+was read once per group (a killed producer's entries up to its death; a
+killed consumer's work goes to the other one of its group).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def payload(producer: int, seq: int, size: int) -> bytes:
 
 def produce(client, producer: int, count: int, size: int, batch: int, start) -> None:
     client.topics()          # connected before the start line: the clock measures the log, not start-up
-    start.wait()
+    start.ready()
     waits = 0
     if batch <= 1:
         append = client.append
@@ -76,10 +81,12 @@ def _wait_for_room(exc: OSError, call, *args) -> int:
             exc = again
 
 
-def consume(client, group: int, total: int, out: str, start) -> None:
-    """Read until the group has taken all ``total`` entries; save what this process got."""
+def consume(client, group: int, total, out: str, start) -> None:
+    """Read until the group has taken all ``total.value`` entries; save what this process got.
+
+    ``total`` is shared: the main process lowers it to what was written when a producer dies."""
     client.topics()
-    start.wait()
+    start.ready()
     ids = []
     bad = 0
     while True:
@@ -89,7 +96,7 @@ def consume(client, group: int, total: int, out: str, start) -> None:
             if entry.data != payload(producer, seq, len(entry.data)):
                 bad += 1
             ids.append(producer << 32 | seq)
-        if not entries and client.position(TOPIC, group=group) >= total:
+        if not entries and client.position(TOPIC, group=group) >= total.value:
             break
     np.save(out, np.array(ids, dtype=np.uint64))
     if bad:
@@ -126,24 +133,33 @@ def main(argv=None) -> int:
         with shmwal.Broker(data_dir, key=args.key, fsync=shmwal.FsyncEvery(milliseconds=200)) as broker:
             client = shmwal.connect(data_dir, key=args.key)
             outs = {}
-            start = ctx.Barrier(sum(groups.values()) + len(producers) + 1)
+            start = StartLine(ctx)
+            target = ctx.Value("q", total, lock=False)   # entries the consumers wait for
             for group, n in groups.items():
                 for i in range(n):
                     out = os.path.join(results, f"{group}-{i}.npy")
                     outs.setdefault(group, []).append(out)
-                    workers.append(ctx.Process(target=consume, args=(client, group, total, out, start),
+                    workers.append(ctx.Process(target=consume, args=(client, group, target, out, start),
                                                name=f"{group}-{i}"))
             for producer, batch in producers:
                 workers.append(ctx.Process(target=produce, args=(client, producer, args.entries, args.size, batch,
                                                                  start), name=f"producer-{producer}"))
             for w in workers:
                 w.start()
-            print(f"starting {len(workers)} worker processes ...", flush=True)
-            start.wait(timeout=120)   # every worker is up and connected: the clock starts now
+            print(f"starting {len(workers)} worker processes (kill -9 any of them, the demo carries on): "
+                  + ", ".join(f"{w.name} {w.pid}" for w in workers), flush=True)
+            start.release(workers, within=120)   # every worker is up and connected: the clock starts now
             started = time.perf_counter()
             last_line = 0.0
+            producing = workers[-len(producers):]
+            lowered = False
             while any(w.is_alive() for w in workers):
                 time.sleep(0.05)
+                if not lowered and not any(p.is_alive() for p in producing) \
+                        and any(p.exitcode != 0 for p in producing):
+                    # A producer died: the consumers wait for what was written, not for `total`.
+                    target.value = client.stats()["topics"][TOPIC]["next_offset"]
+                    lowered = True
                 if time.perf_counter() - last_line >= 0.5:
                     last_line = time.perf_counter()
                     _progress(client, total, time.perf_counter() - started)
@@ -165,6 +181,29 @@ def main(argv=None) -> int:
     return 0 if ok else 1
 
 
+class StartLine:
+    """Workers wait at it until every one is connected; unlike a Barrier, one killed on its
+    way there does not hold up the others (nor break the line for them)."""
+
+    def __init__(self, ctx):
+        self._arrived = ctx.Semaphore(0)
+        self._go = ctx.Event()
+
+    def ready(self) -> None:
+        """In a worker: connected; wait for the others."""
+        self._arrived.release()
+        self._go.wait()
+
+    def release(self, workers, within: float) -> None:
+        arrived = 0
+        deadline = time.monotonic() + within
+        while arrived + sum(not w.is_alive() for w in workers) < len(workers):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers were not all connected within {within} s")
+            arrived += self._arrived.acquire(timeout=0.05)
+        self._go.set()
+
+
 def _progress(client, total: int, elapsed: float) -> None:
     topic = client.stats()["topics"].get(TOPIC)
     if topic is None:
@@ -175,11 +214,30 @@ def _progress(client, total: int, elapsed: float) -> None:
     print(f"  {elapsed:5.1f}s [{bar:<30}] written {written:>9,}/{total:,}  read: {reads}", flush=True)
 
 
+def _written(outs, producers, per_producer, failed) -> np.ndarray:
+    """The ids every group must hold exactly once: all of each producer that finished, and for
+    one that was killed the prefix some group read (a batch is all or nothing, and entries of
+    one producer are published in order, so what it wrote is 0..k-1)."""
+    ids = []
+    for producer, _ in producers:
+        count = per_producer
+        if f"producer-{producer}" in failed:
+            seen = [np.load(f) for files in outs.values() for f in files if os.path.exists(f)]
+            mine = [a[(a >> np.uint64(32)) == producer] for a in seen]
+            count = max((int((m & np.uint64(0xFFFFFFFF)).max()) + 1 for m in mine if m.size), default=0)
+        ids.extend(producer << 32 | s for s in range(count))
+    return np.sort(np.array(ids, dtype=np.uint64))
+
+
 def _summary(outs, producers, per_producer, total, elapsed, stats, failed) -> bool:
-    expected = np.sort(np.array([p << 32 | s for p, _ in producers for s in range(per_producer)], dtype=np.uint64))
+    expected = _written(outs, producers, per_producer, failed)
     ok = not failed
     print(f"\nsummary after {elapsed:.2f} s:")
-    print(f"  written: {stats['next_offset']:,} entries ({total / elapsed:,.0f} msgs/s end to end)")
+    print(f"  written: {stats['next_offset']:,} entries ({stats['next_offset'] / elapsed:,.0f} msgs/s end to end)")
+    if expected.size != stats["next_offset"]:
+        print(f"  MISMATCH: the producers' entries add up to {expected.size:,}, the topic holds "
+              f"{stats['next_offset']:,}")
+        ok = False
     for group, files in outs.items():
         got = [np.load(f) for f in files if os.path.exists(f)]
         ids = np.sort(np.concatenate(got)) if got else np.array([], dtype=np.uint64)
@@ -192,7 +250,8 @@ def _summary(outs, producers, per_producer, total, elapsed, stats, failed) -> bo
         print(f"  group {group:8s} read {ids.size:>9,} ({split}) — {verdict}")
         ok &= exact
     if failed:
-        print(f"  processes that failed: {', '.join(failed)}")
+        print(f"  processes that failed (killed?): {', '.join(failed)}; every entry written was checked "
+              f"in every group that kept its consumers")
     print("  RESULT: " + ("OK" if ok else "FAILED"))
     return ok
 

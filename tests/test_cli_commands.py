@@ -340,6 +340,34 @@ def test_demo_runs_and_checks_every_entry(tmp_path):
     assert os.path.isdir(tmp_path / "demo" / "k" / "blocks")     # its namespace, as --key said
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("victim", ["producer-1", "workers-0"])
+def test_demo_ends_and_checks_what_was_written_when_a_worker_is_killed(tmp_path, victim):
+    """The demo invites `kill -9` of any worker: it must end (a killed producer once hung it)
+    and still find every entry written exactly once in every group that kept a consumer."""
+    proc = subprocess.Popen([sys.executable, "-m", "shmwal", "demo", "--entries", "20000",
+                             "--data-dir", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("starting "):
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)
+        pids = dict(pair.rsplit(" ", 1) for pair in lines[-1].split(": ", 1)[1].strip().split(", "))
+        # At once: on its way to the start line or some way into its work, the demo must end.
+        os.kill(int(pids[victim]), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    summary = out[out.index("summary after"):]
+    assert proc.returncode == 1, out
+    assert f"processes that failed (killed?): {victim};" in summary
+    assert summary.count("every entry exactly once") == 2, summary
+    assert "MISMATCH" not in summary and "RESULT: FAILED" in summary
+
+
 @pytest.mark.parametrize("args, says", [(["demo", "--entries", "many"], "argument --entries: invalid int value"),
                                         (["bench", "--only", "nobody"], "argument --only: invalid choice: 'nobody'"),
                                         (["bench", "--sizes", "huge"], "argument --sizes: bad size 'huge'")])
