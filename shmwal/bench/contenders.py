@@ -1163,7 +1163,7 @@ class PlainNatsEnd:
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 continue
             if self.channel.awaited_acks:
-                await asyncio.gather(*(m.ack_sync() for m in msgs))
+                await asyncio.gather(*(m.ack_sync(timeout=30) for m in msgs))
             else:
                 for m in msgs:
                     await m.ack()
