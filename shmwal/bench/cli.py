@@ -123,6 +123,8 @@ def add_commands(rows, args, repeat: int) -> None:
               f"--data-dir {args.data_dir}"]
     if args.quick:
         common.insert(0, "--quick")
+    if args.nats:
+        common.insert(0, "--nats")   # else the NATS rows named in --contenders do not run
     if args.count is not None:
         common.append(f"--count {args.count}")
     if args.latency_count is not None:
