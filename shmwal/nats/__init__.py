@@ -33,7 +33,10 @@ What holds remotely, on nats-server 2.9 (the Debian package):
   of a node, as long as a redelivery comes within ``claims_window`` (300 s).
   ``claims=False`` keeps the awaited acks and drops the claims (half the writes of a
   read): then a consumer leader killed within the moment between answering an ack and
-  replicating it can deliver that entry again (nats-server 2.9 answers first).
+  replicating it can deliver that entry again (nats-server 2.9 answers first). A read's
+  acks ask for one answer, the last's (a consumer's leader takes its acks in order), so
+  a leader that changes in the middle of a read's acks can also leave the earlier ones
+  untaken: those entries come again after ``ack_wait``, and claims drop them.
   AtLeastOnce acknowledges without waiting (an entry may come again; ``persist_every``
   has no meaning here); ``position`` may trail its last reads for a moment.
 * ``seek`` replaces the group's consumer with one starting at the offset (past the end:
