@@ -493,7 +493,8 @@ static PyObject *Appender_encode_run(Appender *self, PyObject *args)
  * and calls the Python Appender's reserve_begin, later its reserve_commit or reserve_abort,
  * exactly as client/reserve.py does; that path repairs, allocates and reports errors. */
 
-static PyObject *str_release, *str_reserve_commit, *str_reserve_abort;   /* method names, interned at import */
+static PyObject *str_reserve_commit, *str_reserve_abort;   /* method names, interned at import */
+static PyObject *memoryview_release;   /* memoryview.release, looked up once: called per slot */
 
 /* The payload area of a reserved record, exported as a writable buffer.  It holds a buffer
  * of the block's mapping, so the mapping cannot be closed under a memoryview of it (a view
@@ -694,7 +695,7 @@ static PyObject *Slot_enter(Slot *self, PyObject *unused)
  * usable through that object, as client/reserve.py says; its BufferError is dropped. */
 static void release_buffer(Slot *self)
 {
-    PyObject *done = PyObject_CallMethodNoArgs(self->buffer, str_release);
+    PyObject *done = PyObject_CallOneArg(memoryview_release, self->buffer);
     if (done == NULL)
         PyErr_Clear();
     Py_XDECREF(done);
@@ -1556,7 +1557,8 @@ PyMODINIT_FUNC PyInit__hot(void)
     if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinnedViewType) < 0
             || PyType_Ready(&SpanType) < 0 || PyType_Ready(&SlotType) < 0)
         return NULL;
-    if (str_release == NULL && ((str_release = PyUnicode_InternFromString("release")) == NULL
+    if (memoryview_release == NULL
+            && ((memoryview_release = PyObject_GetAttrString((PyObject *)&PyMemoryView_Type, "release")) == NULL
             || (str_reserve_commit = PyUnicode_InternFromString("reserve_commit")) == NULL
             || (str_reserve_abort = PyUnicode_InternFromString("reserve_abort")) == NULL))
         return NULL;

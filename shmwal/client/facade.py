@@ -40,6 +40,7 @@ IO_MODES = ("auto", "uring", "mmap")
 RETRY_EVERY = 0.05     # how often a call on a dead client may try to reach a broker again
 RPC_TIMEOUT = 10.0
 _CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_MAX_ENTRY = L.MAX_ENTRY   # a global, not an attribute of one, on reserve's per-entry path
 _ERRORS = {cls.__name__: cls for cls in (InvalidTopic, ShmwalError, BrokerAlreadyRunning)}
 
 
@@ -141,7 +142,7 @@ class Client:
         the entry is published when the block ends normally, ``slot.offset`` then says
         where, and nothing is published when it raises.  Other writers of the topic
         wait while the block runs.  Bad arguments raise here, before anything is taken."""
-        if nbytes.__class__ is not int or not 0 <= nbytes <= L.MAX_ENTRY:
+        if nbytes.__class__ is not int or not 0 <= nbytes <= _MAX_ENTRY:
             check_nbytes(nbytes)   # raises the right error (an int subclass passes it)
         try:
             appender = self._appenders[topic]   # its name was checked when it was made
@@ -152,8 +153,9 @@ class Client:
             appender = self._appender_for(topic)
         # hot.c's slot costs about an append; client/reserve.py's Slot is the reference
         # (SHMWAL_PURE_PYTHON=1, SyncEach) and looks the appender up again at __enter__.
-        if appender.hot_reserve is not None and self._alive:
-            return appender.hot_reserve(nbytes)
+        hot_reserve = appender.hot_reserve
+        if hot_reserve is not None and self._alive:
+            return hot_reserve(nbytes)
         return Slot(self._appender_for, topic, nbytes)
 
     def _appender_for(self, topic) -> Appender:
