@@ -95,18 +95,25 @@ class _FaultySender(contenders.MPQueueSender):
             super().send(buf)
 
 
+class _MPQueueWith(contenders.MPQueueContender):
+    """mp.Queue whose session's channel is ``channel(queue)``: one that misbehaves on purpose."""
+
+    def __init__(self, name, channel):
+        self.name, self.channel = name, channel
+
+    def open(self, spec, ctx, workdir):
+        session = super().open(spec, ctx, workdir)
+        session.channel = self.channel(session.q)
+        return session
+
+
 class _FaultyChannel(contenders.MPQueueChannel):
     def sender(self, producer):
         return _FaultySender(self.q)
 
 
-class _FaultyQueue(contenders.MPQueueContender):
-    name = "faulty mp.Queue"
-
-    def open(self, spec, ctx, workdir):
-        session = super().open(spec, ctx, workdir)
-        session.channel = _FaultyChannel(session.q)
-        return session
+def _faulty_queue():
+    return _MPQueueWith("faulty mp.Queue", _FaultyChannel)
 
 
 class _StuckChannel(contenders.MPQueueChannel):
@@ -116,13 +123,8 @@ class _StuckChannel(contenders.MPQueueChannel):
         return rx
 
 
-class _StuckQueue(contenders.MPQueueContender):
-    name = "stuck mp.Queue"
-
-    def open(self, spec, ctx, workdir):
-        session = super().open(spec, ctx, workdir)
-        session.channel = _StuckChannel(session.q)
-        return session
+def _stuck_queue():
+    return _MPQueueWith("stuck mp.Queue", _StuckChannel)
 
 
 class _FaultyBatchEnd(contenders.FasterFifoEnd):
@@ -160,7 +162,7 @@ def _run(contender, spec, tmp_path, timeout=60.0):
 
 
 def test_dropped_and_duplicated_messages_fail_the_run(tmp_path):
-    row = _run(_FaultyQueue(), plan.RunSpec("throughput", 100, 50), tmp_path)
+    row = _run(_faulty_queue(), plan.RunSpec("throughput", 100, 50), tmp_path)
     assert row.status == "FAILED"
     assert "1 missing" in row.detail and "p0#7" in row.detail
     assert "1 duplicates" in row.detail and "p0#3" in row.detail
@@ -199,18 +201,13 @@ class _FaultyObjectChannel(contenders.MPQueueChannel):
         return _FaultyObjectSender(self.q)
 
 
-class _FaultyObjectQueue(contenders.MPQueueContender):
-    name = "faulty objects mp.Queue"
-
-    def open(self, spec, ctx, workdir):
-        session = super().open(spec, ctx, workdir)
-        session.channel = _FaultyObjectChannel(session.q)
-        return session
+def _faulty_object_queue():
+    return _MPQueueWith("faulty objects mp.Queue", _FaultyObjectChannel)
 
 
 @pytest.mark.parametrize("item", ["dict", "array"])
 def test_objects_dropped_duplicated_or_changed_fail_the_run(tmp_path, item):
-    row = _run(_FaultyObjectQueue(), plan.RunSpec("objects", 100, 30, item=item), tmp_path)
+    row = _run(_faulty_object_queue(), plan.RunSpec("objects", 100, 30, item=item), tmp_path)
     assert row.status == "FAILED" and row.msgs_per_s is None
     assert "p0#7" in row.detail and "p0#5" in row.detail       # dropped; and changed (so missing)
     assert "1 duplicates" in row.detail and "p0#3" in row.detail
@@ -226,12 +223,12 @@ def test_objects_scenario_runs_only_the_queues_that_take_objects():
 
 
 def test_a_hanging_contender_is_killed_as_timeout(tmp_path):
-    row = _run(_StuckQueue(), plan.RunSpec("throughput", 100, 50), tmp_path, timeout=3.0)
+    row = _run(_stuck_queue(), plan.RunSpec("throughput", 100, 50), tmp_path, timeout=3.0)
     assert row.status == "TIMEOUT"
 
 
 def test_failed_row_makes_the_exit_code_nonzero(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "all_contenders", lambda consistency, read_bytes=None: [_FaultyQueue()])
+    monkeypatch.setattr(cli, "all_contenders", lambda consistency, read_bytes=None: [_faulty_queue()])
     code = cli.main(["--scenarios", "throughput", *TINY, "--out", str(tmp_path)])
     assert code == 1
 
