@@ -34,14 +34,31 @@ Folders by role:
 * ``cli``           the ``shmwal`` command; ``bench`` the race; ``demo`` the demo
 """
 
-from .broker import Broker
 from .client import Client, connect
 from .entry import Entry, Payloads
 from .errors import (BatchTooLarge, BrokerAlreadyRunning, BrokerUnavailable, ClientClosed,
                      CorruptEntry, EntryTooLarge, InvalidTopic, ShmwalError, Unsupported)
 from .options import AtLeastOnce, FsyncEvery, NoFsync, Retention, StrictlyAtOnce, SyncEach
-from .mpqueue import Queue
-from .aio import AsyncClient, connect_async
+
+# Imported on first use: a producer or consumer process needs none of them, and they were
+# most of `import shmwal` (the broker's own modules, asyncio, pickle): every worker process
+# and every `shmwal` command paid for them at start.
+_LAZY = {"Broker": ".broker", "Queue": ".mpqueue", "AsyncClient": ".aio", "connect_async": ".aio"}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shmwal' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Broker", "Client", "connect", "Entry", "Payloads",

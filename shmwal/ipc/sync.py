@@ -29,7 +29,6 @@ Some facts this module relies on
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -43,7 +42,19 @@ if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - document
 
 _libc = libc
 _plibc = libc_with_gil
-_libatomic = ctypes.PyDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
+
+
+def _load_libatomic() -> ctypes.PyDLL:
+    # By its soname first: find_library costs an ldconfig run and ctypes.util's import,
+    # ~13 ms of every process's start.
+    try:
+        return ctypes.PyDLL("libatomic.so.1")
+    except OSError:
+        from ctypes.util import find_library
+        return ctypes.PyDLL(find_library("atomic") or "libatomic.so.1")
+
+
+_libatomic = _load_libatomic()
 
 PTHREAD_PROCESS_SHARED = 1
 PTHREAD_MUTEX_ROBUST = 1
