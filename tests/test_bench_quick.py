@@ -228,9 +228,23 @@ def test_a_hanging_contender_is_killed_as_timeout(tmp_path):
 
 
 def test_failed_row_makes_the_exit_code_nonzero(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "all_contenders", lambda consistency, read_bytes=None: [_faulty_queue()])
+    monkeypatch.setattr(cli, "all_contenders", lambda consistency, read_bytes=None, retention_bytes=None:
+                        [_faulty_queue()])
     code = cli.main(["--scenarios", "throughput", *TINY, "--out", str(tmp_path)])
     assert code == 1
+
+
+def test_retention_bytes_reaches_every_shmwal_broker_and_the_reproduce_command(tmp_path):
+    args = cli.parser().parse_args(["--retention-bytes", "0", "--contenders", "shmwal nofsync"])
+    chosen = cli.select_contenders(args)
+    assert chosen and all(c.retention_bytes == 0 for c in chosen if hasattr(c, "retention_bytes"))
+    assert all(c.retention_bytes is None for c in contenders.all_contenders() if hasattr(c, "retention_bytes"))
+    code = cli.main(["--contenders", "=shmwal nofsync entry", "--scenarios", "throughput", "--retention-bytes", "0",
+                     *TINY, "--out", str(tmp_path)])
+    with open(tmp_path / "bench.json") as f:
+        data = json.load(f)
+    assert code == 0 and data["meta"]["retention_bytes"] == 0
+    assert all("--retention-bytes 0" in r["command"] for r in data["rows"] if r["status"] == "ok")
 
 
 # ---------------------------------------------------------------- the real race, tiny

@@ -83,7 +83,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--read-batch-bytes", type=_size, metavar="SIZE",
                    help="shmwal's batch_read budget (max_bytes) per call, e.g. 64MiB "
                         "(default: 1 MiB, at most 1,000 messages)")
+    p.add_argument("--retention-bytes", type=_byte_count, metavar="SIZE",
+                   help="the shmwal brokers' Retention(bytes=...): consumed bytes kept for replay, e.g. 0 "
+                        "(blocks reused as soon as read) (default: the broker's, 16 MiB)")
     return p
+
+
+def _byte_count(text: str) -> int:
+    """A size that may be 0 (``--retention-bytes 0``)."""
+    if text.strip() == "0":
+        return 0
+    return _size(text)
 
 
 def _size(text: str) -> int:
@@ -93,7 +103,8 @@ def _size(text: str) -> int:
 
 def select_contenders(args) -> list:
     """``--contenders``: names containing one of the items, or exactly ``=name``."""
-    chosen = all_contenders(args.consistency, args.read_batch_bytes) + (nats_contenders() if args.nats else [])
+    chosen = all_contenders(args.consistency, args.read_batch_bytes, args.retention_bytes) + \
+        (nats_contenders() if args.nats else [])
     if args.only != "all":
         chosen = [c for c in chosen if (c.family == "peer") == (args.only == "peers")]
     if args.contenders:
@@ -133,6 +144,8 @@ def add_commands(rows, args, repeat: int) -> None:
         common.append(f"--latency-period-us {args.latency_period_us}")
     if args.read_batch_bytes is not None:
         common.append(f"--read-batch-bytes {_size_arg(args.read_batch_bytes)}")
+    if args.retention_bytes is not None:
+        common.append(f"--retention-bytes {_size_arg(args.retention_bytes)}")
     for r in rows:
         if r.status == "n/a":
             continue
@@ -182,6 +195,7 @@ def metadata(args, argv, load_before) -> dict:
         "versions": {d: _version(d) for d in ("shmwal", "faster-fifo", "pyzmq", "iceoryx2", "numpy", "matplotlib")},
         "shmwal_commit": _git_commit(),
         "read_batch_bytes": args.read_batch_bytes,
+        "retention_bytes": args.retention_bytes,
         "command": "python -m shmwal bench " + " ".join(argv),
         "clock": "CLOCK_MONOTONIC (time.monotonic_ns), shared by all processes",
         "mb": "10**6 bytes of payload",

@@ -649,6 +649,7 @@ class ShmwalContender(Contender):
         self.reserve = reserve              # producers fill client.reserve slots, consumers read zero-copy
         self.consistency = consistency
         self.read_bytes = read_bytes        # batch_read's max_bytes (None: READ_BATCH_BYTES rules)
+        self.retention_bytes = None         # the broker's Retention(bytes=...) (None: its default)
         if reserve:
             mode = "reserve zero-copy batch" if batched else "reserve zero-copy"
         else:
@@ -709,7 +710,11 @@ class ShmwalSession(BrokerSession):
         import shmwal
 
         fsync = shmwal.NoFsync() if contender.fsync_ms is None else shmwal.FsyncEvery(milliseconds=contender.fsync_ms)
-        self.start_broker(workdir, "shmwal-", fsync=fsync, consistency=shmwal_consistency(contender.consistency))
+        options = {}
+        if contender.retention_bytes is not None:
+            options["retention"] = shmwal.Retention(bytes=contender.retention_bytes)
+        self.start_broker(workdir, "shmwal-", fsync=fsync, consistency=shmwal_consistency(contender.consistency),
+                          **options)
         super().__init__(ShmwalChannel(self.dir, self.key, spec.separate_groups,
                                        _read_bytes(spec, contender.read_bytes),
                                        contender.zero_copy, contender.payloads, contender.reserve))
@@ -896,30 +901,30 @@ class ShmwalQueueEnd:
         self.q.close()
 
 
-def all_contenders(consistency: str = "strict", read_bytes: int | None = None) -> list[Contender]:
+def all_contenders(consistency: str = "strict", read_bytes: int | None = None,
+                   retention_bytes: int | None = None) -> list[Contender]:
     """Every contender, peers first (the report's 'best peer' is taken among family 'peer').
 
     ``read_bytes``: shmwal's batch_read budget (``--read-batch-bytes``); None keeps the
-    default (READ_BATCH_BYTES, at most BATCH messages)."""
+    default (READ_BATCH_BYTES, at most BATCH messages). ``retention_bytes``: the brokers'
+    ``Retention(bytes=...)`` (``--retention-bytes``); None keeps the broker's default."""
     shmwal_rows = [
         ShmwalContender(fsync_ms, batched=mode != "entry", payloads=mode == "payloads", consistency=consistency,
                         read_bytes=read_bytes)
         for fsync_ms in (None, 200)
         for mode in ("entry", "batch", "payloads")
     ]
-    return [
-        MPQueueContender(),
-        FasterFifoContender(),
-        FasterFifoContender(batched=True),
-        ZmqContender(),
-        IceoryxContender(),
-        *shmwal_rows,
+    peers = [MPQueueContender(), FasterFifoContender(), FasterFifoContender(batched=True), ZmqContender(),
+             IceoryxContender()]
+    tail = [
         ShmwalContender(None, zero_copy=True, consistency=consistency, read_bytes=read_bytes),
         ShmwalContender(None, zero_copy=True, reserve=True, consistency=consistency),
         ShmwalContender(None, zero_copy=True, reserve=True, batched=True, consistency=consistency,
                         read_bytes=read_bytes),
-        ShmwalQueueContender(consistency),
     ]
+    for row in shmwal_rows + tail:
+        row.retention_bytes = retention_bytes
+    return [*peers, *shmwal_rows, *tail, ShmwalQueueContender(consistency)]
 
 
 # ---------------------------------------------------------------- NATS JetStream
