@@ -109,6 +109,26 @@ def test_reserve_aborted_after_moving_to_a_new_block(client):
         [(0, BLOCK - 2000, b"x"), (1, 10, b"z"), (2, 4 * BLOCK, b"w")]
 
 
+@pytest.mark.parametrize("then", ["reserve", "append", "batch_append"])
+def test_the_first_reserve_of_a_topic_aborted_leaves_it_writable(client, then):
+    """The abort sends the tail back to 'no block': the next write of any kind gets a block,
+    (once a stale limit let it write into the old one at the file's start and then crash)."""
+    with pytest.raises(RuntimeError):
+        with client.reserve("t", 434) as slot:
+            raise RuntimeError
+    if then == "reserve":
+        with client.reserve("t", 1) as slot:
+            slot.buffer[:] = b"x"
+        assert slot.offset == 0
+    elif then == "append":
+        assert client.append("t", b"x") == 0
+    else:
+        assert client.batch_append("t", [b"x"]) == range(0, 1)
+    assert [(e.offset, e.data) for e in read_all(client, "t")] == [(0, b"x")]
+    assert client.stats()["topics"]["t"]["damaged"] == 0
+    assert "t" in client.topics()
+
+
 def test_numpy_arrays_in_and_out_without_copies(client):
     """numpy.frombuffer over slot.buffer to write, and over a zero-copy read's data to read."""
     values = np.arange(1000, dtype="<f8") * 1.5

@@ -447,9 +447,9 @@ class Appender:
         words[_W_TAIL_OFFSET] = next_offset
         if words[_W_SYNCED_NEXT] > next_offset:
             words[_W_SYNCED_NEXT] = next_offset   # a dead writer's unpublished entries are overwritten now
-        self._block = NO_BLOCK
-        if self._hot is not None:
-            self._hot.set_block(None)
+        # Forget the cached block whole, its limit too: a topic with nothing published has
+        # tail NO_BLOCK again, and a stale limit would let the next record land in the old block.
+        self._load_block(NO_BLOCK)
 
     # ------------------------------------------------------------------ after publishing
     def _mark_visible(self) -> None:
