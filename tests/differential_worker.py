@@ -62,6 +62,14 @@ def run(client, op: str, args: dict):
         return client.position(args["topic"], group=args["group"])
     if op == "position":
         return client.position(args["topic"], group=args["group"])
+    if op == "state":
+        # What both paths write into a topic's meta: its visibility, counters and groups (not
+        # the broker's block bookkeeping, whose timing is its own).
+        topics = client.stats()["topics"]
+        return sorted(client.topics()), {
+            name: (t["next_offset"], t["entries"], t["bytes"],
+                   {g: (s["position"], s["skipped"]) for g, s in t["groups"].items()})
+            for name, t in topics.items()}
     raise ValueError(op)
 
 

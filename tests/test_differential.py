@@ -108,6 +108,10 @@ class SamePaths(RuleBasedStateMachine):
     def position(self, topic, group):
         self.both("position", topic=topic, group=group)
 
+    @rule()
+    def state(self):
+        self.both("state")
+
 
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(os.environ.get("SHMWAL_PURE_PYTHON", "") not in ("", "0"),

@@ -179,7 +179,7 @@ class Appender:
             self._publish(block, end, offset + 1, length)
         finally:
             _unlock(mutex)
-        self._after_publish(block, block)
+        self._after_publish()
         return offset
 
     def batch_append(self, items) -> range:
@@ -217,7 +217,7 @@ class Appender:
             self._publish(block, pos, offset, total, first_block)
         finally:
             sync.unlock(self.mutex)
-        self._after_publish(first_block, block)
+        self._after_publish()
         return range(first, offset)
 
     # ------------------------------------------------------------------ reserve (zero-copy writes)
@@ -268,11 +268,7 @@ class Appender:
             self._publish(block, end, offset + 1, length)
         finally:
             _unlock(self.mutex)   # ours since reserve_begin: unlocking cannot fail
-        words = self.words
-        if words[_W_WAITERS]:
-            self.wake()
-        if self._first_append:
-            self._mark_visible()
+        self._after_publish()
         return offset
 
     def reserve_abort(self, place) -> None:
@@ -294,7 +290,8 @@ class Appender:
         entries up to ``next_offset`` visible.  hot.c's Appender_append stores in the same order.
 
         Store order, argued once: the tail bookkeeping (H_TAIL_*) first, then
-        H_PUBLISHED_BLOCKS, H_BYTES, and H_NEXT_OFFSET last.  x86-64 keeps stores
+        H_PUBLISHED_BLOCKS, H_BYTES, H_VISIBLE (a topic's first publish), and
+        H_NEXT_OFFSET last: a reader that sees an entry also sees its topic listed.  x86-64 keeps stores
         in order, so a reader that loads the new H_NEXT_OFFSET (readers load it
         before the chain and the records) also sees the records, the chain slot
         of a new block and H_PUBLISHED_BLOCKS.  A writer killed before the last
@@ -312,6 +309,9 @@ class Appender:
         if words[_W_PUBLISHED] != block + 1:   # a store avoided: the line readers poll
             words[_W_PUBLISHED] = block + 1
         words[_W_BYTES] += nbytes
+        if self._first_append:
+            words[_W_VISIBLE] = 1   # the topic exists from its first entry (a reader may have made it empty)
+            self._first_append = False
         words[_W_NEXT] = next_offset
 
     def _sync_before_publish(self, first_block: int, block: int, next_offset: int) -> None:
@@ -331,12 +331,10 @@ class Appender:
         words[_W_SYNCED_NEXT] = next_offset
         self.meta.flush(upto=block + 1)
 
-    def _after_publish(self, first_block: int, block: int) -> None:
-        """What follows a publish once the mutex is released: wake readers, mark the topic visible."""
+    def _after_publish(self) -> None:
+        """What follows a publish once the mutex is released: wake the readers asleep on the topic."""
         if self.words[_W_WAITERS]:
             self.wake()
-        if self._first_append:
-            self._mark_visible()
 
     def _fitting(self, pos: int, lengths, i: int, count: int) -> int:
         """The end j of the entries i..j-1 that fit in one record at ``pos`` (as hot.c's encode_run)."""
@@ -452,11 +450,6 @@ class Appender:
         self._load_block(NO_BLOCK)
 
     # ------------------------------------------------------------------ after publishing
-    def _mark_visible(self) -> None:
-        """The topic exists from its first append (a waiting reader may have created it empty)."""
-        self.words[_W_VISIBLE] = 1
-        self._first_append = False
-
     def wake(self) -> None:
         """Post the topic semaphore for sleeping readers (bounded by how many sleep)."""
         waiting = self.words[_W_WAITERS]
