@@ -203,7 +203,7 @@ G_HINT_POS = 88          # record start in the hint's block
 G_USED = 96              # 1 once the slot is fully initialised (stored last)
 G_NAME_LEN = 104
 G_NAME = 112             # group name, up to 255 bytes
-G_READS = 376            # checkpointed reads (stats)
+G_READS = 376            # unused (was a read count nothing reported; kept: the format's offsets)
 G_GEN = 384              # generation: +1 each time the slot is freed (under G_MUTEX)
 G_SKIPPED = 392          # entries this group lost to Retention.max_bytes (stats; under G_MUTEX)
 

@@ -111,7 +111,6 @@ class GroupReader:
         self.w_hint_offset = (at + L.G_HINT_OFFSET) // 8
         self.w_hint_chain = (at + L.G_HINT_CHAIN) // 8
         self.w_hint_pos = (at + L.G_HINT_POS) // 8
-        self.w_reads = (at + L.G_READS) // 8
         self.w_gen = (at + L.G_GEN) // 8
         self.w_skipped = (at + L.G_SKIPPED) // 8
         self.gen = gen
@@ -308,7 +307,7 @@ class GroupReader:
                 digest ^ seed ^ _SINGLE_SALT ^ (batch_left << L.SEED_BATCH_LEFT_SHIFT) ^ length != check:
             return None   # the general path reports it
         if checkpoint:
-            self._commit(cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK, 1)
+            self._commit(cursor + 1, block, (end + _ALIGN_MASK) & ~_ALIGN_MASK)
         return make_entry(Entry, (self.topic, cursor, data))
 
     def seek(self, offset: int) -> None:
@@ -474,7 +473,7 @@ class GroupReader:
             self.took_bytes = total
             lost, self.lost = self.lost, 0   # counted by the take that moves the cursor past it
             if checkpoint and out:
-                self._commit(c, hint_block, hint_pos, len(out), lost)
+                self._commit(c, hint_block, hint_pos, lost)
 
     def _take_uring(self, max_entries: int, max_bytes: int, checkpoint: bool, payloads: bool = False):
         """``_take`` for io_uring: plan the byte ranges, read them in one submission, decode.
@@ -582,7 +581,7 @@ class GroupReader:
             return taken
         self.took_bytes = total
         if checkpoint:
-            self._commit(c, hint_block, hint_pos, len(out))
+            self._commit(c, hint_block, hint_pos)
         return out, next_offset
 
     def _pinned_view(self, block: int, mapping, file_offset: int) -> memoryview:
@@ -655,7 +654,7 @@ class GroupReader:
         self._record_key, self._record = key, record
         return record
 
-    def _commit(self, cursor: int, block: int = -1, pos: int = -1, taken: int = 0, lost: int = 0) -> None:
+    def _commit(self, cursor: int, block: int = -1, pos: int = -1, lost: int = 0) -> None:
         """THE cursor commit (group mutex held): move the group's cursor to ``cursor``, with a
         hint that ``cursor`` starts at record ``pos`` of chain slot ``block``: only ever a position
         the caller validated (none, -1: the next take finds the block itself).
@@ -669,8 +668,8 @@ class GroupReader:
         in between leaves the old cursor and an ignored hint: the next reader takes the
         same entries again, as StrictlyAtOnce wants of a read that did not return.
         Under SyncEach + StrictlyAtOnce the group's page reaches the disk before the read
-        returns.  ``taken``: entries read (G_READS); ``lost``: entries below the oldest kept
-        one that the cursor steps over (G_SKIPPED), both stats.
+        returns.  ``lost``: entries below the oldest kept one that the cursor steps over
+        (G_SKIPPED, a stat).
         """
         words = self.words
         if pos < 0:
@@ -682,8 +681,6 @@ class GroupReader:
         if lost:
             words[self.w_skipped] += lost
         words[self.w_cursor] = cursor
-        if taken:
-            words[self.w_reads] += taken
         if self._strict_sync:
             self._mm.flush(self.group_page, L.PAGE)
         if pos >= 0 and block != self._hot_block and self._hot is not None:
