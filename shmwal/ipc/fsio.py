@@ -41,7 +41,11 @@ def replacing(path: str, tmp: str):
 def write_atomic(path: str, data: bytes) -> None:
     """``data`` as the whole of ``path``, old or new after a crash, never half."""
     with replacing(path, f"{path}.{os.getpid()}.tmp") as fd:
-        os.write(fd, data)
+        rest = memoryview(data)
+        while rest:
+            # A write may store less than asked (a filesystem that fills up midway does so
+            # once, then raises ENOSPC): renaming a short file over ``path`` would lose it.
+            rest = rest[os.write(fd, rest):]
 
 
 def make_private_dir(path: str) -> None:
