@@ -78,6 +78,11 @@ class BrokerServer:
         self._selector = selectors.DefaultSelector()
         self._conns: dict[socket.socket, control.FrameBuffer] = {}
         self._watchers: set[socket.socket] = set()   # clients' watch connections (files_deleted)
+        # Threads of ours (a spare block's storage is ready) wake the loop through this pair.
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ)
         # Control ops: keyword arguments from the request (keys a newer client adds are ignored).
         self._ops = {
             "hello": self._hello,
@@ -98,12 +103,14 @@ class BrokerServer:
         make_private_dir(self.registry.topics_dir)
         startup.sweep_previous_run(self.root, self.prefix)
         self.provisioner = Provisioner(self.registry, self.files, self.blocks_dir, self.block_size,
-                                       self.blocks_per_file, startup.next_file_id(self.blocks_dir))
+                                       self.blocks_per_file, startup.next_file_id(self.blocks_dir),
+                                       wake=self._wake)
         self._ops["alloc_block"] = self.provisioner.alloc_block
         self.reclaimer = Reclaimer(self.registry, self.provisioner.allocator, self.files, self.block_size,
                                    self.retention, self.clock)
         self.reclaimer.on_delete = self.files_deleted
         startup.recover_topics(self.registry, self.provisioner.allocator, self.files, self._stop_requested)
+        self.provisioner.allocator.open_first_file()
         self._listener, self._dir_fd = startup.listen(self.root)
         self._selector.register(self._listener, selectors.EVENT_READ)
         self.registry.write_run_file()
@@ -122,6 +129,8 @@ class BrokerServer:
             for key, _ in self._selector.select(timeout):
                 if key.fileobj is self._listener:
                     self._accept()
+                elif key.fileobj is self._wakeup_r:
+                    self._drain_wakeups()
                 else:
                     self._readable(key.fileobj)
             if time.monotonic() >= next_reclaim:
@@ -133,6 +142,22 @@ class BrokerServer:
 
     def request_stop(self, *_args) -> None:
         self._stopping = True
+
+    def _wake(self) -> None:
+        """(any thread) Make the loop go round now instead of at its next tick."""
+        try:
+            self._wakeup_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass   # a wake-up is pending already
+        except OSError:
+            pass   # closed: the loop has stopped
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wakeup_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def files_deleted(self) -> None:
         """Tell every client that block files went: an idle one still maps them, and a deleted
@@ -247,8 +272,9 @@ class BrokerServer:
 
     def _stats(self, **_):
         topics = self.registry.topic_stats()
-        for name, stats in topics.items():   # blocks kept for the topic's reuse take space too
-            stats["disk_bytes"] += self.provisioner.allocator.reusable_bytes(name)
+        for name, stats in topics.items():   # kept for its reuse, or a spare on the way: space too
+            stats["disk_bytes"] += self.provisioner.allocator.reusable_bytes(name) + \
+                self.provisioner.readying_bytes(name)
         return {"topics": topics, "blocks_reused": self.provisioner.allocator.reused}
 
     # ------------------------------------------------------------------ stop
@@ -273,6 +299,9 @@ class BrokerServer:
                     pass
             self.registry.close()
             self.files.close()
+            self._selector.unregister(self._wakeup_r)
+            self._wakeup_r.close()
+            self._wakeup_w.close()
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
             if self._lock_fd >= 0:

@@ -1,7 +1,7 @@
 """Files grow with the data (issue 12, footprint).
 
 Block files are sparse: a block takes space only once the broker hands it
-out, a topic's first blocks are small (layout.block_capacity), and a freed
+out, a topic's first block is small (layout.block_capacity), and a freed
 block gives its space back.  Sizes here are allocated bytes (st_blocks * 512,
 what ``du`` shows), never apparent sizes.
 """
@@ -21,7 +21,10 @@ import shmwal
 from shmwal.blocks import layout as L
 from shmwal.blocks.allocator import BlockAllocator
 from shmwal.blocks.files import allocated_bytes
+from shmwal.server.provisioning import SPARE_BLOCKS
 from shmwal.server.verify import open_topics, topic_stats
+
+from drill_helpers import MetaView, poll
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -40,35 +43,34 @@ def du(path: str) -> int:
 
 # ----------------------------------------------------------------------------- the allocator alone
 
-def test_first_blocks_are_small_and_grow_to_block_size():
-    assert [L.block_capacity(i, 10 * MiB) for i in range(7)] == \
-        [64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 10 * MiB, 10 * MiB, 10 * MiB]
+def test_the_first_block_is_small_and_the_rest_full():
+    assert [L.block_capacity(i, 10 * MiB) for i in range(4)] == [64 * KiB, 10 * MiB, 10 * MiB, 10 * MiB]
     assert L.block_capacity(0, 16 * KiB) == 16 * KiB          # never more than block_size
     assert L.block_capacity(10**9, 10 * MiB) == 10 * MiB
 
 
 def test_a_block_takes_space_when_handed_out_and_gives_it_back_when_freed(tmp_path):
-    allocator = BlockAllocator(str(tmp_path), 1 * MiB, 4)
+    allocator = BlockAllocator(str(tmp_path), 2 * MiB, 4)
     path = lambda file_id: os.path.join(str(tmp_path), L.block_file_name(file_id))  # noqa: E731
     first = allocator.alloc(L.BLOCK_HEADER_SIZE, "t", chain_index=0)
     assert first[2] == 64 * KiB
-    assert os.path.getsize(path(first[0])) == 4 * MiB                 # full size, so mappings never fault
+    assert os.path.getsize(path(first[0])) == 8 * MiB                 # full size, so mappings never fault
     assert allocated_bytes(path(first[0])) == 64 * KiB
     second = allocator.alloc(L.BLOCK_HEADER_SIZE, "t", chain_index=1)
     full = allocator.alloc(L.BLOCK_HEADER_SIZE, "t")                    # no chain index: a full block
-    assert (second[0], second[1], second[2]) == (first[0], 1 * MiB, 256 * KiB)
-    assert full[1:] == (2 * MiB, 1 * MiB)
-    assert allocated_bytes(path(first[0])) == 64 * KiB + 256 * KiB + 1 * MiB
-    big = allocator.alloc(300 * KiB, "t", chain_index=0)              # one entry needs more than the ramp gives
+    assert (second[0], second[1], second[2]) == (first[0], 2 * MiB, 2 * MiB)
+    assert full[1:] == (4 * MiB, 2 * MiB)
+    assert allocated_bytes(path(first[0])) == 64 * KiB + 2 * MiB + 2 * MiB
+    big = allocator.alloc(300 * KiB, "t", chain_index=0)              # one entry needs more than the first block gives
     assert big[2] == 300 * KiB
-    assert allocated_bytes(path(first[0])) == 64 * KiB + 256 * KiB + 1 * MiB + 300 * KiB
+    assert allocated_bytes(path(first[0])) == 64 * KiB + 2 * MiB + 2 * MiB + 300 * KiB
     allocator.free(*second[:2])
-    assert allocated_bytes(path(first[0])) == 64 * KiB + 256 * KiB + 1 * MiB + 300 * KiB   # a grace first
+    assert allocated_bytes(path(first[0])) == 64 * KiB + 2 * MiB + 2 * MiB + 300 * KiB   # a grace first
     allocator.release_due(float("inf"))
-    assert allocated_bytes(path(first[0])) == 64 * KiB + 1 * MiB + 300 * KiB
+    assert allocated_bytes(path(first[0])) == 64 * KiB + 2 * MiB + 300 * KiB
     allocator.free(*full[:2], release_space=False)                     # a zero-copy view still reads it
     allocator.release_due(float("inf"))
-    assert allocated_bytes(path(first[0])) == 64 * KiB + 1 * MiB + 300 * KiB
+    assert allocated_bytes(path(first[0])) == 64 * KiB + 2 * MiB + 300 * KiB
 
 
 def test_an_offered_block_keeps_its_space_until_it_expires(tmp_path):
@@ -163,7 +165,7 @@ def test_a_stopped_broker_leaves_only_the_blocks_its_chains_keep(tmpfs, path):
     data_dir = os.path.join(tmpfs("64m"), "data")
     broker = shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=8).start()
     try:
-        # A busy topic: it goes through its small first blocks, gets spares ahead and reuses
+        # A busy topic: it goes through its small first block, gets spares ahead and reuses
         # consumed blocks; a quiet one beside it: one small block.
         run_client(f"""
             client = shmwal.connect({data_dir!r})
@@ -192,11 +194,47 @@ def test_a_stopped_broker_leaves_only_the_blocks_its_chains_keep(tmpfs, path):
         assert client.read_next("busy", group="g").data == b"after"
 
 
+@pytest.mark.timeout(120)
+def test_a_busy_writers_spare_blocks_have_their_storage_and_count_in_disk_bytes(tmpfs):
+    # Spares get their storage on a thread of the broker's and join the chain once it is
+    # there: no slot may ever point at a hole (a write there is a SIGBUS on a full tmpfs).
+    data_dir = os.path.join(tmpfs("64m"), "data")
+    broker = shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=16).start()
+    try:
+        with shmwal.connect(data_dir) as client:
+            for _ in range(4):   # the small block and three full ones, well within a second
+                client.batch_append("t", [bytes(10_000)] * 100)
+            view = MetaView(os.path.join(broker.root, "topics", "t", "meta"))
+            tail = view.word(L.H_TAIL_CHAIN)
+            assert tail >= 3
+            assert poll(lambda: view.word(L.H_ALLOCATED_BLOCKS) == tail + 1 + SPARE_BLOCKS, 10), \
+                (tail, view.word(L.H_ALLOCATED_BLOCKS))
+            slots = [view.chain(i) for i in range(tail + 1 + SPARE_BLOCKS)]
+            assert [capacity for _, _, capacity, _ in slots] == [L.FIRST_BLOCK_SIZE] + [1 * MiB] * (tail + SPARE_BLOCKS)
+            assert [first for _, _, _, first in slots[tail + 1:]] == [L.UNSET] * SPARE_BLOCKS   # not moved into yet
+            # Nothing read, nothing reclaimed: the files hold exactly the chain's blocks.
+            assert block_files_bytes(broker.root) == sum(capacity for _, _, capacity, _ in slots)
+            meta_bytes = allocated_bytes(os.path.join(broker.root, "topics", "t", "meta"))
+            assert client.stats()["topics"]["t"]["disk_bytes"] == meta_bytes + block_files_bytes(broker.root)
+            assert sum(len(client.batch_read("t", 16 * MiB)) for _ in range(4)) == 400
+    finally:
+        broker.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_that_wrote_nothing_leaves_no_block_file(tmp_path):
+    with shmwal.Broker(str(tmp_path / "data")) as broker:
+        blocks = os.path.join(broker.root, "blocks")
+        assert os.listdir(blocks)                        # made before it answers: their fsyncs are done
+        assert block_files_bytes(broker.root) == 0       # sparse: no space until a block is handed out
+    assert os.listdir(blocks) == []
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.timeout(120)
 def test_enospc_from_append_names_the_full_directory_and_what_the_topic_needed(tmpfs, path):
     mnt = tmpfs("2m")
-    with shmwal.Broker(mnt):
+    with shmwal.Broker(mnt, block_size=1 * MiB):   # the entry, not a full block, sets what is needed
         out = run_client(f"""
             import errno
             client = shmwal.connect({mnt!r})

@@ -3,7 +3,7 @@
 Blocks are carved from sparse files in order, one slot of ``block_size``
 bytes each; a block takes space only for its own capacity, allocated here
 before it is handed out (the SIGBUS invariant: see files.py) and released
-when it is freed.  A topic's first blocks are small and grow
+when it is freed.  A topic's first block is small
 (``layout.block_capacity``), so a small topic takes little space.  A file is
 deleted once every block it handed out has been reclaimed and it will hand
 out no more (Walrus's scheme).  An entry larger than a block gets a "jumbo"
@@ -61,13 +61,17 @@ class BlockAllocator:
         self.next_file_id = max(self.next_file_id, file_id + 1)
 
     def alloc(self, min_capacity: int, topic: str | None = None,
-              chain_index: int | None = None) -> tuple[int, int, int]:
+              chain_index: int | None = None, space: bool = True) -> tuple[int, int, int]:
         """A block of at least ``min_capacity`` bytes for ``topic``: (file_id, file_offset, capacity).
 
         Its ``capacity`` bytes have storage (allocated here, or kept since it was
-        offered for reuse).  ``chain_index`` sizes a topic's first blocks small
+        offered for reuse).  ``chain_index`` sizes a topic's first block small
         (layout.block_capacity); None: a full block.  A full disk raises
         OSError(ENOSPC) saying where and how much, and hands out nothing.
+
+        ``space=False``: a block carved from a shared file comes without storage, for the caller
+        to ``files.allocate`` off this thread before anyone may touch it (and to
+        ``free`` if that fails); a reused block (``reused`` grew) has its storage.
         """
         wanted = self.block_size if chain_index is None else L.block_capacity(chain_index, self.block_size)
         capacity = max(wanted, (min_capacity + L.PAGE - 1) // L.PAGE * L.PAGE)
@@ -90,7 +94,8 @@ class BlockAllocator:
             self._next_block = 0
             self.live[self._current] = {}
         file_offset = self._next_block * self.block_size
-        self._allocate(self._current, file_offset, capacity, topic)   # before the slot counts as taken
+        if space:
+            self._allocate(self._current, file_offset, capacity, topic)   # before the slot counts as taken
         self._next_block += 1
         self.live[self._current][file_offset] = capacity
         return self._current, file_offset, capacity
@@ -110,6 +115,23 @@ class BlockAllocator:
                 return self._allocate(file_id, file_offset, capacity, topic)
             raise no_space(self.directory, capacity, f"a new block of topic {topic!r}" if topic else "a new block") \
                 from None
+
+    def open_first_file(self) -> None:
+        """(broker start) Make the file the next blocks come from, and the one after it.
+
+        Their fsyncs then happen before any client writes: run while the first
+        writer wrote (on ext4 a fresh broker's first writers), they made its
+        first writes into new blocks wait 3-4 ms each on the journal.
+        """
+        if self._current is None:
+            self._current = self._new_file(self.block_size * self.blocks_per_file)
+            self._next_block = 0
+            self.live[self._current] = {}
+        if self._spare is not None:
+            try:
+                self._spare[1].result()
+            except OSError:
+                pass   # _new_file tries again when it needs it, and raises then
 
     def _new_file(self, size: int) -> int:
         regular = size == self.block_size * self.blocks_per_file
@@ -196,6 +218,11 @@ class BlockAllocator:
     def deletable(self) -> list[int]:
         """Files whose every handed-out block is free and that will hand out no more."""
         return [f for f, blocks in self.live.items() if not blocks and f != self._current]
+
+    def stop_handing_out(self) -> None:
+        """(clean stop) The current file hands out no more: ``deletable`` then includes it
+        if it holds no block (the next broker starts a file of its own)."""
+        self._current = None
 
     def forget(self, file_id: int) -> None:
         self.live.pop(file_id, None)

@@ -7,9 +7,22 @@ writer that moved), the appender never asks; otherwise it asks with
 writes only slots at or above ``H_ALLOCATED_BLOCKS`` (fields first, the count
 last), under the topic's chain mutex, so a writer never sees half a slot.
 
-Disk work no appender may wait for runs on two threads of its own: the next
-block file (the allocator prepares it ahead), and faulting in blocks handed
-out ahead (the populate thread), so a long populate never delays a file switch.
+Disk work no appender may wait for runs on threads of its own: the next
+block file (the allocator prepares it ahead), the storage of blocks handed out
+ahead (the spares thread: fallocating a 10 MiB block on tmpfs takes ~3.5 ms,
+and done on the control loop it held up every request behind it, a fresh
+topic's first ``alloc_block`` included), and faulting those blocks in (the
+populate thread), so a long populate never delays a file switch.
+
+A topic's first block is small (``layout.block_capacity``) and nothing is
+readied ahead of it: a topic of a few entries keeps 64 KiB.  Leaving that
+block says nothing of a writer's pace: only moves out of full blocks make it
+busy.
+
+The spares and populate threads run at the lowest priority: on a machine
+whose cores the producers and consumers keep busy, they took CPU from the
+very writers they work for.  A writer that needs a spare still on the way
+waits for it (``alloc_block``), and then a core is free for that thread.
 """
 
 from __future__ import annotations
@@ -18,12 +31,13 @@ import errno
 import logging
 import mmap
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..blocks import layout as L
 from ..blocks.allocator import BlockAllocator, no_space
-from ..blocks.files import BlockFiles
+from ..blocks.files import BlockFiles, allocate
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 from ..ipc import sync
@@ -32,6 +46,7 @@ from .registry import Registry
 log = logging.getLogger("shmwal.broker")
 
 SPARE_BLOCKS = 2           # blocks kept allocated (and faulted in) ahead of a busy writer
+BACKGROUND_NICE = 19       # the spares and populate threads' nice value (Linux: per thread)
 BUSY_WITHIN = 1.0          # s: a writer that moved to a new block this soon after its last move is busy
 MAX_REQUEST_SLACK = 1 << 20   # alloc_block: capacity a request may ask beyond the largest batch and a header
 
@@ -49,14 +64,30 @@ class chain_mutex:
         sync.unlock(self.address)
 
 
+class _Readying:
+    """A spare block whose storage the spares thread is allocating: in no chain slot yet."""
+
+    __slots__ = ("index", "file_id", "file_offset", "capacity", "future")
+
+    def __init__(self, index, file_id, file_offset, capacity, future):
+        self.index, self.file_id, self.file_offset, self.capacity = index, file_id, file_offset, capacity
+        self.future = future
+
+
 class Provisioner:
     def __init__(self, registry: Registry, files: BlockFiles, blocks_dir: str, block_size: int,
-                 blocks_per_file: int, next_file_id: int):
+                 blocks_per_file: int, next_file_id: int, wake=lambda: None):
         self.registry = registry
         self.files = files
+        self._wake = wake   # (any thread) makes the control loop call provision() soon
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-files")
-        self._faulting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-populate")
+        self._spares = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-spares",
+                                          initializer=_lower_priority)
+        self._faulting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-populate",
+                                            initializer=_lower_priority)
         self._populate_broken = False
+        self._wanted: dict[str, int] = {}         # topic -> chain slots to have allocated ahead of its writer
+        self._readying: dict[str, _Readying] = {}   # at most one a topic, so its slots fill in order
         self.allocator = BlockAllocator(blocks_dir, block_size, blocks_per_file, next_file_id,
                                         submit=self._disk.submit)
 
@@ -69,6 +100,8 @@ class Provisioner:
         """
         meta = self.registry.get(topic).meta
         chain_index, min_capacity = int(chain_index), int(min_capacity)
+        if topic in self._readying:
+            self._settle(topic)   # its storage is on the way: sooner than starting another
         if chain_index >= L.CHAIN_SLOTS:
             raise ShmwalError(f"topic {topic} has used all {L.CHAIN_SLOTS} chain slots")
         if not 0 < min_capacity <= L.MAX_BATCH_BYTES + L.BLOCK_HEADER_SIZE + MAX_REQUEST_SLACK:
@@ -98,9 +131,11 @@ class Provisioner:
         pre-allocated extents costs as much per entry as the rest of an append).
         Spares cost space, so only for writers that fill blocks (moved twice
         within BUSY_WITHIN, or past two blocks between two looks: a topic of a
-        few entries gets none, and its first blocks are small anyway), and only while the filesystem keeps room
-        (``_room_for``): a writer that finds no spare asks for its block itself.
+        few entries gets none, and its first block is small anyway), and only
+        while the filesystem keeps room (``_room_for``): a writer that finds no
+        spare asks for its block itself.
         """
+        self._settle()
         for state in list(self.registry.topics.values()):
             meta = state.meta
             tail = meta.get(L.H_TAIL_CHAIN)
@@ -112,25 +147,78 @@ class Provisioner:
             previous_move, state.moved_at = state.moved_at, now
             if tail == L.NO_BLOCK:
                 continue
+            if tail == 0 or self._small(tail - 1):
+                continue   # only the small first block filled so far
             moved_over = tail + 1 if seen == L.NO_BLOCK else tail - seen   # blocks filled since our last look
-            if moved_over < 2 and now - previous_move > BUSY_WITHIN:
+            if moved_over >= 2 or now - previous_move <= BUSY_WITHIN:
+                self._want(meta.name, tail + 1 + SPARE_BLOCKS)
+        for topic in list(self._wanted):
+            self._ready_next(topic)
+
+    def _small(self, chain_index: int) -> bool:
+        """Whether the block at ``chain_index`` is one of a topic's small first ones."""
+        return L.block_capacity(chain_index, self.allocator.block_size) < self.allocator.block_size
+
+    def _want(self, topic: str, slots: int) -> None:
+        self._wanted[topic] = max(self._wanted.get(topic, 0), min(slots, L.CHAIN_SLOTS))
+
+    def _ready_next(self, topic: str) -> None:
+        """Start readying ``topic``'s next spare, if it wants one and none is on the way."""
+        if topic in self._readying:
+            return
+        meta = self.registry.topics[topic].meta
+        with chain_mutex(meta):
+            index = meta.get(L.H_ALLOCATED_BLOCKS)
+            if index >= self._wanted[topic] or (not self.allocator.reusable(topic) and not self._room_for(index)):
+                del self._wanted[topic]
+                return
+            reused = self.allocator.reused
+            try:
+                self._reserve_chain_page(meta, index)
+                file_id, file_offset, capacity = self.allocator.alloc(L.BLOCK_HEADER_SIZE, topic, index, space=False)
+            except OSError as exc:
+                log.warning("could not provision a block for %s: %s", topic, exc)
+                del self._wanted[topic]
+                return
+            if self.allocator.reused != reused:   # a reclaimed block of this topic: storage and pages in memory
+                self._fill_slot(meta, index, file_id, file_offset, capacity)
+        if self.allocator.reused != reused:
+            self._wake()   # the loop readies the next one on its next turn
+            return
+        future = self._spares.submit(allocate, self.allocator.directory, file_id, file_offset, capacity)
+        self._readying[topic] = _Readying(index, file_id, file_offset, capacity, future)
+        future.add_done_callback(lambda _: self._wake())
+
+    def _settle(self, wait_for: str | None = None) -> None:
+        """Put the spares whose storage is ready (and ``wait_for``'s, waiting) in their chain slots."""
+        for topic, spare in list(self._readying.items()):
+            if topic != wait_for and not spare.future.done():
                 continue
-            fresh = []
+            del self._readying[topic]
+            try:
+                spare.future.result()
+            except OSError as exc:
+                log.warning("could not provision a block for %s: %s", topic, exc)
+                self._wanted.pop(topic, None)
+                self.allocator.free(spare.file_id, spare.file_offset)   # and what a failed fallocate kept
+                continue
+            meta = self.registry.topics[topic].meta
             with chain_mutex(meta):
-                while meta.get(L.H_ALLOCATED_BLOCKS) < min(tail + 1 + SPARE_BLOCKS, L.CHAIN_SLOTS):
-                    index = meta.get(L.H_ALLOCATED_BLOCKS)
-                    reused = self.allocator.reused
-                    if not self.allocator.reusable(meta.name) and not self._room_for(index):
-                        break
-                    try:
-                        self._allocate_slot(meta, index, L.BLOCK_HEADER_SIZE)
-                    except OSError as exc:
-                        log.warning("could not provision a block for %s: %s", meta.name, exc)
-                        break
-                    if self.allocator.reused == reused:   # a reused block's pages are in memory
-                        fresh.append(meta.chain(index)[:3])
-            for file_id, file_offset, capacity in fresh:   # outside the mutex: it takes a while
-                self._populate(file_id, file_offset, capacity)
+                # Only into the slot it was readied for: meanwhile a writer may have asked
+                # for that slot itself (alloc_block waits for a spare on the way, but a
+                # request can come while we place another).
+                placed = meta.get(L.H_ALLOCATED_BLOCKS) == spare.index
+                if placed:
+                    self._fill_slot(meta, spare.index, spare.file_id, spare.file_offset, spare.capacity)
+            if placed:
+                self._populate(spare.file_id, spare.file_offset, spare.capacity)
+            else:
+                self.allocator.free(spare.file_id, spare.file_offset)
+
+    def readying_bytes(self, topic: str) -> int:
+        """Storage of ``topic``'s spare on the way (part of its disk use)."""
+        spare = self._readying.get(topic)
+        return spare.capacity if spare is not None else 0
 
     def _room_for(self, chain_index: int) -> bool:
         """Whether a spare for ``chain_index`` leaves the filesystem room: at least two
@@ -146,6 +234,13 @@ class Provisioner:
 
     def _allocate_slot(self, meta: TopicMeta, chain_index: int, min_capacity: int) -> int:
         """Give chain slot ``chain_index`` a fresh block. Caller holds the topic's chain mutex."""
+        self._reserve_chain_page(meta, chain_index)
+        file_id, file_offset, capacity = self.allocator.alloc(min_capacity, meta.name, chain_index)
+        self._fill_slot(meta, chain_index, file_id, file_offset, capacity)
+        return file_id
+
+    @staticmethod
+    def _reserve_chain_page(meta: TopicMeta, chain_index: int) -> None:
         if chain_index % L.CHAIN_SLOTS_PER_PAGE == 0:
             try:
                 meta.reserve_chain_slot(chain_index)   # ENOSPC here is an error, not a SIGBUS later
@@ -154,11 +249,13 @@ class Provisioner:
                     raise
                 raise no_space(os.path.dirname(meta.path), L.PAGE,
                                f"the next page of topic {meta.name!r}'s chain") from None
-        file_id, file_offset, capacity = self.allocator.alloc(min_capacity, meta.name, chain_index)
+
+    @staticmethod
+    def _fill_slot(meta: TopicMeta, chain_index: int, file_id: int, file_offset: int, capacity: int) -> None:
+        """Fields first, the count last: a writer never sees half a slot. Under the chain mutex."""
         meta.set_chain_slot(chain_index, file_id, file_offset, capacity)
         if chain_index == meta.get(L.H_ALLOCATED_BLOCKS):
             meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)
-        return file_id
 
     def _release_spares(self, meta: TopicMeta) -> None:
         """(clean stop) Take back the blocks handed out ahead that no writer moved into.
@@ -204,6 +301,10 @@ class Provisioner:
         blocks kept for reuse, the prepared next file and files left with no block
         (a stopped broker leaves only what is kept)."""
         self._faulting.shutdown(wait=True, cancel_futures=True)
+        self._spares.shutdown(wait=True)
+        for spare in self._readying.values():   # in no chain slot: nothing to take back there
+            self.allocator.free(spare.file_id, spare.file_offset)
+        self._readying.clear()
         for state in list(self.registry.topics.values()):
             try:
                 self._release_spares(state.meta)
@@ -211,8 +312,16 @@ class Provisioner:
                 log.exception("could not release the spare blocks of %s", state.meta.name)
         self.allocator.expire(float("-inf"))
         self.allocator.release_due(float("inf"))
+        self.allocator.stop_handing_out()
         for file_id in self.allocator.deletable():
             self.allocator.forget(file_id)
             self.files.remove(file_id)
         self.allocator.discard_spare()
         self._disk.shutdown(wait=True)
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        pass
