@@ -64,8 +64,8 @@ MAX_BLOCK_SIZE = 1 << 34
 # step costs a writer a block change, a request and first writes into fresh
 # pages, and a ramp of five (64 KiB x4 up to 10 MiB) made a fresh topic's 20k
 # batched appends of 100 B run at ~0.6x the rate with full blocks from the start
-# (`shmwal bench --quick`; on ext4 the first write into each new block waited
-# 3-4 ms on the journal, busy with the new broker's first files).
+# (`shmwal bench --quick`; on this project's VM the first write into each new
+# block of an ext4 file took 2-4 ms, the first touch of a new region of the file).
 FIRST_BLOCK_SIZE = 64 << 10
 
 
