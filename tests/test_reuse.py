@@ -50,6 +50,22 @@ def test_allocator_reuses_a_topics_blocks_for_that_topic_only_and_expires_them(t
     assert allocator.reused == 1
 
 
+def test_a_file_holding_a_kept_block_drains_instead_of_being_reused(tmp_path):
+    # A block freed with its bytes kept (a dead zero-copy reader's pin) keeps its file's
+    # space until the file goes: the file's other blocks must leave circulation for that.
+    allocator = BlockAllocator(str(tmp_path), 4096, 4)
+    a, b, c = allocator.alloc(10, "t"), allocator.alloc(10, "t"), allocator.alloc(10, "t")
+    assert a[0] == b[0] == c[0]
+    allocator.offer("t", *b[:2])                               # offered before the pin leaked
+    allocator.free(*a[:2], release_space=False)
+    allocator.offer("t", *c[:2])                               # now freed instead
+    assert allocator.reusable("t") == 1 and c[1] not in allocator.live[a[0]]
+    d = allocator.alloc(10, "t")                               # b is skipped (freed) ...
+    assert d[0] != a[0] and allocator.reused == 0              # ... and no more carving from a's file
+    assert allocator.reusable("t") == 0 and allocator.live[a[0]] == {}
+    assert allocator.deletable() == [a[0]]
+
+
 @pytest.mark.timeout(60)
 def test_a_consumed_topic_reuses_its_own_blocks_and_reads_back_exactly(start_broker):
     broker = start_broker(block_size=64 * KiB, blocks_per_file=4)

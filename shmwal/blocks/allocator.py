@@ -48,6 +48,10 @@ class BlockAllocator:
         self._next_block = 0
         self.live: dict[int, dict[int, int]] = {}   # file_id -> {offset of a block in use: its capacity}
         self._reusable: dict[str, deque] = {}   # topic -> (file_id, file_offset, offered at)
+        # Files holding a block freed with its bytes kept (a zero-copy reader died with views
+        # out): their space goes only with the file, so their blocks are not reused but freed,
+        # and the file drains. Reused, they could circulate in a busy topic for ever.
+        self._draining: set[int] = set()
         self.reused = 0                      # blocks handed out again (stats)
         # Freed blocks whose space goes after RELEASE_GRACE: (when, file_id, file_offset, capacity).
         # A reader that raced reclamation (a peek from an oldest offset it loaded just before)
@@ -85,11 +89,14 @@ class BlockAllocator:
             self.live[file_id] = {0: capacity}
             return file_id, 0, capacity
         pool = self._reusable.get(topic)
-        if pool:
+        while pool:
             file_id, file_offset, _ = pool.pop()   # the most recently freed: warmest in the caches
+            if file_id in self._draining:
+                self.free(file_id, file_offset)
+                continue
             self.reused += 1
             return file_id, file_offset, self.block_size
-        if self._current is None or self._next_block >= self.blocks_per_file:
+        if self._current is None or self._next_block >= self.blocks_per_file or self._current in self._draining:
             self._current = self._new_file(self.block_size * self.blocks_per_file)
             self._next_block = 0
             self.live[self._current] = {}
@@ -183,6 +190,8 @@ class BlockAllocator:
         """A block nothing uses any more.  ``release_space=False`` keeps its bytes (a
         zero-copy view may still read them; the space then goes with its file)."""
         capacity = self.live.get(file_id, {}).pop(file_offset, None)
+        if capacity and not release_space:
+            self._draining.add(file_id)
         if capacity and release_space:
             self._releasing.append((time.monotonic() + RELEASE_GRACE, file_id, file_offset, capacity))
 
@@ -196,6 +205,9 @@ class BlockAllocator:
 
     def offer(self, topic: str, file_id: int, file_offset: int) -> None:
         """A full block ``topic`` no longer uses, to give it again (it stays live and allocated meanwhile)."""
+        if file_id in self._draining:
+            self.free(file_id, file_offset)
+            return
         self._reusable.setdefault(topic, deque()).append((file_id, file_offset, time.monotonic()))
 
     def expire(self, ttl: float) -> None:
@@ -226,6 +238,7 @@ class BlockAllocator:
 
     def forget(self, file_id: int) -> None:
         self.live.pop(file_id, None)
+        self._draining.discard(file_id)
 
     def existing_files(self) -> list[int]:
         found = []
