@@ -52,6 +52,7 @@ class BlockAllocator:
         # out): their space goes only with the file, so their blocks are not reused but freed,
         # and the file drains. Reused, they could circulate in a busy topic for ever.
         self._draining: set[int] = set()
+        self.draining_changes = 0   # grows when a file starts draining (provisioning: spares there go)
         self.reused = 0                      # blocks handed out again (stats)
         # Freed blocks whose space goes after RELEASE_GRACE: (when, file_id, file_offset, capacity).
         # A reader that raced reclamation (a peek from an oldest offset it loaded just before)
@@ -96,7 +97,7 @@ class BlockAllocator:
                 continue
             self.reused += 1
             return file_id, file_offset, self.block_size
-        if self._current is None or self._next_block >= self.blocks_per_file or self._current in self._draining:
+        if self._current is None or self._next_block >= self.blocks_per_file:
             self._current = self._new_file(self.block_size * self.blocks_per_file)
             self._next_block = 0
             self.live[self._current] = {}
@@ -192,6 +193,9 @@ class BlockAllocator:
         capacity = self.live.get(file_id, {}).pop(file_offset, None)
         if capacity and not release_space:
             self._draining.add(file_id)
+            self.draining_changes += 1
+            if file_id == self._current:
+                self._current = None   # carve no more from it: once empty it can go
         if capacity and release_space:
             self._releasing.append((time.monotonic() + RELEASE_GRACE, file_id, file_offset, capacity))
 
@@ -202,6 +206,9 @@ class BlockAllocator:
         while self._releasing and self._releasing[0][0] <= now:
             _, file_id, file_offset, capacity = self._releasing.popleft()
             release(self.directory, file_id, file_offset, capacity)
+
+    def draining(self, file_id: int) -> bool:
+        return file_id in self._draining
 
     def offer(self, topic: str, file_id: int, file_offset: int) -> None:
         """A full block ``topic`` no longer uses, to give it again (it stays live and allocated meanwhile)."""

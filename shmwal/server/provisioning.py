@@ -88,6 +88,7 @@ class Provisioner:
         self._populate_broken = False
         self._wanted: dict[str, int] = {}         # topic -> chain slots to have allocated ahead of its writer
         self._readying: dict[str, _Readying] = {}   # at most one a topic, so its slots fill in order
+        self._draining_seen = 0
         self.allocator = BlockAllocator(blocks_dir, block_size, blocks_per_file, next_file_id,
                                         submit=self._disk.submit)
 
@@ -136,6 +137,9 @@ class Provisioner:
         spare asks for its block itself.
         """
         self._settle()
+        if self.allocator.draining_changes != self._draining_seen:
+            self._draining_seen = self.allocator.draining_changes
+            self._release_spares_in_draining_files()
         for state in list(self.registry.topics.values()):
             meta = state.meta
             tail = meta.get(L.H_TAIL_CHAIN)
@@ -154,6 +158,18 @@ class Provisioner:
                 self._want(meta.name, tail + 1 + SPARE_BLOCKS)
         for topic in list(self._wanted):
             self._ready_next(topic)
+
+    def _release_spares_in_draining_files(self) -> None:
+        """A spare reused from a file that now drains (allocator.free, release_space=False)
+        would keep that file, and the kept block's space, for as long as its writer is idle:
+        give back the spares of every topic that has one there (its next move asks again)."""
+        for state in list(self.registry.topics.values()):
+            meta = state.meta
+            published = meta.get(L.H_PUBLISHED_BLOCKS)
+            unused = range(published, min(meta.get(L.H_ALLOCATED_BLOCKS), L.CHAIN_SLOTS))
+            if any(meta.chain(i)[3] == L.UNSET and self.allocator.draining(meta.chain(i)[0]) for i in unused):
+                self._wanted.pop(meta.name, None)
+                self._release_spares(meta)   # re-checks each slot under the chain mutex
 
     def _small(self, chain_index: int) -> bool:
         """Whether the block at ``chain_index`` is one of a topic's small first ones."""
@@ -258,13 +274,14 @@ class Provisioner:
             meta.set(L.H_ALLOCATED_BLOCKS, chain_index + 1)
 
     def _release_spares(self, meta: TopicMeta) -> None:
-        """(clean stop) Take back the blocks handed out ahead that no writer moved into.
+        """(clean stop, or spares in a draining file) Take back the blocks handed out
+        ahead that no writer moved into.
 
         Under the chain mutex, from the top down: the count shrinks before a
         block's space goes, so a broker killed midway leaves no slot pointing at
         a hole.  A slot a writer moved into has its first offset set (it does that
-        under this mutex); there the walk stops.  Clients append only through a
-        live broker, so none moves on meanwhile; the next broker provisions anew.
+        under this mutex); there the walk stops.  A writer that moves on later
+        finds fewer slots and asks for its block (``alloc_block``).
         """
         with chain_mutex(meta):
             index = meta.get(L.H_ALLOCATED_BLOCKS)
