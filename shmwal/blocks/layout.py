@@ -65,7 +65,8 @@ MAX_BLOCK_SIZE = 1 << 34
 # pages, and a ramp of five (64 KiB x4 up to 10 MiB) made a fresh topic's 20k
 # batched appends of 100 B run at ~0.6x the rate with full blocks from the start
 # (`shmwal bench --quick`; on this project's VM the first write into each new
-# block of an ext4 file took 2-4 ms, the first touch of a new region of the file).
+# block of an ext4 file took 2-4 ms, the first touch of a new region of the file:
+# scripts/first_touch_cost.py).
 FIRST_BLOCK_SIZE = 64 << 10
 
 
