@@ -25,7 +25,8 @@ Folders by role:
                     (pure record encode/decode), ``meta`` (a topic's shared state),
                     ``chain`` (finding entries), ``files``, ``allocator``
 * ``ipc/``          the OS helpers: ``sync`` (robust process-shared mutexes, atomics),
-                    ``names``, ``control`` (length-prefixed JSON framing), ``fsio``
+                    ``names``, ``control`` (length-prefixed JSON framing), ``fsio``,
+                    ``libc``, ``priority`` (background threads at the lowest priority)
 * ``uring/``        io_uring through ctypes, for batch reads of cold data
 * ``mpqueue``       ``shmwal.Queue`` (``multiprocessing.Queue`` on a topic); ``objects``
                     pickles items with out-of-band buffers; ``embedded`` starts a broker

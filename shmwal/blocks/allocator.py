@@ -98,9 +98,7 @@ class BlockAllocator:
             self.reused += 1
             return file_id, file_offset, self.block_size
         if self._current is None or self._next_block >= self.blocks_per_file:
-            self._current = self._new_file(self.block_size * self.blocks_per_file)
-            self._next_block = 0
-            self.live[self._current] = {}
+            self._start_file()
         file_offset = self._next_block * self.block_size
         if space:
             self._allocate(self._current, file_offset, capacity, topic)   # before the slot counts as taken
@@ -132,14 +130,18 @@ class BlockAllocator:
         here), and the next file's fsyncs run while the first writers write.
         """
         if self._current is None:
-            self._current = self._new_file(self.block_size * self.blocks_per_file)
-            self._next_block = 0
-            self.live[self._current] = {}
+            self._start_file()
         if self._spare is not None:
             try:
                 self._spare[1].result()
             except OSError:
                 pass   # _new_file tries again when it needs it, and raises then
+
+    def _start_file(self) -> None:
+        """Carve the next blocks from a new regular file."""
+        self._current = self._new_file(self.block_size * self.blocks_per_file)
+        self._next_block = 0
+        self.live[self._current] = {}
 
     def _new_file(self, size: int) -> int:
         regular = size == self.block_size * self.blocks_per_file

@@ -26,10 +26,9 @@ import queue
 import threading
 import weakref
 
-from ..ipc import sync
+from ..ipc import priority, sync
 
 HEAD_BYTES = 1 << 20         # populated before the append that moved to the block goes on
-BACKGROUND_NICE = 19         # the populate thread's nice value (Linux: per thread)
 _works = True                # False after EINVAL: an older kernel; writers take the faults
 # mapping -> offsets of the blocks populated through it (entries go with their mapping)
 _faulted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -87,13 +86,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _run(jobs: queue.Queue) -> None:
     global _works
-    try:
-        # Work ahead only with CPU to spare: at normal priority the thread took CPU from
-        # the appenders on a busy machine (4 producers on 2 cores: 0.83x one producer's
-        # rate against 0.92x with populating on the appender's path).
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-    except OSError:
-        pass
+    priority.lower_this_thread()
     while True:
         mapping, offset, length = jobs.get()
         try:

@@ -31,7 +31,6 @@ import errno
 import logging
 import mmap
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,13 +39,12 @@ from ..blocks.allocator import BlockAllocator, no_space
 from ..blocks.files import BlockFiles, allocate
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
-from ..ipc import sync
+from ..ipc import priority, sync
 from .registry import Registry
 
 log = logging.getLogger("shmwal.broker")
 
 SPARE_BLOCKS = 2           # blocks kept allocated (and faulted in) ahead of a busy writer
-BACKGROUND_NICE = 19       # the spares and populate threads' nice value (Linux: per thread)
 BUSY_WITHIN = 1.0          # s: a writer that moved to a new block this soon after its last move is busy
 MAX_REQUEST_SLACK = 1 << 20   # alloc_block: capacity a request may ask beyond the largest batch and a header
 
@@ -82,9 +80,9 @@ class Provisioner:
         self._wake = wake   # (any thread) makes the control loop call provision() soon
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-files")
         self._spares = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-spares",
-                                          initializer=_lower_priority)
+                                          initializer=priority.lower_this_thread)
         self._faulting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmwal-populate",
-                                            initializer=_lower_priority)
+                                            initializer=priority.lower_this_thread)
         self._populate_broken = False
         self._wanted: dict[str, int] = {}         # topic -> chain slots to have allocated ahead of its writer
         self._readying: dict[str, _Readying] = {}   # at most one a topic, so its slots fill in order
@@ -335,10 +333,3 @@ class Provisioner:
             self.files.remove(file_id)
         self.allocator.discard_spare()
         self._disk.shutdown(wait=True)
-
-
-def _lower_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-    except OSError:
-        pass
