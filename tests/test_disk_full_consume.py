@@ -30,9 +30,15 @@ IDLE = 3
 CTX = multiprocessing.get_context("fork")
 
 
-def _fill(data_dir, start, result):
-    """Append until the disk is full; put (entries appended, the error that stopped it)."""
+def _fill(data_dir, start, result, hold_for=None):
+    """Append until the disk is full; put (entries appended, the error that stopped it).
+
+    ``hold_for``: a group made before the first append, so everything appended waits for it
+    (with Retention(bytes=0) the idle readers' catching up would otherwise free it all).
+    """
     client = shmwal.connect(data_dir)
+    if hold_for is not None:
+        client.create_group(TOPIC, hold_for)
     n = start
     error = None
     try:
@@ -65,9 +71,9 @@ def _consume(data_dir, group, result):
     result.put(got)
 
 
-def _child(target, *args):
+def _child(target, *args, **kwargs):
     queue = CTX.Queue()
-    p = CTX.Process(target=target, args=(*args, queue))
+    p = CTX.Process(target=target, args=(*args, queue), kwargs=kwargs)
     p.start()
     return p, queue
 
@@ -91,7 +97,7 @@ def test_consuming_frees_a_full_disk_with_idle_clients_connected(tmpfs, start_br
     small_fs = tmpfs("6m")
     data_dir = os.path.join(small_fs, "data")
     start_broker(data_dir, block_size=32 * 1024, blocks_per_file=4)
-    p, q = _child(_fill, data_dir, 0)
+    p, q = _child(_fill, data_dir, 0, hold_for="work")
     filled, error = _result(p, q)
     print(f"\nfull after {filled} appends of {ENTRY} B ({error})")
     assert filled >= 300 and error in (errno.ENOSPC,) or "space" in str(error).lower(), (filled, error)
