@@ -351,6 +351,7 @@ def test_reader_process_forked_after_using_the_ring(start_broker, tmp_path, fetc
     broker = start_broker()
     with shmwal.connect(broker.data_dir, key=broker.key, io="mmap") as writer:
         written = write_backlog(writer, "t", 600, seed=6)
+        writer.seek("t", 0, group="child")   # exists before "parent" reads: no block goes under it
     with shmwal.connect(broker.data_dir, key=broker.key, io="uring") as client, \
             Workers("fork", str(tmp_path / "w")) as workers:
         head = [[(e.offset, e.data) for e in client.batch_read("t", 100_000, group="parent")]
@@ -636,6 +637,8 @@ def test_corrupt_entry_is_raised_the_same_way_on_both_paths(start_broker, fetche
         writer.batch_append("t", payloads[60:90])          # one multi-entry record
         for p in payloads[90:]:
             writer.append("t", p)
+        for mode in MODES:   # every group exists before any reads: no block is reclaimed under a later one
+            writer.seek("t", 0, group=f"g-{mode}")
     bad = (40, 75)      # a one-entry record, and the middle of the batch's record
     for offset in bad:
         flip_payload_byte(broker.root, "t", offset)
