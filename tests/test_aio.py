@@ -167,6 +167,9 @@ def test_async_and_blocking_readers_of_one_topic_both_get_everything(broker, tmp
     """The waker sleeps on the semaphore synchronous readers sleep on: neither starves."""
     async def main():
         async with shmwal.connect_async(broker.data_dir) as client:
+            # The blocking reader's group exists before anything is read: made by its (spawned,
+            # slow to start) process, it could come after "async" had read past a block.
+            await client.seek("t", 0, group="sync")
             workers = Workers("spawn", str(tmp_path / "w"))
             sync_reader = workers.start(W.read_all_blocking, broker.data_dir, "t", "sync", 2000)
             producer = workers.start(W.append_paced, broker.data_dir, "t", 2000, 7, 0.5)
