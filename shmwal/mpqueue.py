@@ -27,6 +27,7 @@ import time
 
 from . import embedded, objects
 from .blocks import layout as L
+from .entry import Entry
 from .ipc import names
 from .timeouts import check_timeout
 
@@ -68,6 +69,7 @@ class Queue:
         self._closed = False
         self._client = None
         self._read_large = False   # the last item read was large: read the next zero-copy
+        self._forget_handles()
         self._client = embedded.client_for(directory, key, temporary=temporary)
 
     # ------------------------------------------------------------------ multiprocessing.Queue
@@ -80,21 +82,27 @@ class Queue:
         that does not pickle raises pickle's own error and writes nothing. Closed:
         ``ValueError``.
         """
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
         if block and timeout is not None:
             timeout = _check_timeout(timeout)
         if self._maxsize:
             self._wait_for_room(block, timeout)
-        client = self._client or self._connect()
         if type(obj) is not bytes:
             buffers = []
             stream = _dumps(obj, _PROTOCOL, buffer_callback=buffers.append)
             if not buffers:   # the common case, kept short: one pickle, one append
-                client.append(self._name, stream)
+                # The topic's appender straight (hot.c), while the client that made it
+                # is connected and has not dropped its handles; else Client.append.
+                client = self._client
+                if client is None or client._appenders is not self._appenders_seen \
+                        or not client._alive or self._hot_append(stream) < 0:
+                    self._append(stream)
                 return
             parts, total = objects.with_buffers(stream, buffers)
         else:
             parts, total = objects.encode(obj)
+        client = self._client or self._connect()
         if len(parts) > 1 and total >= LARGE:
             with client.reserve(self._name, total) as slot:   # copied once: straight into the block
                 objects.write_parts(slot.buffer, parts)
@@ -109,7 +117,23 @@ class Queue:
         then raises ``queue.Empty``. Arrays and bytearrays come back writable, owning
         their memory. Closed: ``ValueError``.
         """
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
+        # The common case, kept short: the group's reader (hot.c) serves the next entry
+        # from the mapped block, as Client.read_next would first try, while the client
+        # that made it is connected and has not dropped it; anything else goes the long way.
+        reader = self._hot_reader
+        if reader is not None and not reader.stale and self._client._alive:
+            found = reader.hot_next(True)
+            if found.__class__ is Entry:
+                data = found[2]
+                if len(data) >= LARGE:   # the next read the long way, zero-copy
+                    self._read_large = True
+                    self._hot_reader = None
+                return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
+        return self._get(block, timeout)
+
+    def _get(self, block, timeout):
         if not block:
             wait = 0.0
         elif timeout is None:
@@ -124,6 +148,8 @@ class Queue:
         data = entry.data
         del entry   # the view alone keeps its block pinned, and only until decoded
         self._read_large = len(data) >= LARGE
+        # get's fast path reads by copy: after a large item it stays off until a small one.
+        self._hot_reader = None if self._read_large else client._readers.get((self._name, self._group))
         return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
 
     def put_nowait(self, obj) -> None:
@@ -180,7 +206,17 @@ class Queue:
         return f"<shmwal.Queue {self._name!r} group={self._group!r} in {self._data_dir!r}>"
 
     # ------------------------------------------------------------------ internals
+    def _append(self, stream) -> None:
+        """``Client.append`` of a plain pickle, then the appender put's fast path uses."""
+        client = self._client or self._connect()
+        client.append(self._name, stream)
+        appenders = client._appenders
+        appender = appenders.get(self._name)
+        if appender is not None:
+            self._appenders_seen, self._hot_append = appenders, appender.hot_append
+
     def _connect(self):
+        self._forget_handles()
         self._client = embedded.client_for(self._data_dir, self._key, start=False)
         return self._client
 
@@ -190,6 +226,12 @@ class Queue:
         if reader is None:
             reader = client._reader(self._name, self._group, create=True)
         return reader
+
+    def _forget_handles(self) -> None:
+        # The fast paths' handles, taken from the client after a call the long way.
+        self._hot_reader = None      # get's: the group's reader
+        self._appenders_seen = None  # put's: the client's appenders dict when ...
+        self._hot_append = None      # ... the topic's hot append was taken from it
 
     def _check_closed(self) -> None:
         if self._closed:
@@ -227,4 +269,5 @@ def _rebuild(name, maxsize, data_dir, key, group) -> Queue:
     q._closed = False
     q._client = None
     q._read_large = False
+    q._forget_handles()
     return q

@@ -197,6 +197,85 @@ def test_objects_with_large_buffers_round_trip_with_type_dtype_and_shape(make_qu
         assert got == obj
 
 
+def _mixed_item(i: int):
+    """Items of every shape objects.py writes, in an order that moves get between its
+    fast path (small pickles) and the long one (after a large item: zero-copy)."""
+    kind = i % 6
+    if kind == 0:
+        return {"i": i, "name": "small", "tags": ["a", "b"]}
+    if kind == 1:
+        return np.full(2**17, i, dtype=np.uint64)             # 1 MiB out of band
+    if kind == 2:
+        return b"%d" % i                                      # a small bytes (a pickle)
+    if kind == 3:
+        return bytes([i % 256]) * (2**16 + i)                 # a large top-level bytes ("R")
+    if kind == 4:
+        return list(range(i, i + 20_000))                     # a pickle of more than 64 KiB
+    return f"item {i}"
+
+
+def _same(got, want) -> bool:
+    if isinstance(want, np.ndarray):
+        return type(got) is np.ndarray and got.dtype == want.dtype and np.array_equal(got, want)
+    return type(got) is type(want) and got == want
+
+
+def test_a_mix_of_small_and_large_items_comes_back_exact_and_in_order(make_queue):
+    q = make_queue()
+    for i in range(60):            # all put, then all got
+        q.put(_mixed_item(i))
+    bad = [i for i in range(60) if not _same(q.get(timeout=5), _mixed_item(i))]
+    for i in range(60, 120):       # each got as soon as it was put
+        q.put(_mixed_item(i))
+        if not _same(q.get(timeout=5), _mixed_item(i)):
+            bad.append(i)
+    assert bad == []
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_carries_on_across_a_killed_and_restarted_broker(start_broker, tmp_path):
+    data_dir = str(tmp_path / "restart")
+    broker = start_broker(data_dir)
+    q = shmwal.Queue("q", data_dir=data_dir)
+    try:
+        for i in range(10):
+            q.put({"n": i})
+        assert [q.get(timeout=5)["n"] for _ in range(5)] == [0, 1, 2, 3, 4]
+        os.kill(broker.pid, signal.SIGKILL)
+        broker.stop()   # reaps the killed process
+        with pytest.raises(shmwal.BrokerUnavailable):
+            for _ in range(100):   # the client learns of the death from its watcher thread
+                q.get(timeout=0.05)
+                time.sleep(0.05)
+        start_broker(data_dir)
+        assert [q.get(timeout=5)["n"] for _ in range(5)] == [5, 6, 7, 8, 9]
+        q.put({"n": 10})
+        assert q.get(timeout=5) == {"n": 10}
+        with pytest.raises(queue.Empty):
+            q.get_nowait()
+    finally:
+        q.close()
+
+
+def test_a_queue_whose_group_is_deleted_reads_on_as_a_client_would(start_broker, tmp_path):
+    broker = start_broker(str(tmp_path / "groups"), retention=shmwal.Retention())   # keeps what was read
+    q = shmwal.Queue("q", data_dir=broker.data_dir)
+    try:
+        for i in range(10):
+            q.put(i)
+        assert [q.get(timeout=5) for _ in range(3)] == [0, 1, 2]
+        with shmwal.connect(broker.data_dir) as client:
+            client.delete_group("q", "default")
+            assert client.position("q", group="default") == 0   # made again, it starts at the earliest
+        assert [q.get(timeout=5) for _ in range(10)] == list(range(10))
+        with pytest.raises(queue.Empty):
+            q.get_nowait()
+    finally:
+        q.close()
+
+
 def test_read_only_array_comes_back_read_only(make_queue):
     q = make_queue()
     a = np.arange(100_000)
