@@ -91,3 +91,22 @@ def test_without_the_setting_batches_fault_their_memory_in_again(big_topic):
 def test_zero_copy_batches_allocate_no_payload_memory(big_topic):
     result = _faults(big_topic, 8 << 20, zero_copy=True)
     assert result["faults"] < result["pages"] // 20, result
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_settle_sets_the_long_running_thresholds_unless_malloc_is_left_alone(keep):
+    """shmwal bench settles every contender's processes alike (bench/workers.py); a later
+    batch read's retain never lowers what settle set; SHMWAL_KEEP_MALLOC=1 leaves malloc alone."""
+    code = ("from shmwal.client import heap\n"
+            "settled = heap.settle(); after = heap.retained\n"
+            "heap.retain(4 << 20)\n"
+            "print(settled, after, heap.retained)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env["SHMWAL_KEEP_MALLOC"] = keep
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=env)
+    assert done.returncode == 0, done.stderr
+    if keep:
+        assert done.stdout.split() == ["False", str(1 << 30), str(1 << 30)]
+    else:
+        assert done.stdout.split() == ["True", str(32 << 20), str(32 << 20)]

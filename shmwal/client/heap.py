@@ -73,3 +73,20 @@ def retain(total: int) -> None:
         retained = MAX_RETAINED
         return
     retained = threshold // 2 if threshold < MAX_RETAINED else MAX_RETAINED
+
+
+def settle() -> bool:
+    """Put malloc where glibc's own tuning takes a long-running process once it has freed a
+    32 MiB block (mmap threshold 32 MiB, trim threshold 64 MiB), whatever this process or
+    the parent it forked from freed before; False where malloc is left alone (as above).
+
+    For benchmarks: a forked child inherits its parent's thresholds, and a queue that
+    allocates a fresh 1 MiB object per message ran 10x slower or faster depending on them
+    (scripts and shmwal/bench settle every contender's processes alike)."""
+    global retained
+    if _set is None:
+        return False
+    if _set(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or _set(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) != 1:
+        return False
+    retained = max(retained, MMAP_THRESHOLD)
+    return True
