@@ -120,11 +120,12 @@ class BrokerServer:
     def serve(self) -> None:
         next_reclaim = time.monotonic() + RECLAIM_EVERY
         while not self._stopping:
-            self.provisioner.provision()
+            self.provisioner.look()
             try:
                 self.reclaimer.reclaim_busy()   # soon, so that their blocks are reused while still in memory
             except Exception:
                 log.exception("reclamation of busy topics failed")
+            self.provisioner.ready()
             timeout = max(0.0, min(PROVISION_EVERY, next_reclaim - time.monotonic()))
             for key, _ in self._selector.select(timeout):
                 if key.fileobj is self._listener:
@@ -238,6 +239,8 @@ class BrokerServer:
         op = message["op"]
         if op == "watch":
             return None   # a client's second connection: never answered, its EOF tells the client we died
+        if op == "moved":
+            return None   # one-way, on that connection (client Link.moved): the loop provisions next
         handler = self._ops.get(op)
         if handler is None:
             return {"error": "ProtocolError", "message": f"unknown op {op!r}"}

@@ -100,7 +100,8 @@ class Client:
         self._reset_handles()
         _CLIENTS.add(self)
         self._io_uring = _make_fetcher(io)
-        self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring, self._reader_again)
+        self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring, self._reader_again,
+                          self._tell)
         if not _lazy:
             self._connect(self._timeout)
 
@@ -526,6 +527,18 @@ class Client:
     def _mark_dead(self) -> None:
         self._alive = False
         self._drop_connections()
+
+    def _tell(self, message) -> None:
+        """Send ``message`` on the watch connection, which the broker never answers: a hint,
+        dropped when that connection is gone or its buffer full. A frame this small goes
+        whole or not at all (one skb on a Unix stream socket), so the stream stays framed."""
+        watch = self._watch
+        if watch is None:
+            return
+        try:
+            watch.send(control.encode(message), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
 
     def _drop_connections(self) -> None:
         sock, self._sock = self._sock, None

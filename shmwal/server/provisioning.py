@@ -134,6 +134,11 @@ class Provisioner:
         while the filesystem keeps room (``_room_for``): a writer that finds no
         spare asks for its block itself.
         """
+        self.look()
+        self.ready()
+
+    def look(self) -> None:
+        """``provision``'s first half: note which writers moved and what they want."""
         self._settle()
         if self.allocator.draining_changes != self._draining_seen:
             self._draining_seen = self.allocator.draining_changes
@@ -154,6 +159,10 @@ class Provisioner:
             moved_over = tail + 1 if seen == L.NO_BLOCK else tail - seen   # blocks filled since our last look
             if moved_over >= 2 or now - previous_move <= BUSY_WITHIN:
                 self._want(meta.name, tail + 1 + SPARE_BLOCKS)
+
+    def ready(self) -> None:
+        """``provision``'s second half: start readying what ``look`` found wanted (after the
+        busy topics' reclamation, so that a spare reuses a block just freed when it can)."""
         for topic in list(self._wanted):
             self._ready_next(topic)
 
