@@ -27,7 +27,6 @@ import time
 
 from . import embedded, objects
 from .blocks import layout as L
-from .entry import Entry
 from .ipc import names
 from .timeouts import check_timeout
 
@@ -41,6 +40,7 @@ _PROTOCOL = objects.PROTOCOL
 _TAG_PICKLE = objects.TAG_PICKLE
 _dumps = pickle.dumps
 _loads = pickle.loads
+_MISS = object()   # get's fast path: "not served here", never an item (pickle cannot make it)
 
 
 class Queue:
@@ -119,18 +119,16 @@ class Queue:
         """
         if self._closed:
             self._check_closed()
-        # The common case, kept short: the group's reader (hot.c) serves the next entry
-        # from the mapped block, as Client.read_next would first try, while the client
-        # that made it is connected and has not dropped it; anything else goes the long way.
+        # The common case, kept short: the group's reader (hot.c) reads and unpickles the
+        # next item if it is a plain pickle under LARGE that Client.read_next's first try
+        # would serve, while the client that made that reader is connected and has not
+        # dropped it. Anything else (nothing there yet, another shape, a large item, a new
+        # block, a deleted group, a dead broker) goes the long way, with nothing read.
         reader = self._hot_reader
         if reader is not None and not reader.stale and self._client._alive:
-            found = reader.hot_next(True)
-            if found.__class__ is Entry:
-                data = found[2]
-                if len(data) >= LARGE:   # the next read the long way, zero-copy
-                    self._read_large = True
-                    self._hot_reader = None
-                return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
+            obj = reader.hot_next_object(True, _loads, LARGE, _MISS)
+            if obj is not _MISS:
+                return obj
         return self._get(block, timeout)
 
     def _get(self, block, timeout):

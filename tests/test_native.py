@@ -294,3 +294,40 @@ def test_compiled_and_pure_python_processes_share_a_topic(broker):
         assert len(mine) == per_producer
         seqs = [int(d.split(":")[1].rstrip("+")) for d in mine]
         assert seqs == sorted(seqs)   # each producer's entries in its own order
+
+
+def test_next_object_takes_only_small_plain_pickles_and_agrees_with_read_next(client):
+    """hot.c's next_object (shmwal.Queue's get): loads() of the entry read_next would give,
+    for a plain pickle under ``below``; for anything else ``miss``, with the cursor left."""
+    import pickle
+    miss = object()
+    entries = [pickle.dumps({"k": 1}, 5), b"B not a pickle", pickle.dumps(list(range(300)), 5),
+               b"", pickle.dumps("last", 5), b"\x80 starts like a pickle"]
+    client.append("objs", b"first")
+    for e in entries:
+        client.append("objs", e)
+    # The first read goes the general way (a new reader has no hint); it leaves the hint on
+    # the next entry, and every read after it does the same.
+    assert client.read_next("objs", group="g").data == b"first"
+    reader = client._readers["objs", "g"]
+    below = 200
+    taken = []
+    for e in entries:
+        at = client.position("objs", group="g")
+        try:
+            got = reader.hot_next_object(True, pickle.loads, below, miss)
+        except ValueError:   # "unsupported pickle protocol: 32": loads' own error comes out
+            got = "raised"
+        if e[:1] == b"\x80" and len(e) < below:
+            # Taken, as read_next then loads would: the cursor moved, even past a bad pickle.
+            expected = pickle.loads(e) if e != entries[-1] else "raised"
+            assert got == expected and client.position("objs", group="g") == at + 1
+        else:
+            assert got is miss and client.position("objs", group="g") == at   # nothing read
+            entry = client.read_next("objs", group="g")
+            assert entry.offset == at and entry.data == e
+        taken.append(at)
+    assert taken == list(range(1, len(entries) + 1))
+    assert reader.hot_next_object(True, pickle.loads, below, miss) is miss   # nothing left
+    with pytest.raises(ValueError):
+        reader.hot_next_object(True, pickle.loads, 0, miss)

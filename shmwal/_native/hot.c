@@ -1029,7 +1029,17 @@ static PyObject *Reader_set_block(Reader *self, PyObject *args)
  * Serves the entry at the cursor when the group's hint locates it in the
  * cached block as a one-entry record that checks out; an int is the next
  * offset when there is nothing to read; None hands the read to Python. */
+static PyObject *next_entry_of(Reader *self, int checkpoint, int zero_copy, uint64_t pickled_below);
+
 static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy)
+{
+    return next_entry_of(self, checkpoint, zero_copy, 0);
+}
+
+/* As next_entry; with ``pickled_below`` > 0, only an entry shorter than that whose first
+ * byte is pickle's PROTO opcode (0x80) is taken (its bytes returned, not an Entry), and
+ * anything else is handed back untouched (Py_None): shmwal.Queue's get (Reader_next_object). */
+static PyObject *next_entry_of(Reader *self, int checkpoint, int zero_copy, uint64_t pickled_below)
 {
     char *m = self->meta.view.buf;
     size_t g = self->slot;
@@ -1071,6 +1081,9 @@ static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy)
         goto hand_back;
     if ((digest ^ record_seed(1, batch_left, first, data_bytes)) != check)
         goto hand_back;   /* the general path reports it */
+    if (pickled_below && (length == 0 || length >= pickled_below
+                          || (unsigned char)record[SINGLE_RECORD_SIZE] != 0x80))
+        goto hand_back;
     PyObject *data;
     if (zero_copy) {
         /* The pin comes first, H_FIRST_BLOCK is loaded after it (the order _pinned_view
@@ -1113,6 +1126,8 @@ static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy)
         store(m, g + G_CURSOR, cursor + 1);
     }
     pthread_mutex_unlock(mutex);
+    if (pickled_below)
+        return data;
     return make_entry(self->topic, cursor, data);
 hand_back:
     pthread_mutex_unlock(mutex);
@@ -1125,6 +1140,40 @@ static PyObject *Reader_next(Reader *self, PyObject *checkpoint_obj)
     if (checkpoint < 0)
         return NULL;
     return next_entry(self, checkpoint, 0);
+}
+
+/* next_object(checkpoint, loads, below, miss) -> loads(payload), or ``miss``: shmwal.Queue's
+ * get (mpqueue.py).  Takes the entry at the cursor only when next would serve it and it is
+ * a plain pickle (first byte 0x80) shorter than ``below``; anything else (nothing to read,
+ * another shape, a large item, the general path's cases) returns ``miss`` and leaves the
+ * cursor.  An entry taken whose loads raises stays taken: as read_next then loads. */
+static PyObject *Reader_next_object(Reader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "next_object(checkpoint, loads, below, miss)");
+        return NULL;
+    }
+    int checkpoint = PyObject_IsTrue(args[0]);
+    if (checkpoint < 0)
+        return NULL;
+    unsigned long long below = PyLong_AsUnsignedLongLong(args[2]);
+    if (below == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (below == 0) {
+        PyErr_SetString(PyExc_ValueError, "next_object: below must be > 0");
+        return NULL;
+    }
+    PyObject *data = next_entry_of(self, checkpoint, 0, (uint64_t)below);
+    if (data == NULL)
+        return NULL;
+    if (!PyBytes_CheckExact(data)) {   /* None (hand back) or the next offset (nothing to read) */
+        Py_DECREF(data);
+        Py_INCREF(args[3]);
+        return args[3];
+    }
+    PyObject *obj = PyObject_CallOneArg(args[1], data);
+    Py_DECREF(data);
+    return obj;
 }
 
 /* next_view(checkpoint): next, with the entry's data a read-only memoryview of the mapped
@@ -1258,6 +1307,8 @@ static PyMethodDef Reader_methods[] = {
     {"wait", (PyCFunction)Reader_wait, METH_VARARGS, "wait(seen_next, seconds): sleep until the topic may have grown"},
     {"read_wait", (PyCFunction)Reader_read_wait, METH_VARARGS, "read_wait(checkpoint, seconds) -> Entry | None | int"},
     {"next", (PyCFunction)Reader_next, METH_O, "next(checkpoint) -> Entry | int (nothing below it) | None (general path)"},
+    {"next_object", (PyCFunction)(void (*)(void))Reader_next_object, METH_FASTCALL,
+     "next_object(checkpoint, loads, below, miss) -> loads(payload) of a plain pickle shorter than below, or miss"},
     {"next_view", (PyCFunction)Reader_next_view, METH_O, "next_view(checkpoint): next, zero-copy (data a pinned read-only memoryview)"},
     {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit[, pin_at]) | set_block(None)"},
     {NULL}

@@ -134,15 +134,24 @@ class GroupReader:
         self._hot_block = -1
         self.hot_next = self._no_hot
         self.hot_next_view = self._no_hot   # the same, zero-copy (read_next(..., zero_copy=True))
+        # shmwal.Queue's get: ``hot_next_object(checkpoint, loads, below, miss)`` is
+        # loads() of the next entry if hot_next would serve it and it is a plain pickle
+        # shorter than ``below``, else ``miss`` with nothing read (the general path then).
+        self.hot_next_object = self._no_object
         if native is not None:
             self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
             if not self._strict_sync:
                 self.hot_next = self._hot.next
                 self.hot_next_view = self._hot.next_view
+                self.hot_next_object = self._hot.next_object
 
     @staticmethod
     def _no_hot(checkpoint):
         return None
+
+    @staticmethod
+    def _no_object(checkpoint, loads, below, miss):
+        return miss
 
     # ------------------------------------------------------------------ public
     def read(self, max_entries: int, max_bytes: int, checkpoint: bool, timeout, zero_copy: bool = False,
