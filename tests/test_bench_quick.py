@@ -368,3 +368,21 @@ def test_tally_ignores_nothing_it_cannot_place():
     junk = np.frombuffer(b"\xff" * 32, dtype=np.uint8).tobytes()
     t = check.tally(junk, [2])
     assert t.foreign == 2 and not check.verify(t, [2]).ok
+
+
+@pytest.mark.skipif(not _shmwal_ready(), reason="shmwal.connect does not exist yet")
+def test_append_then_batch_read_row_appends_per_entry_and_reads_in_batches(tmp_path):
+    """The row that compares batch_read with read_next (the "entry" row) behind the same producer."""
+    by_name = {c.name: c for c in contenders.all_contenders()}
+    row = by_name["shmwal nofsync append+batch_read"]
+    assert (row.batched, row.producer_batched) == (True, False)
+    assert (by_name["shmwal nofsync entry"].producer_batched, by_name["shmwal nofsync batch"].producer_batched) == \
+        (False, True)
+    code = cli.main(["--contenders", "=shmwal nofsync append+batch_read", "--scenarios", "throughput",
+                     "--count", "400", "--sizes", "100,64KiB", "--repeat", "1", "--timeout", "60", "--no-png",
+                     "--read-batch-bytes", "1MiB", "--out", str(tmp_path)])
+    with open(tmp_path / "bench.json") as f:
+        rows = json.load(f)["rows"]
+    assert code == 0, [(r["contender"], r["status"], r["detail"]) for r in rows]
+    ran = [(r["size"], r["status"], r["received"]) for r in rows if r["scenario"] == "1p->1c"]
+    assert sorted(ran) == [(100, "ok", 400), (65536, "ok", 400)]

@@ -71,6 +71,11 @@ class Contender:
     objects = False          # send_obj/recv_obj: takes Python objects ("objects" scenario)
     objects_only = False     # takes nothing else
 
+    @property
+    def producer_batched(self) -> bool:
+        """Whether producers send_many (as their consumers recv_many, but for one shmwal row)."""
+        return self.batched
+
     def unavailable(self) -> str | None:
         """Why this contender cannot run on this machine, or None."""
         return None
@@ -641,9 +646,12 @@ class ShmwalContender(Contender):
     pubsub = True
 
     def __init__(self, fsync_ms: int | None, batched=False, zero_copy=False, consistency="strict",
-                 payloads=False, reserve=False, read_bytes=None):
+                 payloads=False, reserve=False, read_bytes=None, entry_writes=False):
         self.fsync_ms = fsync_ms            # None: NoFsync()
         self.batched = batched or (zero_copy and not reserve) or payloads
+        # entry_writes: producers append one entry a call while consumers batch_read, so that
+        # the row compares the read side alone with "entry" (read_next), the same producer.
+        self.entry_writes = entry_writes
         self.zero_copy = zero_copy
         self.payloads = payloads            # batch_read_payloads: the data without an Entry each
         self.reserve = reserve              # producers fill client.reserve slots, consumers read zero-copy
@@ -652,10 +660,16 @@ class ShmwalContender(Contender):
         self.retention_bytes = None         # the broker's Retention(bytes=...) (None: its default)
         if reserve:
             mode = "reserve zero-copy batch" if batched else "reserve zero-copy"
+        elif entry_writes:
+            mode = "append+batch_read"
         else:
             mode = "zero-copy" if zero_copy else ("payloads" if payloads else ("batch" if batched else "entry"))
         durability = "nofsync" if fsync_ms is None else f"fsync{fsync_ms}ms"
         self.name = f"shmwal {durability} {mode}"
+
+    @property
+    def producer_batched(self) -> bool:
+        return self.batched and not self.entry_writes
 
     def unavailable(self):
         missing = _shmwal_missing()
@@ -917,6 +931,7 @@ def all_contenders(consistency: str = "strict", read_bytes: int | None = None,
     peers = [MPQueueContender(), FasterFifoContender(), FasterFifoContender(batched=True), ZmqContender(),
              IceoryxContender()]
     tail = [
+        ShmwalContender(None, batched=True, entry_writes=True, consistency=consistency, read_bytes=read_bytes),
         ShmwalContender(None, zero_copy=True, consistency=consistency, read_bytes=read_bytes),
         ShmwalContender(None, zero_copy=True, reserve=True, consistency=consistency),
         ShmwalContender(None, zero_copy=True, reserve=True, batched=True, consistency=consistency,

@@ -133,7 +133,7 @@ def run_one(contender, spec, ctx, workdir: str, timeout: float) -> Row:
                      for i in range(spec.consumers)]
         children += consumers
         _await(consumers, "ready", deadline)
-        producers = [_start(ctx, f"producer{i}", producer_main, (*args, i, contender.batched), go)
+        producers = [_start(ctx, f"producer{i}", producer_main, (*args, i, contender.producer_batched), go)
                      for i in range(spec.producers)]
         children += producers
         _await(producers, "ready", deadline)
