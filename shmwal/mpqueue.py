@@ -119,6 +119,8 @@ class Queue:
         """
         if self._closed:
             self._check_closed()
+        if block and timeout is not None:
+            timeout = _check_timeout(timeout)   # a bad one raises before anything is read
         # The common case, kept short: the group's reader (hot.c) reads and unpickles the
         # next item if it is a plain pickle under LARGE that Client.read_next's first try
         # would serve, while the client that made that reader is connected and has not
@@ -132,12 +134,7 @@ class Queue:
         return self._get(block, timeout)
 
     def _get(self, block, timeout):
-        if not block:
-            wait = 0.0
-        elif timeout is None:
-            wait = None
-        else:
-            wait = _check_timeout(timeout)
+        wait = 0.0 if not block else timeout   # checked by get
         client = self._client or self._connect()
         # Zero-copy after a large item: decode copies its buffers out once (not twice).
         entry = client.read_next(self._name, group=self._group, timeout=wait, zero_copy=self._read_large)

@@ -157,6 +157,16 @@ def test_bad_arguments_raise_typed_errors(make_queue):
     with pytest.raises(TypeError, match="pickle"):
         q.put(threading.Lock())   # pickle's own error, at put (not later in a feeder thread)
     assert q.qsize() == 0   # nothing was written by the calls that raised
+    # A bad timeout raises before anything is read, also with items there and get's fast
+    # path ready (after a get).
+    for i in range(3):
+        q.put(i)
+    assert q.get(timeout=5) == 0
+    with pytest.raises(TypeError):
+        q.get(True, "1")
+    with pytest.raises(ValueError):
+        q.get(True, float("nan"))
+    assert q.qsize() == 2 and q.get(timeout=5) == 1 and q.get(False) == 2
 
 
 def test_fifo_and_groups_each_see_everything(make_queue):
