@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import time
 
@@ -359,3 +360,31 @@ def test_fsync_schedules_keep_entries_across_a_broker_kill_and_a_clean_restart(s
         assert client.position("t", group="g") == 150
         client.seek("t", 0, group="holder")
         assert [e.data for e in read_all(client, "t", "holder")] == datas
+
+
+@pytest.mark.timeout(60)
+def test_a_client_carries_on_with_a_broker_on_a_directory_made_anew(start_broker, tmp_path):
+    """A new broker on a directory made anew numbers its block files from 0 again: a live
+    client must let go of its mappings of the old files of those names, not write into
+    them (its entries were lost: the new broker's readers found zeros, CorruptEntry)."""
+    data_dir = str(tmp_path / "anew")
+    broker = start_broker(data_dir)
+    with shmwal.connect(data_dir) as client:
+        for i in range(3):
+            client.append("t", b"old %d" % i)
+        assert client.read_next("t", group="g").data == b"old 0"   # the old file mapped for reads too
+        broker.stop()
+        shutil.rmtree(data_dir)
+        start_broker(data_dir)
+        deadline = time.monotonic() + 10
+        while True:   # the first call after the restart may still find the old broker gone
+            try:
+                client.append("t", b"new 0")
+                break
+            except shmwal.BrokerUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        client.append("t", b"new 1")
+        assert [client.read_next("t", group="g").data for _ in range(2)] == [b"new 0", b"new 1"]
+        with shmwal.connect(data_dir) as other:
+            assert [e.data for e in other.batch_read("t", 1 << 20, group="check")] == [b"new 0", b"new 1"]

@@ -109,6 +109,10 @@ class BlockFiles:
         self.directory = directory
         self._maps: dict[int, mmap.mmap] = {}
         self._fds: dict[int, int] = {}
+        # (st_dev, st_ino) of the file a file id's mapping and descriptor hold: a broker
+        # started on a directory made anew numbers its files from 0 again, and a path
+        # that names another file than ours is as gone as a deleted one (_replaced).
+        self._ids: dict[int, tuple[int, int]] = {}
         self._next_sweep = 0.0
         self.generation = 0   # bumped whenever a mapping is dropped: callers' caches go stale
 
@@ -121,11 +125,13 @@ class BlockFiles:
             self.maybe_sweep()   # a new file to map: a good moment to let go of deleted ones
             fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                if os.fstat(fd).st_size == 0:   # mmap refuses empty files: a damaged (truncated) one
+                st = os.fstat(fd)
+                if st.st_size == 0:   # mmap refuses empty files: a damaged (truncated) one
                     raise OSError(errno.ENODATA, f"block file {L.block_file_name(file_id)} is empty")
                 mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             finally:
                 os.close(fd)
+            self._hold(file_id, st)
             self._maps[file_id] = mm
         return mm
 
@@ -134,8 +140,24 @@ class BlockFiles:
         if fd is None:
             self.maybe_sweep()
             fd = os.open(self.path(file_id), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            self._hold(file_id, os.fstat(fd))
             self._fds[file_id] = fd
         return fd
+
+    def _hold(self, file_id: int, st: os.stat_result) -> None:
+        """Note which file ``file_id`` now names; handles of another file under it go."""
+        identity = (st.st_dev, st.st_ino)
+        if self._ids.get(file_id, identity) != identity:
+            self.drop(file_id)
+        self._ids[file_id] = identity
+
+    def _replaced(self, file_id: int) -> bool:
+        """Whether the path no longer names the file we hold (deleted, or another one since)."""
+        try:
+            st = os.stat(self.path(file_id))
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ids.get(file_id)
 
     def fsync(self, file_id: int) -> None:
         os.fdatasync(self.fd(file_id))
@@ -150,6 +172,7 @@ class BlockFiles:
         fd = self._fds.pop(file_id, None)
         if fd is not None:
             os.close(fd)
+        self._ids.pop(file_id, None)
 
     def remove(self, file_id: int) -> None:
         """(broker) Delete a block file nothing uses any more."""
@@ -172,14 +195,15 @@ class BlockFiles:
             return
         self._next_sweep = now + self.SWEEP_EVERY
         # Descriptors too: io_uring reads and fsyncs open files they may never map.
-        gone = [f for f in {**self._maps, **self._fds} if not os.path.exists(self.path(f))]
+        gone = [f for f in {**self._maps, **self._fds} if self._replaced(f)]
         for file_id in gone:
             self.drop(file_id)
         if gone:
             self.generation += 1
 
     def release_deleted(self) -> None:
-        """(any thread, e.g. a client's watcher) Unmap the files the broker deleted.
+        """(any thread, e.g. a client's watcher) Unmap the files the broker deleted (or
+        replaced: a broker on a directory made anew).
 
         Only mappings: a descriptor may be in use by an io_uring read on another
         thread, and closing it there could hand its number to another file (the
@@ -188,7 +212,7 @@ class BlockFiles:
         drop); any other user of a closed one is a reader of a reclaimed block,
         which reads a closed mapping as a block file gone (reader._take).
         """
-        gone = [f for f in list(self._maps) if not os.path.exists(self.path(f))]
+        gone = [f for f in list(self._maps) if self._replaced(f)]
         for file_id in gone:
             mm = self._maps.pop(file_id, None)
             if mm is not None:

@@ -512,6 +512,7 @@ class Client:
         control.send(watch, {"op": "watch"})
         if self._run_id is not None and info["run_id"] != self._run_id:
             self._reset_handles()  # a new broker: semaphores may be new objects
+            self._files.release_deleted()   # and its directory may be new: files of the same names
         self._run_id = info["run_id"]
         self.broker_pid = info["broker_pid"]
         self.consistency = consistency_from_wire(info["consistency"])
