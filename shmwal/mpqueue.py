@@ -93,10 +93,10 @@ class Queue:
             stream = _dumps(obj, _PROTOCOL, buffer_callback=buffers.append)
             if not buffers:   # the common case, kept short: one pickle, one append
                 # The topic's appender straight (hot.c), while the client that made it
-                # is connected and has not dropped its handles; else Client.append.
-                client = self._client
-                if client is None or client._appenders is not self._appenders_seen \
-                        or not client._alive or self._hot_append(stream) < 0:
+                # is connected and has not dropped it; else Client.append.
+                appender = self._hot_appender
+                if appender is None or appender.stale or not self._client._alive \
+                        or appender.hot_append(stream) < 0:
                     self._append(stream)
                 return
             parts, total = objects.with_buffers(stream, buffers)
@@ -202,13 +202,10 @@ class Queue:
 
     # ------------------------------------------------------------------ internals
     def _append(self, stream) -> None:
-        """``Client.append`` of a plain pickle, then the appender put's fast path uses."""
+        """``Client.append`` of a plain pickle; put's fast path then uses the appender it used."""
         client = self._client or self._connect()
         client.append(self._name, stream)
-        appenders = client._appenders
-        appender = appenders.get(self._name)
-        if appender is not None:
-            self._appenders_seen, self._hot_append = appenders, appender.hot_append
+        self._hot_appender = client._appenders.get(self._name)
 
     def _connect(self):
         self._forget_handles()
@@ -224,9 +221,8 @@ class Queue:
 
     def _forget_handles(self) -> None:
         # The fast paths' handles, taken from the client after a call the long way.
-        self._hot_reader = None      # get's: the group's reader
-        self._appenders_seen = None  # put's: the client's appenders dict when ...
-        self._hot_append = None      # ... the topic's hot append was taken from it
+        self._hot_reader = None      # get's: the group's GroupReader
+        self._hot_appender = None    # put's: the topic's Appender
 
     def _check_closed(self) -> None:
         if self._closed:

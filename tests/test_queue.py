@@ -15,6 +15,7 @@ import multiprocessing.forkserver
 import os
 import pickle
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +274,31 @@ def test_a_queue_carries_on_across_a_killed_and_restarted_broker(start_broker, t
         assert q.get(timeout=5) == {"n": 10}
         with pytest.raises(queue.Empty):
             q.get_nowait()
+    finally:
+        q.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_writes_to_the_new_broker_after_its_directory_was_made_anew(start_broker, tmp_path):
+    """put and get keep the handles their last call used: a client that reconnected to a
+    broker on a fresh directory must not let them write into the old, deleted files."""
+    data_dir = str(tmp_path / "anew")
+    broker = start_broker(data_dir)
+    q = shmwal.Queue("q", data_dir=data_dir)
+    try:
+        for i in range(3):
+            q.put(i)
+        assert q.get(timeout=5) == 0   # both fast paths now hold the first broker's handles
+        broker.stop()
+        shutil.rmtree(data_dir)
+        start_broker(data_dir)
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.2)          # reconnects the Queue's client: its handles are dropped
+        q.put("new")
+        with shmwal.connect(data_dir) as client:
+            entries = client.batch_read("q", 1 << 20, group="check")
+        assert [pickle.loads(e.data) for e in entries] == ["new"]
+        assert q.get(timeout=5) == "new"
     finally:
         q.close()
 

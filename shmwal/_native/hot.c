@@ -1028,18 +1028,11 @@ static PyObject *Reader_set_block(Reader *self, PyObject *args)
  *
  * Serves the entry at the cursor when the group's hint locates it in the
  * cached block as a one-entry record that checks out; an int is the next
- * offset when there is nothing to read; None hands the read to Python. */
-static PyObject *next_entry_of(Reader *self, int checkpoint, int zero_copy, uint64_t pickled_below);
-
-static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy)
-{
-    return next_entry_of(self, checkpoint, zero_copy, 0);
-}
-
-/* As next_entry; with ``pickled_below`` > 0, only an entry shorter than that whose first
- * byte is pickle's PROTO opcode (0x80) is taken (its bytes returned, not an Entry), and
- * anything else is handed back untouched (Py_None): shmwal.Queue's get (Reader_next_object). */
-static PyObject *next_entry_of(Reader *self, int checkpoint, int zero_copy, uint64_t pickled_below)
+ * offset when there is nothing to read; None hands the read to Python.
+ * With ``pickled_below`` > 0 (shmwal.Queue's get, Reader_next_object): only an entry
+ * shorter than that whose first byte is pickle's PROTO opcode (0x80) is taken, its bytes
+ * returned rather than an Entry; anything else is handed back untouched (None). */
+static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy, uint64_t pickled_below)
 {
     char *m = self->meta.view.buf;
     size_t g = self->slot;
@@ -1139,7 +1132,7 @@ static PyObject *Reader_next(Reader *self, PyObject *checkpoint_obj)
     int checkpoint = PyObject_IsTrue(checkpoint_obj);
     if (checkpoint < 0)
         return NULL;
-    return next_entry(self, checkpoint, 0);
+    return next_entry(self, checkpoint, 0, 0);
 }
 
 /* next_object(checkpoint, loads, below, miss) -> loads(payload), or ``miss``: shmwal.Queue's
@@ -1163,7 +1156,7 @@ static PyObject *Reader_next_object(Reader *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, "next_object: below must be > 0");
         return NULL;
     }
-    PyObject *data = next_entry_of(self, checkpoint, 0, (uint64_t)below);
+    PyObject *data = next_entry(self, checkpoint, 0, (uint64_t)below);
     if (data == NULL)
         return NULL;
     if (!PyBytes_CheckExact(data)) {   /* None (hand back) or the next offset (nothing to read) */
@@ -1184,7 +1177,7 @@ static PyObject *Reader_next_view(Reader *self, PyObject *checkpoint_obj)
     int checkpoint = PyObject_IsTrue(checkpoint_obj);
     if (checkpoint < 0)
         return NULL;
-    return next_entry(self, checkpoint, 1);
+    return next_entry(self, checkpoint, 1, 0);
 }
 
 static double monotonic(void)
@@ -1273,7 +1266,7 @@ static PyObject *Reader_read_wait(Reader *self, PyObject *args)
         return NULL;
     double until = monotonic() + (seconds >= 0 ? seconds : 0);
     for (;;) {
-        PyObject *found = next_entry(self, checkpoint, 0);
+        PyObject *found = next_entry(self, checkpoint, 0, 0);
         if (found == NULL || !PyLong_CheckExact(found))
             return found;
         uint64_t seen = PyLong_AsUnsignedLongLong(found);

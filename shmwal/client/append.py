@@ -121,6 +121,7 @@ class Appender:
         self._meta_mm = meta.mm
         self._buf = None
         self._limit = 0
+        self.stale = False          # set by the client when it drops its handles (a new broker)
         # The compiled single-entry paths (hot.c), unless every append must
         # also fsync (SyncEach: the general path does that).  ``hot_append``
         # returns the offset, or -1 to say "take append()"; ``hot_reserve(n)``
@@ -420,7 +421,7 @@ class Appender:
         if block > 0:
             # A full block lasts milliseconds under load (10 MiB at 5 GB/s): waiting for the
             # broker's next look (every 20 ms) left the writer without a spare, asking itself.
-            self.link.moved(self.topic)
+            self.link.moved()
         return block, file_offset + L.BLOCK_HEADER_SIZE
 
     def _recompute_tail(self) -> None:

@@ -374,8 +374,10 @@ class Client:
 
     # ================================================================== handles
     def _reset_handles(self) -> None:
-        for reader in getattr(self, "_readers", {}).values():
-            reader.stale = True   # a read waiting in it picks up fresh handles
+        # Marked, not only dropped: a read waiting in a reader picks up fresh handles, and
+        # shmwal.Queue, which keeps the handles its last call used, takes new ones.
+        for handle in (*getattr(self, "_readers", {}).values(), *getattr(self, "_appenders", {}).values()):
+            handle.stale = True
         self._topic_handles: dict[str, tuple] = {}
         self._appenders: dict[str, Appender] = {}
         self._readers: dict[tuple, GroupReader] = {}

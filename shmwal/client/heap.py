@@ -82,7 +82,7 @@ def settle() -> bool:
 
     For benchmarks: a forked child inherits its parent's thresholds, and a queue that
     allocates a fresh 1 MiB object per message ran 10x slower or faster depending on them
-    (scripts and shmwal/bench settle every contender's processes alike)."""
+    (shmwal/bench/workers.py settles every contender's processes alike)."""
     global retained
     if _set is None:
         return False

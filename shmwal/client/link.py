@@ -2,8 +2,8 @@
 
 ``Appender`` (append.py) and ``GroupReader`` (read.py) move entries through
 the mapped files on their own; of the broker connection they need only this:
-ask for a block, say that a writer moved to a new one, check that the broker still lives, get a reader with fresh
-handles after a reconnect, the io_uring fetcher, and the two flags of the
+ask for a block, say that a writer moved to a new one, check that the broker
+still lives, get a reader with fresh handles after a reconnect, the io_uring fetcher, and the two flags of the
 broker's policy that change the per-entry path.  The ``Client`` makes one
 ``Link`` and refreshes its flags on every connect (handles built before a
 reconnect are dropped then, so each appender and reader reads them once).
@@ -14,11 +14,14 @@ from __future__ import annotations
 import threading
 
 
+_MOVED = {"op": "moved"}
+
+
 class Link:
     __slots__ = ("_rpc", "_tell", "_check_alive", "_reader", "_reader_again", "fetcher", "sync_each",
                  "strict_sync")
 
-    def __init__(self, rpc, check_alive, reader, fetcher, reader_again, tell=lambda message: None):
+    def __init__(self, rpc, check_alive, reader, fetcher, reader_again, tell):
         self._rpc = rpc                  # fn(op, **args) -> reply: one control request
         self._tell = tell                # fn(message): a one-way word to the broker, never answered
         self._check_alive = check_alive  # fn(): raises BrokerUnavailable if no broker answers
@@ -33,10 +36,10 @@ class Link:
         self._rpc("alloc_block", topic=topic, chain_index=chain_index, min_capacity=min_capacity,
                   tid=threading.get_native_id())
 
-    def moved(self, topic: str) -> None:
-        """Say that a writer of ``topic`` just moved to a new block, so the broker readies
-        the next one now (server/provisioning.py), not at its next look."""
-        self._tell({"op": "moved", "topic": topic})
+    def moved(self) -> None:
+        """Say that a writer just moved to a new block, so that the broker looks at every
+        writer now (server/provisioning.py) and readies the next spare, not at its next look."""
+        self._tell(_MOVED)
 
     def check_alive(self) -> None:
         self._check_alive()
