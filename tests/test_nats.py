@@ -217,6 +217,79 @@ def test_a_strict_batch_is_acknowledged_before_it_returns_and_what_was_past_its_
         "ack_floor": 16, "delivered": 16, "ack_pending": 0}, 30), _consumer_state(url, key, "t", "g")
 
 
+# ============================================================================ claims (shmwal/nats/claims.py)
+
+def _claim_state(url, key, topic, group) -> dict:
+    """The newest claim state stored for a group, read straight from JetStream."""
+    import asyncio
+    import json
+
+    import nats
+
+    from shmwal.nats import names
+    from shmwal.nats.client import parse_servers
+
+    async def newest():
+        nc = await nats.connect(servers=parse_servers(url))
+        try:
+            msg = await nc.jetstream().get_last_msg(
+                names.CLAIMS_STREAM, names.claims_subject(names.namespace(key), topic, group))
+            return json.loads(msg.data)
+        finally:
+            await nc.close()
+
+    return asyncio.run(newest())
+
+
+@pytest.mark.timeout(60)
+def test_a_strict_read_is_one_claim_write_however_many_entries_it_returns(remote, nats_cluster, key):
+    remote.create_group("t", "g")
+    remote.batch_append("t", [b"%d" % i for i in range(1500)])
+    got, reads = [], 0
+    while len(got) < 1000:       # a pull returns what the group's consumer holds so far
+        got += remote.batch_read("t", 1000 - len(got), group="g", timeout=5)
+        reads += 1
+    assert [e.offset for e in got] == list(range(1000))
+    first = _claim_state(nats_cluster.url, key, "t", "g")
+    assert (first["v"], first["r"]) == (reads, [[1, 1000]])       # stream sequences: offsets + 1
+    for offset in range(1000, 1003):
+        assert remote.read_next("t", group="g", timeout=5).offset == offset
+    after = _claim_state(nats_cluster.url, key, "t", "g")
+    assert (after["v"], after["r"]) == (reads + 3, [[1, 1003]])
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("knowledge", ["fresh", "outdated"])
+def test_entries_a_reader_claimed_and_never_acknowledged_are_dropped_when_they_come_again(
+        nats_cluster, key, knowledge):
+    """A's acks are lost (as with a consumer leader killed between answering and replicating
+    them): its entries come again to B, which must drop them as claimed. "outdated": B
+    claimed before A did, so B's next claim builds on a version A has since replaced,
+    and JetStream's message-id check has to turn it away."""
+    url, ack_wait = nats_cluster.url, 1.0
+    with shmwal.connect(url, key=key, ack_wait=ack_wait) as a, \
+            shmwal.connect(url, key=key, ack_wait=ack_wait) as b:
+        a.create_group("t", "g")
+        a.batch_append("t", [b"%d" % i for i in range(20)])
+        got_b = []
+        if knowledge == "outdated":
+            got_b += [b.read_next("t", group="g", timeout=5).offset for _ in range(5)]   # pulls of one
+            assert got_b == [0, 1, 2, 3, 4]
+        settle = a._settle_claim
+        a._settle_claim = lambda request, acks, deadline: settle(request, [], deadline)
+        first = len(got_b)
+        got_a = [e.offset for e in a.batch_read("t", 10, group="g", timeout=5)]
+        assert got_a and got_a == list(range(first, first + len(got_a)))
+        deadline = time.monotonic() + 30
+        while len(got_b) < 20 - len(got_a) and time.monotonic() < deadline:
+            got_b += [e.offset for e in b.batch_read("t", 100, group="g", timeout=ack_wait)]
+        time.sleep(ack_wait * 1.5)       # anything left unacknowledged would come now
+        got_b += [e.offset for e in b.batch_read("t", 100, group="g", timeout=ack_wait)]
+    assert sorted(got_a + got_b) == list(range(20)), (got_a, got_b)
+    state = _claim_state(url, key, "t", "g")
+    assert state["r"] == [[1, 20]], state
+
+
 # ============================================================================ the bridge
 
 def _bridge(data_dir, key, url, topic, remote_key):

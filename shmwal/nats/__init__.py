@@ -4,6 +4,7 @@ Imported only for a ``nats://`` address (the local path never imports ``nats``).
 
 * ``client``   ``NatsClient``: the Client API over JetStream (streams, durable pull
                consumers, claims for StrictlyAtOnce)
+* ``claims``   a StrictlyAtOnce group's claim state, one versioned write a read
 * ``names``    topic/group/key names as stream, consumer and subject names
 * ``loop``     the event loop thread a synchronous client drives nats-py with
 * ``bridge``   ``shmwal bridge``: a local topic mirrored into a stream
@@ -28,11 +29,12 @@ What holds remotely, on nats-server 2.9 (the Debian package):
   of the batch is stored behind it and ``BatchInterleaved`` (``.offsets``) is raised.
 * Groups: durable pull consumers with explicit acks (``ack_wait`` 30 s). StrictlyAtOnce
   (the default; ``connect(..., consistency=shmwal.AtLeastOnce())`` for the other)
-  claims each entry in a replicated claims stream and acknowledges it before a read
-  returns: no entry is returned twice to a group, across client crashes and the loss
-  of a node, as long as a redelivery comes within ``claims_window`` (300 s).
-  ``claims=False`` keeps the awaited acks and drops the claims (half the writes of a
-  read): then a consumer leader killed within the moment between answering an ack and
+  claims a read's entries in a replicated claims stream (one write a read, however
+  many entries) and acknowledges them before the read returns: no entry is returned
+  twice to a group, across client crashes and the loss of a node, as long as a
+  redelivery comes within ``claims_window`` (300 s). Readers of one group claim in
+  turn: two that claim at the same moment cost the later one two more round trips.
+  ``claims=False`` keeps the awaited acks and drops the claims: then a consumer leader killed within the moment between answering an ack and
   replicating it can deliver that entry again (nats-server 2.9 answers first). A read's
   acks ask for one answer, the last's (a consumer's leader takes its acks in order), so
   a leader that changes in the middle of a read's acks can also leave the earlier ones

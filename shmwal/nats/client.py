@@ -7,7 +7,7 @@ lists what holds and what does not):
   sequence minus one. JetStream numbers a stream 1, 2, 3, ... and a message
   dropped as a duplicate takes no number, so offsets stay gapless.
 * a group is a durable pull consumer with explicit acks. A read pulls from it;
-  StrictlyAtOnce claims each entry (below) and acknowledges it before the read
+  StrictlyAtOnce claims the entries (below) and acknowledges it before the read
   returns; AtLeastOnce acknowledges without waiting for the server's answer.
 * ``batch_append`` sends the whole batch in one flush, every entry with a
   ``Nats-Msg-Id`` and every entry after the first with
@@ -23,13 +23,14 @@ the reply is sent right after). A consumer leader killed in that window comes
 back through a new leader that never saw the ack and delivers the entry again.
 A publish, unlike an ack, is answered only after its raft entry is committed
 and applied, and its ``Nats-Msg-Id`` dedup check runs at apply time in log
-order on every replica. So a strict read publishes one claim per entry, id
-``<consumer generation>.<stream seq>``, into the claims stream before it
-returns the entry: the first claim of an entry wins, a later delivery of the
-same entry (to anyone) finds its claim a duplicate and is dropped. The claims
-stream keeps ids for ``claims_window`` seconds: an entry redelivered later than
-that (its reader died between claim and ack, and no reader of the group pulled
-for the whole window) would be delivered twice.
+order on every replica. So a strict read claims its entries in the claims
+stream before it returns them: one write a read, however many entries, that
+adds them to its group's claim state (``claims.py``: a versioned state whose
+next version only one reader can store). An entry found claimed already (its
+earlier delivery was claimed, then its ack lost with a leader) is dropped. The
+claims stream keeps ids for ``claims_window`` seconds: an entry redelivered
+later than that (its reader died between claim and ack, and no reader of the
+group pulled for the whole window) would be delivered twice.
 
 Threads: every coroutine runs on this client's own loop thread
 (``loop.LoopThread``); state below is touched only there, so it needs no lock.
@@ -53,11 +54,13 @@ from ..ipc.names import check_name
 from ..options import AtLeastOnce, StrictlyAtOnce
 from ..blocks import layout as L
 from . import names
+from .claims import ClaimLog, decode as decode_claims
 from .loop import LoopThread
 
 HEADER_ROOM = 512          # bytes of a message's payload limit kept for our headers
 ACK_WAIT = 30.0            # seconds before JetStream redelivers an unacknowledged entry
 CLAIMS_WINDOW = 300.0      # seconds a StrictlyAtOnce claim is remembered
+CLAIMS_KEPT_PAST_WINDOW = 30.0   # seconds (see _ensure_claims)
 DEDUP_WINDOW = 120.0       # seconds a topic's stream remembers message ids (retried appends)
 ATTEMPT = 2.0              # seconds one request waits before it is sent again
 GRACE = 1.0                # seconds past a pull's expiry that we wait for the server's word
@@ -68,6 +71,7 @@ ERR_STREAM_NOT_FOUND = 10059
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_WRONG_LAST_MSG_ID = 10070
 ERR_TOO_BIG = 10054
+ERR_NO_MESSAGE = 10037
 TRANSIENT_CODES = {503, 408}
 
 
@@ -229,6 +233,8 @@ class NatsClient:
         self._known_streams: set[str] = set()
         self._readers: dict[tuple, _Reader] = {}
         self._claims_ready = False
+        self._claims_dedup = claims_window
+        self._claim_logs: dict = {}       # claims subject -> ClaimLog
         self._pending: dict[int, _Pending] = {}   # pipelines awaiting answers, by number
         self._pipelines = 0
         self._pid = os.getpid()
@@ -745,62 +751,117 @@ class NatsClient:
         return msgs
 
     async def _claim(self, reader: _Reader, msgs: list, deadline: float) -> list:
-        """Claim each entry for this read (module docstring), acknowledge it, and keep the
-        ones no earlier delivery had claimed."""
+        """Claim this read's entries in one write (``claims.py``), acknowledge them, and
+        keep the ones no earlier delivery had claimed."""
         await self._ensure_claims(deadline)
-        won = await self._claim_round(reader, msgs, deadline, acknowledge=True)
-        lost = [k for k in range(len(msgs)) if not won[k]]
-        if lost:
-            # Claimed before: by another delivery of this consumer, or in a generation of
-            # the group before another client's seek replaced its consumer (our reader
-            # still names the old one). Only the second is ours to take.
-            info = await self._api(f"CONSUMER.INFO.{reader.topic.stream}.{reader.durable}", None, deadline)
-            generation = json.loads(info["config"].get("description") or "{}").get("generation", "")
-            if generation != reader.generation:
-                reader.generation = generation
-                again = await self._claim_round(reader, [msgs[k] for k in lost], deadline, acknowledge=False)
-                for k, ok in zip(lost, again):
-                    won[k] = ok
-        return [m for m, ok in zip(msgs, won) if ok]
-
-    async def _claim_round(self, reader: _Reader, msgs: list, deadline: float, acknowledge: bool) -> list:
-        """Whether each claim won; the acks go out with the claims, in one flush: an ack only
-        matters once its claim is settled, and waiting for the claims first would double a
-        read's round trips. A claim whose answer was lost is sent again with the same id."""
         subject = names.claims_subject(self._ns, reader.topic.name, reader.group)
-        token = f"{self._id}.{id(reader)}.{time.monotonic_ns()}".encode()
-        n = len(msgs)
-        ids = [f"{reader.generation}.{_stream_seq(m)}" for m in msgs]
-        claims = [(subject, token, {"Nats-Msg-Id": i}) for i in ids]
-        acks = _ack_requests(msgs) if acknowledge else []
-        answers = await self._pipeline(claims + acks)
-        claim_answers = answers[:n]
+        log = self._claim_logs.setdefault(subject, ClaimLog())
+        seqs = [_stream_seq(m) for m in msgs]
+        acks = _ack_requests(msgs)
+        settled = False
+        while True:
+            now = time.monotonic()
+            if not log.fresh(now, self._claims_dedup):
+                log.adopt(await self._newest_claims(subject, deadline), now)
+            free = log.unclaimed(seqs, reader.generation)
+            if not settled and (log.generation not in (None, reader.generation) or not all(free)):
+                # Claimed before: by another delivery of this consumer, or in a generation
+                # of the group before another client's seek replaced its consumer (our
+                # reader may still name the old one). Only the second is ours to take.
+                await self._settle_generation(reader, deadline)
+                settled = True
+                free = log.unclaimed(seqs, reader.generation)
+            if not any(free):
+                if acks:
+                    await self._acknowledge(msgs, deadline)
+                return []
+            token = f"{self._id}.{time.monotonic_ns()}"
+            version, payload, ranges = log.proposal([s for s, f in zip(seqs, free) if f],
+                                                    reader.generation, token)
+            request = (subject, payload, {"Nats-Msg-Id": f"{subject}.{version}"})
+            answer = await self._settle_claim(request, acks, deadline)
+            acks = []   # taken with the first attempt; the entries are claimed or lost, not re-read
+            if not answer.get("duplicate") or await self._claim_owner(answer["seq"], deadline) == token:
+                log.took(version, reader.generation, ranges, now)
+                return [m for m, f in zip(msgs, free) if f]
+            # Another reader stored this version first: claim again on top of the newest state.
+            log.known_at = float("-inf")
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable("JetStream kept refusing a read's claim as outdated")
+
+    async def _settle_generation(self, reader: _Reader, deadline: float) -> None:
+        """The stored claims belong to another generation of the group's consumer: a seek
+        replaced it. The consumer itself says which generation is current (ours may be the
+        stale one); a state of an older one claims nothing of the new."""
+        info = await self._api(f"CONSUMER.INFO.{reader.topic.stream}.{reader.durable}", None, deadline)
+        reader.generation = json.loads(info["config"].get("description") or "{}").get("generation", "")
+
+    async def _settle_claim(self, request: tuple, acks: list, deadline: float) -> dict:
+        """Send a claim and the read's acks in one flush (an ack only matters once its
+        claim is settled, and waiting for the claim first would double a read's round
+        trips); send again whichever of them went unanswered, the claim with the same id."""
+        answers = await self._pipeline([request] + acks)
+        claim = answers[0]
         acks_late = bool(acks) and isinstance(answers[-1], _Transient)
-        won: list = [None] * n
         pause = RETRY_PAUSE
         while True:
-            for k, answer in enumerate(claim_answers):
-                if won[k] is not None or answer is None:
-                    continue
-                if isinstance(answer, _ApiError):
-                    raise ShmwalError(f"JetStream refused a read's claim: {answer}")
-                if isinstance(answer, dict):
-                    # A duplicate is ours if an earlier attempt of ours was stored and its answer lost.
-                    won[k] = (not answer.get("duplicate")
-                              or await self._claim_owner(answer["seq"], deadline) == token)
-            late = [k for k in range(n) if won[k] is None]
-            if not late and not acks_late:
-                return won
+            if isinstance(claim, _ApiError):
+                raise ShmwalError(f"JetStream refused a read's claim: {claim}")
+            if isinstance(claim, dict) and not acks_late:
+                return claim
             if time.monotonic() + pause >= deadline:
-                raise BrokerUnavailable("JetStream did not take a read's claims and acks")
+                raise BrokerUnavailable("JetStream did not take a read's claim and acks")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
             # Acks go again all together: only the last one's answer says the others were taken.
-            again = await self._pipeline([claims[k] for k in late] + (acks if acks_late else []))
-            claim_answers = [None] * n
-            for k, answer in zip(late, again):
-                claim_answers[k] = answer
+            again = await self._pipeline(([] if isinstance(claim, dict) else [request])
+                                         + (acks if acks_late else []))
+            if not isinstance(claim, dict):
+                claim = again[0]
             acks_late = acks_late and isinstance(again[-1], _Transient)
+
+    async def _newest_claims(self, subject: str, deadline: float) -> dict | None:
+        try:
+            answer = await self._api(f"STREAM.MSG.GET.{names.CLAIMS_STREAM}", {"last_by_subj": subject}, deadline)
+        except _ApiError as exc:
+            if exc.err_code == ERR_NO_MESSAGE:
+                return None
+            raise ShmwalError(f"JetStream refused a group's claims: {exc}") from None
+        try:
+            return decode_claims(base64.b64decode(answer["message"].get("data") or b""))
+        except ValueError:
+            raise ShmwalError(f"the claims stream holds a message that is no claim state on {subject}") from None
+
+    async def _claim_owner(self, seq: int, deadline: float) -> str | None:
+        try:
+            answer = await self._api(f"STREAM.MSG.GET.{names.CLAIMS_STREAM}", {"seq": seq}, deadline)
+            return decode_claims(base64.b64decode(answer["message"].get("data") or b""))["t"]
+        except (_ApiError, ValueError):
+            return None
+
+    async def _ensure_claims(self, deadline: float) -> None:
+        if self._claims_ready:
+            return
+        name = names.CLAIMS_STREAM
+        config = {
+            "name": name, "subjects": [names.CLAIMS_SUBJECTS],
+            "description": "shmwal StrictlyAtOnce claims", "retention": "limits",
+            "storage": "file", "discard": "old", "num_replicas": self._replicas,
+            # Kept past the window: a subject found empty then has no version id left to
+            # collide with (claims.py numbers versions afresh for it).
+            "max_age": int((self._claims_window + CLAIMS_KEPT_PAST_WINDOW) * 1e9),
+            "duplicate_window": int(self._claims_window * 1e9),
+        }
+        try:
+            info = await self._api(f"STREAM.CREATE.{name}", config, deadline)
+        except _ApiError as exc:
+            try:
+                info = await self._api(f"STREAM.INFO.{name}", None, deadline)
+            except _ApiError:
+                raise ShmwalError(f"JetStream refused the claims stream: {exc}") from None
+        # Made by another client, maybe with another window: the stream's own is what counts.
+        self._claims_dedup = info["config"]["duplicate_window"] / 1e9
+        self._claims_ready = True
 
     async def _acknowledge(self, msgs: list, deadline: float) -> None:
         """Acknowledge every message and wait for the server to have taken them all:
