@@ -1013,6 +1013,13 @@ class ShmwalNatsChannel(ShmwalChannel):
         return shmwal.connect(self.data_dir, key=self.key, timeout=30, claims=self.claims,
                               consistency=shmwal_consistency(self.consistency))
 
+    def receiver(self, consumer):
+        rx = super().receiver(consumer)
+        # As the plain nats-py end does before the start: the stream and the group's consumer
+        # (and the claims stream, made once per cluster) exist before the clock runs.
+        rx.client.create_group(TOPIC, rx.group)
+        return rx
+
 
 class BridgeContender(Contender):
     """Producers append locally; ``shmwal bridge`` mirrors the topic into JetStream; consumers

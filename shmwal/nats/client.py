@@ -671,7 +671,15 @@ class NatsClient:
         maybe_more = True
         if not msgs:
             n = self._pull_size(reader, max_count, max_bytes)
-            msgs = await self._pull_once(reader, n, None)
+            if n == 1 and (end is None or end > time.monotonic()):
+                # A waiting pull of one returns as soon as an entry is there, like a pull
+                # that does not wait; a first pull that does not wait would only cost a
+                # round trip when the reader has caught up. (A waiting pull of more waits
+                # for all of them: batches look first, then wait for the first entry.)
+                wait = 5.0 if end is None else min(5.0, end - time.monotonic())
+                msgs = await self._pull_once(reader, 1, max(wait, 0.001))
+            else:
+                msgs = await self._pull_once(reader, n, None)
             maybe_more = len(msgs) == n
         if not msgs and end is not None and time.monotonic() >= end and await self._behind(reader):
             # The stream holds entries the group has not been given, but its consumer's
@@ -1023,6 +1031,8 @@ class NatsClient:
         if start == "earliest":
             start = None
         await self._consumer(t, group, deadline, start)
+        if self._claims:
+            await self._ensure_claims(deadline)   # made once per cluster: not on a first read's clock
 
     def groups(self, topic) -> list[str]:
         t = self._topic(topic)
