@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -84,6 +85,25 @@ def test_an_offered_block_keeps_its_space_until_it_expires(tmp_path):
     allocator.release_due(float("inf"))
     assert allocated_bytes(path) == 0 and allocator.reusable_bytes("t") == 0
     assert allocator.deletable() == []                                   # still the file handing out blocks
+
+
+def test_recovery_releases_what_no_chain_holds_but_a_pinned_blocks_bytes(tmpfs):
+    directory = tmpfs("16m")   # tmpfs: st_blocks counts data pages only, so sizes compare exactly
+    before = BlockAllocator(directory, 1 * MiB, 4)
+    small = before.alloc(100, "t", chain_index=0)                     # 64 KiB in a 1 MiB slot
+    kept, pinned, lost = (before.alloc(100, "t") for _ in range(3))
+    path = os.path.join(directory, L.block_file_name(small[0]))
+    with open(path, "r+b") as f:                                       # a zero-copy view's pin
+        f.seek(pinned[1] + L.B_PINS)
+        f.write((1).to_bytes(8, "little"))
+    assert allocated_bytes(path) == 64 * KiB + 3 * MiB
+    after = BlockAllocator(directory, 1 * MiB, 4)                      # a restarted broker's
+    for file_id, offset, capacity in (small, kept):
+        after.adopt(file_id, offset, capacity)                         # what the chains still hold
+    assert after.release_unclaimed() == (1 * MiB - 64 * KiB) + 1 * MiB
+    assert allocated_bytes(path) == 64 * KiB + 3 * MiB                 # nothing before the grace
+    after.release_due(float("inf"))
+    assert allocated_bytes(path) == 64 * KiB + 2 * MiB                 # "lost" went; the pinned block stays
 
 
 def test_a_full_disk_is_enospc_naming_the_directory_and_the_bytes_and_hands_out_nothing(tmpfs):
@@ -192,6 +212,49 @@ def test_a_stopped_broker_leaves_only_the_blocks_its_chains_keep(tmpfs, path):
     with shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=8), shmwal.connect(data_dir) as client:
         assert client.append("busy", b"after") == 20_000               # a restarted broker carries on
         assert client.read_next("busy", group="g").data == b"after"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.timeout(180)
+def test_a_broker_killed_with_blocks_outside_its_chains_gives_their_space_back_when_restarted(tmpfs, path):
+    data_dir = os.path.join(tmpfs("64m"), "data")
+    broker = shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=16).start()
+    try:
+        # A busy topic whose consumed blocks the broker keeps for reuse (outside the chain,
+        # with their storage), and a quiet one whose small block holds the shared file.
+        reused = run_client(f"""
+            client = shmwal.connect({data_dir!r})
+            client.append("quiet", b"q")
+            item = bytes(2000)
+            for round in range(40):
+                client.batch_append("busy", [item] * 500)
+                got = 0
+                while got < 500:
+                    got += len(client.batch_read("busy", 1 << 20, group="g"))
+            print(client.stats()["blocks_reused"])
+        """, path)
+        assert int(reused) > 0
+    finally:
+        kill_broker(broker)
+    meta_bytes = lambda: sum(allocated_bytes(os.path.join(broker.root, "topics", t, "meta"))  # noqa: E731
+                             for t in ("busy", "quiet"))
+    stats = offline_stats(broker.root)
+    chains = sum(s["disk_bytes"] for s in stats.values()) - meta_bytes()
+    assert block_files_bytes(broker.root) > chains, "the kill left no block outside the chains: nothing tested"
+    with shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=16), shmwal.connect(data_dir) as client:
+        def kept() -> int:   # what the restarted broker's chains hold (disk_bytes is exact)
+            return sum(t["disk_bytes"] for t in client.stats()["topics"].values()) - meta_bytes()
+
+        # The space goes after the grace every freed block gets (a reader may be looking).
+        assert poll(lambda: block_files_bytes(broker.root) == kept(), 30), (block_files_bytes(broker.root), kept())
+        assert client.read_next("quiet", group="g").data == b"q"      # what the chains hold is whole
+        assert client.append("busy", b"after") == 20_000
+        assert client.read_next("busy", group="g").data == b"after"
+
+
+def kill_broker(broker) -> None:
+    os.kill(broker.pid, signal.SIGKILL)
+    broker.stop()   # only reaps
 
 
 @pytest.mark.timeout(120)

@@ -249,6 +249,36 @@ class BlockAllocator:
         self.live.pop(file_id, None)
         self._draining.discard(file_id)
 
+    def release_unclaimed(self) -> int:
+        """(recovery) Queue for release the storage of every part of a kept file that no
+        chain holds: blocks a killed broker had outside every chain (offered for reuse,
+        freed within their grace, a spare prepared but not yet in a chain) and the tail of
+        a small block's slot. Otherwise that space stays taken until the file is deleted,
+        which for a file holding one retained block is never.
+
+        A block whose header counts zero-copy pins keeps its bytes (a view may still read
+        them, as ``free(release_space=False)`` keeps them); the rest goes after
+        RELEASE_GRACE, as any freed block does. Returns the bytes queued."""
+        when = time.monotonic() + RELEASE_GRACE
+        queued = 0
+        for file_id, blocks in self.live.items():
+            path = os.path.join(self.directory, L.block_file_name(file_id))
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                for start, end in _uncovered(blocks, size):
+                    for piece_start, piece_end in _slot_pieces(start, end, self.block_size):
+                        if piece_start % self.block_size == 0 and _pins(fd, piece_start):
+                            continue
+                        self._releasing.append((when, file_id, piece_start, piece_end - piece_start))
+                        queued += piece_end - piece_start
+            finally:
+                os.close(fd)
+        return queued
+
     def existing_files(self) -> list[int]:
         found = []
         for name in os.listdir(self.directory):
@@ -267,3 +297,27 @@ def no_space(directory: str, needed: int, what: str) -> OSError:
         free = "free space unknown"
     return OSError(errno.ENOSPC, f"No space left on device: {directory} is full ({free}); "
                                  f"{what} needed {needed:,} bytes")
+
+
+def _uncovered(blocks: dict[int, int], size: int) -> list[tuple[int, int]]:
+    """The ranges of ``[0, size)`` outside every block (offset -> capacity)."""
+    gaps, at = [], 0
+    for start, capacity in sorted(blocks.items()) + [(size, 0)]:
+        if start > at:
+            gaps.append((at, min(start, size)))
+        at = max(at, start + capacity)
+    return [(a, b) for a, b in gaps if b > a]
+
+
+def _slot_pieces(start: int, end: int, block_size: int):
+    """``[start, end)`` cut at every slot boundary."""
+    while start < end:
+        piece_end = min(end, (start // block_size + 1) * block_size)
+        yield start, piece_end
+        start = piece_end
+
+
+def _pins(fd: int, block_offset: int) -> int:
+    """The zero-copy pins counted in the header of a block at ``block_offset`` (0 for a hole)."""
+    word = os.pread(fd, 8, block_offset + L.B_PINS)
+    return int.from_bytes(word, "little") if len(word) == 8 else 0

@@ -132,6 +132,9 @@ def recover_topics(registry: Registry, allocator: BlockAllocator, files: BlockFi
         if file_id not in allocator.live:
             log.info("deleting unreferenced block file %d", file_id)
             files.remove(file_id)
+    unclaimed = allocator.release_unclaimed()
+    if unclaimed:
+        log.info("releasing %d bytes of block files that no chain holds", unclaimed)
 
 
 def adopt_topic(meta: TopicMeta, current_boot: int, registry: Registry, allocator: BlockAllocator,
