@@ -64,3 +64,10 @@ def test_an_empty_subject_numbers_versions_afresh_and_freshness_follows_the_wind
 def test_decode_refuses_what_is_no_claim_state(data):
     with pytest.raises(ValueError):
         decode(data)
+
+
+def test_a_read_holding_an_entry_twice_returns_it_once():
+    from shmwal.nats.client import _first_of_each
+    assert _first_of_each([4, 5, 5, 6, 4], [True] * 5) == [True, True, False, True, False]
+    assert _first_of_each([4, 5, 5], [True, False, True]) == [True, False, False]   # claimed before: never
+    assert _first_of_each([1, 2], [False, True]) == [False, True]

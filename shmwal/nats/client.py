@@ -771,14 +771,14 @@ class NatsClient:
             now = time.monotonic()
             if not log.fresh(now, self._claims_dedup):
                 log.adopt(await self._newest_claims(subject, deadline), now)
-            free = log.unclaimed(seqs, reader.generation)
+            free = _first_of_each(seqs, log.unclaimed(seqs, reader.generation))
             if not settled and (log.generation not in (None, reader.generation) or not all(free)):
                 # Claimed before: by another delivery of this consumer, or in a generation
                 # of the group before another client's seek replaced its consumer (our
                 # reader may still name the old one). Only the second is ours to take.
                 await self._settle_generation(reader, deadline)
                 settled = True
-                free = log.unclaimed(seqs, reader.generation)
+                free = _first_of_each(seqs, log.unclaimed(seqs, reader.generation))
             if not any(free):
                 if acks:
                     await self._acknowledge(msgs, deadline)
@@ -1187,6 +1187,19 @@ def _ack_requests(msgs: list) -> list:
     already could be)."""
     last = len(msgs) - 1
     return [(m.reply, b"+ACK", None if k == last else UNANSWERED) for k, m in enumerate(msgs)]
+
+
+def _first_of_each(seqs: list, free: list) -> list:
+    """``free`` with every repeat of a sequence marked taken: a read that pulled again
+    after ``ack_wait`` may hold an entry twice (its redelivery), and returns it once."""
+    if len(set(seqs)) == len(seqs):
+        return free
+    seen: set = set()
+    out = []
+    for seq, ok in zip(seqs, free):
+        out.append(ok and seq not in seen)
+        seen.add(seq)
+    return out
 
 
 def _fitting(msgs: list, max_count: int, max_bytes) -> int:
