@@ -136,6 +136,22 @@ def run_client(code: str, path: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+# A busy topic (it goes through its small first block, gets spares ahead and reuses
+# consumed blocks: 20,000 entries of 2,000 B, read as they come) and a quiet one beside it
+# (one small block). Prints how many blocks the broker handed out again.
+BUSY_AND_QUIET = """
+client = shmwal.connect({data_dir!r})
+client.append("quiet", b"q")
+item = bytes(2000)
+for round in range(40):
+    client.batch_append("busy", [item] * 500)
+    got = 0
+    while got < 500:
+        got += len(client.batch_read("busy", 1 << 20, group="g"))
+print(client.stats()["blocks_reused"])
+"""
+
+
 def block_files_bytes(root: str) -> int:
     blocks = os.path.join(root, "blocks")
     return sum(allocated_bytes(os.path.join(blocks, name)) for name in os.listdir(blocks))
@@ -185,19 +201,7 @@ def test_a_stopped_broker_leaves_only_the_blocks_its_chains_keep(tmpfs, path):
     data_dir = os.path.join(tmpfs("64m"), "data")
     broker = shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=8).start()
     try:
-        # A busy topic: it goes through its small first block, gets spares ahead and reuses
-        # consumed blocks; a quiet one beside it: one small block.
-        run_client(f"""
-            client = shmwal.connect({data_dir!r})
-            client.append("quiet", b"q")
-            item = bytes(2000)
-            for round in range(40):
-                client.batch_append("busy", [item] * 500)
-                got = 0
-                while got < 500:
-                    got += len(client.batch_read("busy", 1 << 20, group="g"))
-            print(client.stats()["blocks_reused"])
-        """, path)
+        run_client(BUSY_AND_QUIET.format(data_dir=data_dir), path)
     finally:
         broker.stop()
     stats = offline_stats(broker.root)
@@ -220,19 +224,9 @@ def test_a_broker_killed_with_blocks_outside_its_chains_gives_their_space_back_w
     data_dir = os.path.join(tmpfs("64m"), "data")
     broker = shmwal.Broker(data_dir, block_size=1 * MiB, blocks_per_file=16).start()
     try:
-        # A busy topic whose consumed blocks the broker keeps for reuse (outside the chain,
-        # with their storage), and a quiet one whose small block holds the shared file.
-        reused = run_client(f"""
-            client = shmwal.connect({data_dir!r})
-            client.append("quiet", b"q")
-            item = bytes(2000)
-            for round in range(40):
-                client.batch_append("busy", [item] * 500)
-                got = 0
-                while got < 500:
-                    got += len(client.batch_read("busy", 1 << 20, group="g"))
-            print(client.stats()["blocks_reused"])
-        """, path)
+        # The busy topic's consumed blocks are kept for reuse (outside its chain, with their
+        # storage); the quiet one's small block keeps their shared file.
+        reused = run_client(BUSY_AND_QUIET.format(data_dir=data_dir), path)
         assert int(reused) > 0
     finally:
         kill_broker(broker)

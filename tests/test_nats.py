@@ -258,6 +258,30 @@ def test_a_strict_read_is_one_claim_write_however_many_entries_it_returns(remote
     assert (after["v"], after["r"]) == (reads + 3, [[1, 1003]])
 
 
+@pytest.mark.timeout(60)
+def test_a_claim_whose_answer_was_lost_is_sent_again_and_found_to_be_ours(remote, nats_cluster, key):
+    from shmwal.nats.client import _Transient
+
+    remote.create_group("t", "g")
+    remote.batch_append("t", [b"%d" % i for i in range(5)])
+    assert wait_until(lambda: remote.stats()["topics"]["t"]["entries"] == 5, 10)
+    pipeline, lost = remote._pipeline, []
+
+    async def losing_the_first_claims_answer(requests, timeout=None):
+        answers = await pipeline(requests, timeout)
+        if not lost and ".claims." in requests[0][0]:
+            lost.append(answers[0])          # stored, but the answer never reached us
+            answers[0] = _Transient("answer lost")
+        return answers
+
+    remote._pipeline = losing_the_first_claims_answer
+    got = [e.offset for e in remote.batch_read("t", 1 << 20, group="g", timeout=5)]
+    assert lost and "seq" in lost[0], lost
+    assert got == [0, 1, 2, 3, 4]            # the resent claim was a duplicate of our own
+    assert remote.batch_read("t", 1 << 20, group="g", timeout=0.5) == []
+    assert _claim_state(nats_cluster.url, key, "t", "g")["v"] == 1
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("knowledge", ["fresh", "outdated"])
 def test_entries_a_reader_claimed_and_never_acknowledged_are_dropped_when_they_come_again(

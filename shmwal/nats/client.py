@@ -883,29 +883,6 @@ class NatsClient:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
 
-    async def _claim_owner(self, seq: int, deadline: float) -> bytes:
-        answer = await self._api(f"STREAM.MSG.GET.{names.CLAIMS_STREAM}", {"seq": seq}, deadline)
-        return base64.b64decode(answer["message"].get("data") or b"")
-
-    async def _ensure_claims(self, deadline: float) -> None:
-        if self._claims_ready:
-            return
-        name = names.CLAIMS_STREAM
-        config = {
-            "name": name, "subjects": [names.CLAIMS_SUBJECTS],
-            "description": "shmwal StrictlyAtOnce claims", "retention": "limits",
-            "storage": "file", "discard": "old", "num_replicas": self._replicas,
-            "max_age": int(self._claims_window * 1e9),
-            "duplicate_window": int(self._claims_window * 1e9),
-        }
-        try:
-            await self._api(f"STREAM.CREATE.{name}", config, deadline)
-        except _ApiError as exc:
-            try:
-                await self._api(f"STREAM.INFO.{name}", None, deadline)
-            except _ApiError:
-                raise ShmwalError(f"JetStream refused the claims stream: {exc}") from None
-        self._claims_ready = True
 
     async def _peek(self, t: _Topic, group: str, max_count: int, max_bytes, timeout):
         """Entries from the group's position on, without moving it (direct gets)."""
