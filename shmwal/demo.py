@@ -14,7 +14,6 @@ killed consumer's work goes to the other one of its group).
 
 from __future__ import annotations
 
-import argparse
 import errno
 import multiprocessing as mp
 import os

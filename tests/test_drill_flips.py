@@ -33,7 +33,6 @@ import shmwal
 from shmwal.blocks import layout as L
 from shmwal.blocks.files import BlockFiles
 from shmwal.blocks.meta import TopicMeta
-from shmwal.server import metacheck
 from shmwal.server.recovery import rebuild_meta, recover_topic
 from shmwal.server.verify import unusable_meta_files, verify_meta, verify_topic
 from damage_helpers import WAYS, read_through

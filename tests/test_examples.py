@@ -9,7 +9,6 @@ import queue
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 

@@ -16,7 +16,6 @@ import shmwal
 from shmwal.blocks import layout as L
 from shmwal.blocks.meta import TopicMeta
 
-from conftest import wait_until
 from helpers import Workers, connect, no_resource_tracker_left, read_all  # noqa: F401  (autouse fixture)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

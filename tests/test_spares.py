@@ -38,7 +38,6 @@ def test_a_busy_writer_moves_through_ready_spares_without_asking(start_broker, m
     with shmwal.connect(broker.data_dir) as client:
         client.create_group("busy", "reader")
         while client.position("busy", group="reader") < 3 * BLOCKS:
-            start = len(asked)
             for _ in range(3):
                 client.append("busy", payload)
                 entry = client.read_next("busy", group="reader")   # blocks read are reused

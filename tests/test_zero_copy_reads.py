@@ -11,7 +11,6 @@ import gc
 import numpy as np
 import pytest
 
-import shmwal
 from shmwal.blocks import layout as L
 from shmwal.client.hot import native
 from helpers import connect

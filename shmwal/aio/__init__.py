@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 
 from ..client import Client
-from ..client.read import check_timeout
+from ..timeouts import check_timeout
 from ..errors import ClientClosed
 from .waker import TopicWaker
 

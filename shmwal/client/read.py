@@ -41,7 +41,6 @@ from ..blocks.chain import find_block, walk_to
 from ..blocks.codec import BadRecord, entry_bytes, read_record, xxh
 from ..entry import Entry, make_entry
 from ..errors import CorruptEntry
-from ..timeouts import check_timeout  # noqa: F401  (also imported from here)
 from . import heap
 from .hot import native
 
