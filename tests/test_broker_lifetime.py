@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 import shmwal
+from shmwal.blocks import layout as L
 from conftest import LONG_LIVED_PIDS, ipc_leftovers, wait_until
 
 
@@ -134,3 +135,32 @@ def test_start_on_a_directory_it_cannot_use_raises_shmwal_error(tmp_path):
     blocker.write_bytes(b"")
     with pytest.raises(shmwal.ShmwalError):
         shmwal.Broker(str(blocker / "data")).start()
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_broker_looks_a_few_times_a_second_and_wakes_for_a_writer(start_broker):
+    """Idle, the loop backs off to IDLE_LOOK_EVERY (it used to go round 50 times a second);
+    a writer that fills blocks wakes it, and gets its spares, as before."""
+    from shmwal.broker import IDLE_LOOK_EVERY
+    from shmwal.server.provisioning import SPARE_BLOCKS
+
+    from drill_helpers import MetaView, poll
+
+    broker = start_broker(block_size=1 << 20, blocks_per_file=16)
+    with shmwal.connect(broker.data_dir) as client:
+        for i in range(10):
+            client.append(f"t{i}", b"x")
+        process = psutil.Process(broker.pid)
+        time.sleep(3 * IDLE_LOOK_EVERY)                   # backed off by now
+        before = process.num_ctx_switches().voluntary
+        time.sleep(3.0)
+        woke = process.num_ctx_switches().voluntary - before
+        # ~3 looks a second and a reclamation pass; 150 at one look per 20 ms. A loaded
+        # machine only makes it fewer (a sleeping broker is not woken more by load).
+        assert woke < 40, woke
+        for _ in range(4):                                # fills the small block and three full ones
+            client.batch_append("busy", [bytes(10_000)] * 100)
+        view = MetaView(os.path.join(broker.root, "topics", "busy", "meta"))
+        tail = view.word(L.H_TAIL_CHAIN)
+        assert poll(lambda: view.word(L.H_ALLOCATED_BLOCKS) == tail + 1 + SPARE_BLOCKS, 10), \
+            (tail, view.word(L.H_ALLOCATED_BLOCKS))

@@ -420,7 +420,7 @@ class Appender:
         words[_W_TAIL_OFFSET] = NO_BLOCK  # not consistent until published: a death here is repaired
         if block > 1:
             # A full block lasts milliseconds under load (10 MiB at 5 GB/s): waiting for the
-            # broker's next look (every 20 ms) left the writer without a spare, asking itself.
+            # broker's next look (20 ms at best) left the writer without a spare, asking itself.
             # Not on leaving the first block: small (layout.block_capacity), it says nothing
             # of the writer's pace, the broker ignores that move, and the word only took CPU
             # from a fresh topic's first writes (quick race, 100 B: ~0.85x without this test).

@@ -133,10 +133,14 @@ class Provisioner:
     # gets none, and its first block is small anyway), and only while the filesystem
     # keeps room (``_room_for``): a writer that finds no spare asks for its block itself.
     # A writer that moves says so (the "moved" message, client Link.moved), which wakes
-    # the loop: a full block lasts milliseconds under load, the loop's idle look 20 ms.
-    def look(self) -> None:
-        """Note which writers moved since the last look and how many spares each wants."""
+    # the loop: a full block lasts milliseconds under load, and an idle loop looks only
+    # every IDLE_LOOK_EVERY (broker.py).
+    def look(self) -> bool:
+        """Note which writers moved since the last look and how many spares each wants.
+        True when there is anything to follow up: a writer moved, or spares are wanted
+        or on the way."""
         self._settle()
+        moved = False
         if self.allocator.draining_changes != self._draining_seen:
             self._draining_seen = self.allocator.draining_changes
             self._release_spares_in_draining_files()
@@ -146,7 +150,7 @@ class Provisioner:
             if tail == state.seen_tail:
                 continue
             seen, state.seen_tail = state.seen_tail, tail
-            state.busy = True
+            state.busy = moved = True
             now = time.monotonic()
             previous_move, state.moved_at = state.moved_at, now
             if tail == L.NO_BLOCK:
@@ -156,6 +160,7 @@ class Provisioner:
             moved_over = tail + 1 if seen == L.NO_BLOCK else tail - seen   # blocks filled since our last look
             if moved_over >= 2 or now - previous_move <= BUSY_WITHIN:
                 self._want(meta.name, tail + 1 + SPARE_BLOCKS)
+        return moved or bool(self._wanted) or bool(self._readying)
 
     def ready(self) -> None:
         """Start readying what ``look`` found wanted, one spare a topic at a time."""
