@@ -7,7 +7,7 @@ lists what holds and what does not):
   sequence minus one. JetStream numbers a stream 1, 2, 3, ... and a message
   dropped as a duplicate takes no number, so offsets stay gapless.
 * a group is a durable pull consumer with explicit acks. A read pulls from it;
-  StrictlyAtOnce claims the entries (below) and acknowledges it before the read
+  StrictlyAtOnce claims the entries (below) and acknowledges them before the read
   returns; AtLeastOnce acknowledges without waiting for the server's answer.
 * ``batch_append`` sends the whole batch in one flush, every entry with a
   ``Nats-Msg-Id`` and every entry after the first with
