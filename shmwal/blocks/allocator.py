@@ -29,7 +29,7 @@ import time
 from collections import deque
 
 from . import layout as L
-from .files import allocate, create_block_file, release
+from .files import allocate, create_block_file, open_read_only, release
 
 
 RELEASE_GRACE = 2.0   # seconds between a block being freed and its space being punched out
@@ -262,10 +262,8 @@ class BlockAllocator:
         when = time.monotonic() + RELEASE_GRACE
         queued = 0
         for file_id, blocks in self.live.items():
-            path = os.path.join(self.directory, L.block_file_name(file_id))
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
+            fd = open_read_only(os.path.join(self.directory, L.block_file_name(file_id)))
+            if fd is None:
                 continue
             try:
                 size = os.fstat(fd).st_size

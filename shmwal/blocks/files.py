@@ -92,6 +92,14 @@ def release(directory: str, file_id: int, offset: int, length: int) -> bool:
         os.close(fd)
 
 
+def open_read_only(path: str) -> int | None:
+    """A read-only descriptor of a block file (never through a symlink), or None if it is gone."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+
+
 def allocated_bytes(path: str) -> int:
     """What a file takes on disk (st_blocks, in 512-byte units: not its apparent size); 0 if gone."""
     try:

@@ -19,6 +19,7 @@ from ..ipc import sync
 from ..blocks import layout as L
 from ..blocks.chain import find_block, read_block_header, walk_to
 from ..blocks.codec import BadRecord, entry_bytes, iter_records, read_record
+from ..blocks.files import open_read_only
 from ..blocks.meta import TopicMeta
 from ..errors import ShmwalError
 from . import metacheck
@@ -282,10 +283,8 @@ def find_topic_blocks(blocks_dir: str, topic: str) -> list[tuple[int, int, int, 
         file_id = L.parse_block_file_name(name)
         if file_id is None:
             continue
-        path = os.path.join(blocks_dir, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
+        fd = open_read_only(os.path.join(blocks_dir, name))
+        if fd is None:
             continue
         try:
             size = os.fstat(fd).st_size
