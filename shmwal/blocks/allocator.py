@@ -258,10 +258,15 @@ class BlockAllocator:
 
         A block whose header counts zero-copy pins keeps its bytes (a view may still read
         them, as ``free(release_space=False)`` keeps them); the rest goes after
-        RELEASE_GRACE, as any freed block does. Returns the bytes queued."""
+        RELEASE_GRACE, as any freed block does. Returns the bytes queued.
+
+        The file blocks are carved from now is left alone whenever this runs: its slots not
+        handed out yet are no one's, but will be, within the grace."""
         when = time.monotonic() + RELEASE_GRACE
         queued = 0
         for file_id, blocks in self.live.items():
+            if file_id == self._current:
+                continue
             fd = open_read_only(os.path.join(self.directory, L.block_file_name(file_id)))
             if fd is None:
                 continue
@@ -316,6 +321,8 @@ def _slot_pieces(start: int, end: int, block_size: int):
 
 
 def _pins(fd: int, block_offset: int) -> int:
-    """The zero-copy pins counted in the header of a block at ``block_offset`` (0 for a hole)."""
+    """The zero-copy pins counted in the header of a block at ``block_offset`` (0 for a hole).
+    Read with pread, not through a mapping: reading a hole through a mapping allocates a
+    page on tmpfs (a SIGBUS when it is full), and most of what is looked at here is holes."""
     word = os.pread(fd, 8, block_offset + L.B_PINS)
     return int.from_bytes(word, "little") if len(word) == 8 else 0
