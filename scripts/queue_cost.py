@@ -6,8 +6,8 @@ One producer process puts ``count`` items (the bench's small dict, or a 1 MiB nu
 array restamped each time) while one consumer process gets them, as the race's objects
 scenario does; each reports its wall time and its CPU time (getrusage) per item. The side
 whose CPU time is closest to the wall time bounds the pair. On this project's VM, 1 MiB
-arrays: 185-216 us of CPU an item for the producer (the copy into the block, xxh3,
-numpy's pickling), 155-169 us for the consumer (xxh3 of the mapped entry, the copy out).
+arrays: 181-216 us of CPU an item for the producer (the copy into the block, xxh3,
+numpy's pickling), 146-169 us for the consumer (xxh3 of the mapped entry, the copy out).
 Both start with malloc settled as in the race (client/heap.py settle).
 """
 
