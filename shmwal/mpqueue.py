@@ -26,6 +26,7 @@ import queue as _stdlib_queue
 import time
 
 from . import embedded, objects
+from .entry import Entry
 from .blocks import layout as L
 from .ipc import names
 from .timeouts import check_timeout
@@ -105,7 +106,7 @@ class Queue:
         client = self._client or self._connect()
         if len(parts) > 1 and total >= LARGE:
             with client.reserve(self._name, total) as slot:   # copied once: straight into the block
-                objects.write_parts(slot.buffer, parts)
+                slot.fill(parts)
         else:
             client.append(self._name, objects.gather(parts, total))
 
@@ -126,11 +127,21 @@ class Queue:
         # would serve, while the client that made that reader is connected and has not
         # dropped it. Anything else (nothing there yet, another shape, a large item, a new
         # block, a deleted group, a dead broker) goes the long way, with nothing read.
+        # After a large item the same, for whatever comes next: hot.c copies it into a
+        # bytearray while checking it, whose slices decode hands out as the buffers.
         reader = self._hot_reader
         if reader is not None and not reader.stale and self._client._alive:
-            obj = reader.hot_next_object(True, _loads, LARGE, _MISS)
-            if obj is not _MISS:
-                return obj
+            if not self._read_large:
+                obj = reader.hot_next_object(True, _loads, LARGE, _MISS)
+                if obj is not _MISS:
+                    return obj
+            else:
+                entry = reader.hot_next_writable(True)
+                if entry.__class__ is Entry:
+                    data = entry.data
+                    del entry
+                    self._read_large = len(data) >= LARGE
+                    return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
         return self._get(block, timeout)
 
     def _get(self, block, timeout):
@@ -143,8 +154,7 @@ class Queue:
         data = entry.data
         del entry   # the view alone keeps its block pinned, and only until decoded
         self._read_large = len(data) >= LARGE
-        # get's fast path reads by copy: after a large item it stays off until a small one.
-        self._hot_reader = None if self._read_large else client._readers.get((self._name, self._group))
+        self._hot_reader = client._readers.get((self._name, self._group))
         return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
 
     def put_nowait(self, obj) -> None:

@@ -7,12 +7,18 @@ An entry is one of three shapes, told apart by its first byte:
 ``0x80`` (pickle's PROTO opcode)
     a plain protocol-5 pickle: the object had no out-of-band buffer. Small
     objects take this path and pay nothing for the others.
-``b"B"``
+``b"A"``
     ``HEAD`` (tag, buffer count, pickle length) | buffer lengths (u64 each) |
-    pickle stream | buffer 0 | buffer 1 | ...  The buffers are what pickle
-    handed to ``buffer_callback`` (numpy arrays, bytearrays, PickleBuffers),
-    so they are never copied into the pickle stream: the writer copies each
-    once, straight from the object into the entry.
+    pickle stream | zeros to a multiple of ``ALIGN`` | buffer 0 | zeros to a
+    multiple of ``ALIGN`` | buffer 1 | ...  The buffers are what pickle handed
+    to ``buffer_callback`` (numpy arrays, bytearrays, PickleBuffers), so they
+    are never copied into the pickle stream: the writer copies each once,
+    straight from the object into the entry.  Each buffer starts ``ALIGN``-
+    aligned within the entry, so that a reader holding the entry in memory of
+    its own (malloc's, 16-aligned) can hand out slices of it as the buffers:
+    arrays over them are as aligned as numpy's own.
+``b"B"``
+    the same without the zeros, as shmwal 0.x wrote it before ``b"A"``: still read.
 ``b"R"``
     a top-level ``bytes`` object of at least ``RAW_MIN`` bytes, as is after
     the tag. Pickle always copies ``bytes`` into its stream (the C pickler
@@ -20,10 +26,11 @@ An entry is one of three shapes, told apart by its first byte:
     ``bytes`` item would be copied twice on the way in. ``bytes`` nested
     inside other objects still travel in the stream.
 
-On the way out every out-of-band buffer is copied once into a ``bytearray`` of
-its own, so that arrays come back writable and owning their memory (as
-``multiprocessing.Queue``'s do), whatever the entry's memory is (a mapped
-block, through a zero-copy read).
+On the way out every out-of-band buffer comes back writable and in memory of its
+own (as ``multiprocessing.Queue``'s arrays do), never the mapped block: from an
+entry read into a ``bytearray`` (the compiled get, hot.c next_writable, copying
+once), slices of it; from any other (bytes, or a zero-copy view of the block),
+each buffer copied once into a ``bytearray`` of its own.
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ import struct
 
 PROTOCOL = 5
 TAG_PICKLE = 0x80
+TAG_ALIGNED = ord("A")
 TAG_BUFFERS = ord("B")
+ALIGN = 64
 TAG_RAW = ord("R")
 HEAD = struct.Struct("<BxxxIQ")   # tag, buffer count, pickle stream length
 RAW_MIN = 64 * 1024               # smaller bytes: a pickle costs less than a second shape
 _RAW_TAG = bytes([TAG_RAW])
+_ZEROS = bytes(ALIGN)
 
 _dumps = pickle.dumps
 _loads = pickle.loads
@@ -62,8 +72,16 @@ def with_buffers(stream: bytes, buffers: list) -> tuple[list, int]:
     """``encode``'s parts for a pickle ``stream`` and the out-of-band ``buffers`` it named."""
     raws = [buffer.raw() for buffer in buffers]   # flat "B" views of the objects' own memory
     lengths = [raw.nbytes for raw in raws]
-    head = HEAD.pack(TAG_BUFFERS, len(raws), len(stream)) + struct.pack(f"<{len(raws)}Q", *lengths)
-    return [head, stream, *raws], len(head) + len(stream) + sum(lengths)
+    head = HEAD.pack(TAG_ALIGNED, len(raws), len(stream)) + struct.pack(f"<{len(raws)}Q", *lengths)
+    parts = [head, stream]
+    at = len(head) + len(stream)
+    for raw, n in zip(raws, lengths):
+        pad = -at % ALIGN
+        if pad:
+            parts.append(_ZEROS[:pad])
+        parts.append(raw)
+        at += pad + n
+    return parts, at
 
 
 def write_parts(target, parts) -> None:
@@ -92,18 +110,25 @@ def decode(data):
         return _loads(data)
     if tag == TAG_RAW:
         return bytes(memoryview(data)[1:])
-    if tag != TAG_BUFFERS or len(data) < HEAD.size:
+    if (tag != TAG_ALIGNED and tag != TAG_BUFFERS) or len(data) < HEAD.size:
         raise NotAnItem(f"not a shmwal.Queue item (first byte {tag:#04x})")
     _tag, count, stream_length = HEAD.unpack_from(data)
     at = HEAD.size + 8 * count
+    if at > len(data):
+        raise NotAnItem("a shmwal.Queue item whose lengths do not add up")
     lengths = struct.unpack_from(f"<{count}Q", data, HEAD.size)
-    if at + stream_length + sum(lengths) != len(data):
+    align = ALIGN if tag == TAG_ALIGNED else 1
+    stream_at = at
+    at += stream_length
+    starts = []
+    for n in lengths:
+        at += -at % align
+        starts.append(at)
+        at += n
+    if at != len(data):
         raise NotAnItem("a shmwal.Queue item whose lengths do not add up")
     view = memoryview(data)
-    stream = view[at:at + stream_length]
-    at += stream_length
-    buffers = []
-    for n in lengths:
-        buffers.append(bytearray(view[at:at + n]))
-        at += n
-    return _loads(stream, buffers=buffers)
+    own = type(data) is bytearray   # memory of its own: its slices are the buffers
+    buffers = [view[start:start + n] if own else bytearray(view[start:start + n])
+               for start, n in zip(starts, lengths)]
+    return _loads(view[stream_at:stream_at + stream_length], buffers=buffers)

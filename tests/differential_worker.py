@@ -82,7 +82,11 @@ def reserve(client, args: dict):
     inner = None
     try:
         with slot:
-            slot.buffer[:] = data
+            if args.get("fill"):   # the parts back to back: bytes, a memoryview, a bytearray
+                cut = args["seed"] % (len(data) + 1)
+                slot.fill([data[:cut // 2], memoryview(data)[cut // 2:cut], bytearray(data[cut:])])
+            else:
+                slot.buffer[:] = data
             if args["inner"]:
                 try:
                     if args["inner"] == "append":

@@ -107,3 +107,32 @@ def test_random_flips_in_block_files_never_wedge_or_mislead_any_way_of_reading(d
         for _ in range(25):
             flip_byte(path, rng.randrange(size), 1 << rng.randrange(8))
     _read_every_way(data_dir, start_broker, expected, max_bytes=20_000)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_damaged_large_entry_is_never_handed_out(start_broker, where):
+    """Entries past two of hot.c's copy pieces (32 KiB) are checked piece by piece as they are
+    copied (copy_checking): damage in any piece raises CorruptEntry, for every way of reading,
+    from a reader whose compiled path has the block cached (it read the entries before)."""
+    broker = start_broker(block_size=4 << 20)
+    rng = random.Random(3)
+    expected = [rng.randbytes(100_000 + i) for i in range(6)]
+    with shmwal.connect(broker.data_dir, key=broker.key) as client:
+        for data in expected:
+            client.append("t", data)
+        for group in ("next", "batch"):
+            client.create_group("t", group)
+        assert client.read_next("t", group="next").data == expected[0]
+        assert [e.data for e in client.batch_read("t", 150_000, group="batch")] == expected[:1]
+        (bad,) = [e for e in locate_entries(broker.root, "t") if e.offset == 1]
+        at = {"first": 5, "middle": bad.length // 2, "last": bad.length - 3}[where]
+        flip_byte(bad.path, bad.payload_pos + at, 0x04)
+        for call in (lambda: client.read_next("t", group="next"),
+                     lambda: client.batch_read("t", 1 << 30, group="batch")):
+            for _ in range(2):
+                with pytest.raises(shmwal.CorruptEntry) as info:
+                    call()
+                assert (info.value.topic, info.value.offset) == ("t", 1)
+        client.seek("t", 2, group="next")
+        assert [client.read_next("t", group="next").data for _ in range(4)] == expected[2:]

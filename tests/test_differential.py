@@ -3,9 +3,10 @@
 A hypothesis state machine sends the same random operations to two worker
 processes, one with hot.c and one with SHMWAL_PURE_PYTHON=1, each on a broker of
 its own, and requires identical answers: append, batch_append of 0..N entries
-(empty ones included, now and then one larger than a block), reserve (zero-copy writes:
-published, discarded by an exception, with an append, batch_append or reserve of the same
-topic inside that must fail, of 0 bytes and of more than a block), read_next,
+(empty ones included, now and then one larger than a block), reserve (zero-copy writes
+through slot.buffer or slot.fill: published, discarded by an exception, with an append,
+batch_append or reserve of the same topic inside that must fail, of 0 bytes and of more
+than a block), read_next,
 batch_read and batch_read_payloads with budgets of 0, 1 and more, peeks
 (checkpoint=False), zero-copy reads, seek and position, on two topics and two
 groups.  A "keeper" group that never reads holds every block, so reclamation
@@ -86,9 +87,9 @@ class SamePaths(RuleBasedStateMachine):
         self.both("batch_append", topic=topic, sizes=sizes, seed=seed)
 
     @rule(topic=TOPICS, size=SIZES, seed=st.integers(0, 2**32), discard=st.booleans(),
-          inner=st.sampled_from([None, None, None, "append", "batch_append", "reserve"]))
-    def reserve(self, topic, size, seed, discard, inner):
-        self.both("reserve", topic=topic, size=size, seed=seed, discard=discard, inner=inner)
+          inner=st.sampled_from([None, None, None, "append", "batch_append", "reserve"]), fill=st.booleans())
+    def reserve(self, topic, size, seed, discard, inner, fill):
+        self.both("reserve", topic=topic, size=size, seed=seed, discard=discard, inner=inner, fill=fill)
 
     @rule(topic=TOPICS, group=GROUPS, checkpoint=st.booleans(), zero_copy=st.booleans())
     def read_next(self, topic, group, checkpoint, zero_copy):

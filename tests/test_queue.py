@@ -27,7 +27,9 @@ import numpy as np
 import pytest
 
 import shmwal
+from shmwal import objects
 from conftest import ipc_leftovers, wait_until
+from drill_helpers import flip_byte, locate_entries
 from helpers import Workers, no_resource_tracker_left  # noqa: F401  (an autouse fixture)
 import queue_workers as W
 
@@ -206,6 +208,82 @@ def test_objects_with_large_buffers_round_trip_with_type_dtype_and_shape(make_qu
         assert got["arrays"][1].dtype == np.int8 and got["blob"] == obj["blob"]
     else:
         assert got == obj
+
+
+@pytest.fixture
+def big_queue(start_broker):
+    """Queues on a broker of 8 MiB blocks: the compiled get serves a large item only from the
+    block it read last (its own block, with the broker fixture's 64 KiB ones), and the tests
+    that take this are about it."""
+    broker = start_broker(block_size=8 << 20)
+    made = []
+
+    def make(name="q"):
+        made.append(shmwal.Queue(name, data_dir=broker.data_dir, key=broker.key))
+        return made[-1]
+
+    make.broker = broker
+    yield make
+    for q in made:
+        q.close()
+
+
+def test_arrays_after_a_large_item_are_aligned_writable_and_apart(big_queue):
+    """A large item's buffers come back in memory of their own, each ALIGN-aligned within the
+    entry ("A" items): the compiled get hands out slices of one bytearray it copied the entry
+    into (hot.c next_writable), the pure one copies each buffer; either way numpy sees
+    aligned, writable arrays that share nothing with the mapped block or with each other."""
+    q = big_queue()
+    odd = np.arange(13, dtype=np.uint8)          # a buffer whose length leaves the next unaligned
+    for seq in range(3):                          # the first get goes the long way, the rest hot
+        q.put({"seq": seq, "a": np.full(2**17, seq, dtype=np.float64), "odd": odd,
+               "c": np.arange(1000, dtype=np.complex128)})
+    for seq in range(3):
+        got = q.get(timeout=5)
+        assert got["seq"] == seq
+        for name in ("a", "odd", "c"):
+            arr = got[name]
+            assert arr.flags.aligned and arr.flags.writeable, (seq, name)
+            assert arr.ctypes.data % 16 == 0, (seq, name, arr.ctypes.data % 64)
+        assert np.array_equal(got["a"], np.full(2**17, seq, dtype=np.float64))
+        assert np.array_equal(got["odd"], odd) and np.array_equal(got["c"], np.arange(1000, dtype=np.complex128))
+        got["a"][:] = -1                           # writing one array leaves the others alone
+        assert np.array_equal(got["odd"], odd) and got["c"][999] == 999
+
+
+def test_items_written_before_aligned_buffers_still_come_back(big_queue):
+    """"B" items (buffers back to back, as the queue wrote them before "A"): still read, by
+    the long get and by the compiled one after a large item."""
+    q = big_queue("legacy")
+    arrays = [np.arange(2**16, dtype=np.int64) * k for k in (1, 2, 3)]
+    with shmwal.connect(big_queue.broker.data_dir, key=big_queue.broker.key) as client:
+        for a in arrays:
+            buffers = []
+            stream = pickle.dumps(a, protocol=5, buffer_callback=buffers.append)
+            raw = buffers[0].raw()
+            head = objects.HEAD.pack(objects.TAG_BUFFERS, 1, len(stream)) + raw.nbytes.to_bytes(8, "little")
+            client.append("legacy", head + stream + bytes(raw))
+    for a in arrays:
+        got = q.get(timeout=5)
+        assert got.dtype == a.dtype and np.array_equal(got, a) and got.flags.writeable
+
+
+def test_a_damaged_large_item_raises_corrupt_entry_and_stays(big_queue):
+    """The compiled get after a large item checks the checksum as it copies: a damaged item
+    is not handed out, get raises CorruptEntry at its offset, and the cursor stays on it."""
+    q = big_queue("damaged")
+    items = [np.full(2**17, k, dtype=np.uint64) for k in range(3)]
+    for item in items:
+        q.put(item)
+    for item in items[:2]:   # the second get is the first the compiled reader can serve
+        assert np.array_equal(q.get(timeout=5), item)
+    (loc,) = [e for e in locate_entries(big_queue.broker.root, "damaged") if e.offset == 2]
+    flip_byte(loc.path, loc.payload_pos + loc.length // 2)
+    for _ in range(2):
+        with pytest.raises(shmwal.CorruptEntry) as info:
+            q.get(timeout=5)
+        assert (info.value.topic, info.value.offset) == ("damaged", 2)
+    assert q.qsize() == 1
 
 
 def _mixed_item(i: int):

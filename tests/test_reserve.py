@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -145,6 +146,84 @@ def test_numpy_arrays_in_and_out_without_copies(client):
     entry = client.read_next("arrays", zero_copy=True)
     np.testing.assert_array_equal(np.frombuffer(entry.data, dtype=np.int32).reshape(3, 4), matrix)
     assert client.read_next("arrays", group="copies", checkpoint=False).data == values.tobytes()
+
+
+def _pieces(data: bytes, cuts) -> list:
+    """``data`` cut at ``cuts``, as bytes, bytearray, memoryview and numpy parts in turn."""
+    bounds = [0, *sorted(cuts), len(data)]
+    kinds = (bytes, bytearray, memoryview, lambda b: np.frombuffer(b, dtype=np.uint8))
+    return [kinds[i % 4](data[a:b]) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
+@pytest.mark.parametrize("size, cuts", [
+    (0, []), (1, []), (10, [3, 3, 7]), (5000, [1, 4097]),
+    # Past hot.c's STREAM_MIN (256 KiB): streaming stores, the head copied up to 16-byte alignment.
+    ((1 << 20) + 13, [7, 100]), ((1 << 20) + 13, [(1 << 20) + 5]), (3 << 20, [1, 2, 3, 8192 * 5 + 1]),
+])
+def test_fill_writes_the_parts_back_to_back(start_broker, size, cuts):
+    broker = start_broker(block_size=8 << 20)
+    data = random.Random(size).randbytes(size)
+    with connect(broker) as client:
+        client.append("t", b"x" * 3)   # the next payload starts 8-aligned, not 16-aligned
+        with client.reserve("t", size) as slot:
+            slot.fill(_pieces(data, cuts))
+            with pytest.raises(ValueError):
+                slot.buffer[:0]   # released: nothing writes past the checksum fill took
+        assert slot.offset == 1
+        with client.reserve("t", size) as again:   # the same again, in place in the block
+            again.fill(_pieces(data, cuts))
+        assert again.offset == 2
+        got = [(e.offset, e.data) for e in read_all(client, "t")]
+        assert got == [(0, b"xxx"), (1, data), (2, data)]
+        # The other path checks the checksums fill took (xxhash in Python): same entries.
+        out = subprocess.run([sys.executable, "-c", PURE_READ, broker.data_dir, broker.key or ""], capture_output=True, timeout=60,
+                             env={**os.environ, "SHMWAL_PURE_PYTHON": "1"})
+        assert out.returncode == 0, out.stderr.decode()
+        assert out.stdout.decode().split() == ["1", str(size), "2", str(size), str(zlib.crc32(data))]
+
+
+PURE_READ = """
+import sys, zlib, shmwal
+with shmwal.connect(sys.argv[1], key=sys.argv[2] or None) as c:
+    c.seek("t", 1, group="pure")   # the first block may be reclaimed already
+    got = c.batch_read("t", 1 << 30, group="pure")
+    print(*[f"{e.offset} {len(e.data)}" for e in got], zlib.crc32(got[-1].data))
+"""
+
+
+def test_fill_refuses_bad_parts_and_changes_nothing(client):
+    client.append("t", b"a")
+    with client.reserve("t", 6) as slot:
+        with pytest.raises(TypeError):
+            slot.fill(b"abcdef")   # not a list of parts
+        with pytest.raises(TypeError):
+            slot.fill([b"abc", 123])
+        with pytest.raises(TypeError):
+            slot.fill([b"abc", np.arange(6, dtype=np.uint8)[::2]])   # not contiguous
+        with pytest.raises(ValueError):
+            slot.fill([b"abc", b"de"])   # 5 bytes for 6
+        slot.buffer[:] = b"zzzzzz"   # still open and writable after each refusal
+        slot.fill([b"abc", b"def"])
+        with pytest.raises(RuntimeError):
+            slot.fill([b"abc", b"def"])   # once
+    with pytest.raises(RuntimeError):
+        slot.fill([b"abc", b"def"])   # after the block
+    with client.reserve("t", 3) as kept:
+        kept.fill([b"xyz"])
+    with pytest.raises(KeyError):
+        with client.reserve("t", 2) as dropped:   # an exception discards: fill published nothing
+            dropped.fill([b"no"])
+            raise KeyError
+    assert [e.data for e in read_all(client, "t")] == [b"a", b"abcdef", b"xyz"]
+
+
+def test_fill_of_an_entry_that_opens_a_new_block(client):
+    """The general path (a slot whose entry needs the next block) fills as the fast one does."""
+    client.append("t", b"a" * (BLOCK - 2000))
+    data = random.Random(7).randbytes(5000)
+    with client.reserve("t", len(data)) as slot:
+        slot.fill([data[:100], data[100:]])
+    assert [e.data for e in read_all(client, "t")] == [b"a" * (BLOCK - 2000), data]
 
 
 def test_a_slot_is_entered_once(client):

@@ -44,6 +44,7 @@
  * Every variant computes the same digest. */
 #ifdef SHMWAL_XXH_DISPATCH
 XXH64_hash_t XXH3_64bits_withSeed_dispatch(const void *input, size_t len, XXH64_hash_t seed);
+XXH_errorcode XXH3_64bits_update_dispatch(XXH3_state_t *state, const void *input, size_t len);
 #endif
 
 static inline uint64_t checksum(const void *data, size_t length, uint64_t seed)
@@ -318,12 +319,83 @@ static void wake_readers(Appender *self)
         sem_post(self->sem);
 }
 
-/* The header of a one-entry record (codec.encode_single's bytes) whose payload of `length`
- * bytes already lies behind it: its checksum is taken from there, so append (which copied
- * it in) and a reserve slot (whose owner wrote it in place) share this. */
-static inline void write_single_header(char *record, uint64_t offset, uint64_t length)
+/* ================================================================== large payloads past the caches
+ *
+ * A producer of large entries (a 1 MiB array through shmwal.Queue) writes blocks it last
+ * touched several tens of MiB ago: memcpy then reads every destination line from DRAM before
+ * overwriting it, and the checksum pass after it reads the MiB back.  Measured here (AMD EPYC
+ * VM, 32 MiB L3, destinations cycling through 48 MiB): memcpy + xxh3 of the destination
+ * 114-118 us a MiB, against 57 us for this: each 8 KiB piece copied into a buffer that stays
+ * in L1, hashed there, and stored to the block with non-temporal stores (no read for
+ * ownership).  What is hashed is exactly what is stored, whatever another thread does to the
+ * source meanwhile.  Below STREAM_MIN a plain copy wins (the lines stay cached for a reader
+ * close behind), so small parts are copied and hashed where they land. */
+#define STREAM_MIN (256 * 1024)
+#define STREAM_PIECE 8192
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <emmintrin.h>
+/* piece[0:k] = src[0:k] and dst[0:k] = src[0:k] in one pass, dst 16-byte aligned: the
+ * piece with ordinary stores (it is hashed next, from L1), dst with streaming stores. */
+static inline void copy_piece(char *piece, char *dst, const char *src, size_t k)
 {
-    uint64_t digest = checksum(record + SINGLE_RECORD_SIZE, (size_t)length, entry_seed(offset));
+    size_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32));
+        __m128i d = _mm_loadu_si128((const __m128i *)(src + i + 48));
+        _mm_store_si128((__m128i *)(piece + i), a);
+        _mm_store_si128((__m128i *)(piece + i + 16), b);
+        _mm_store_si128((__m128i *)(piece + i + 32), c);
+        _mm_store_si128((__m128i *)(piece + i + 48), d);
+        _mm_stream_si128((__m128i *)(dst + i), a);
+        _mm_stream_si128((__m128i *)(dst + i + 16), b);
+        _mm_stream_si128((__m128i *)(dst + i + 32), c);
+        _mm_stream_si128((__m128i *)(dst + i + 48), d);
+    }
+    memcpy(piece + i, src + i, k - i);
+    memcpy(dst + i, piece + i, k - i);
+}
+/* Streaming stores are weakly ordered: this orders them before the publish's stores. */
+static inline void streaming_done(void) { _mm_sfence(); }
+#else
+static inline void copy_piece(char *piece, char *dst, const char *src, size_t k)
+{
+    memcpy(piece, src, k);
+    memcpy(dst, piece, k);
+}
+static inline void streaming_done(void) {}
+#endif
+
+static inline void hash_update(XXH3_state_t *state, const void *data, size_t length)
+{
+#ifdef SHMWAL_XXH_DISPATCH
+    XXH3_64bits_update_dispatch(state, data, length);
+#else
+    XXH3_64bits_update(state, data, length);
+#endif
+}
+
+/* dst[0:n] = src[0:n], and the bytes go into `state` (what was stored, not what src holds
+ * later: each piece is hashed from the copy it was stored from). */
+static void copy_hashing(XXH3_state_t *state, char *dst, const char *src, size_t n)
+{
+    size_t head = n < STREAM_MIN ? n : (size_t)(-(uintptr_t)dst & 15);
+    memcpy(dst, src, head);
+    hash_update(state, dst, head);
+    _Alignas(64) char piece[STREAM_PIECE];
+    for (size_t at = head; at < n; at += STREAM_PIECE) {
+        size_t k = n - at < STREAM_PIECE ? n - at : STREAM_PIECE;
+        copy_piece(piece, dst + at, src + at, k);
+        hash_update(state, piece, k);
+    }
+}
+
+/* The header of a one-entry record (codec.encode_single's bytes) whose payload of `length`
+ * bytes lies behind it and whose payload checksum is `digest`. */
+static inline void write_single_header_digest(char *record, uint64_t offset, uint64_t length, uint64_t digest)
+{
     uint64_t header[6];
     header[0] = 1;   /* count = 1, batch_left = 0 (two little-endian u32) */
     header[1] = offset;
@@ -332,6 +404,14 @@ static inline void write_single_header(char *record, uint64_t offset, uint64_t l
     header[4] = length;
     header[5] = digest;
     memcpy(record, header, sizeof header);
+}
+
+/* The same, the checksum taken from the payload where it lies, so append (which copied it
+ * in) and a reserve slot (whose owner wrote it in place) share this. */
+static inline void write_single_header(char *record, uint64_t offset, uint64_t length)
+{
+    write_single_header_digest(record, offset, length,
+                               checksum(record + SINGLE_RECORD_SIZE, (size_t)length, entry_seed(offset)));
 }
 
 /* THE publish of one record ending at `end` of chain slot `block` (writer mutex held, the
@@ -556,6 +636,8 @@ typedef struct {
     Span *span;             /* the fast path's payload area (holds the mapping) until __exit__ */
     uint64_t nbytes;
     uint64_t entry_offset, block, pos, end;   /* where the fast path placed the record */
+    uint64_t digest;        /* the payload's checksum, when fill() took it on the fast path */
+    int filled;             /* fill() ran (once a slot) */
     int state;
 } Slot;
 
@@ -586,7 +668,8 @@ static PyObject *Appender_slot(Appender *self, PyObject *arg)
     slot->buffer = slot->offset = slot->place = NULL;
     slot->span = NULL;
     slot->nbytes = nbytes;
-    slot->entry_offset = slot->block = slot->pos = slot->end = 0;
+    slot->entry_offset = slot->block = slot->pos = slot->end = slot->digest = 0;
+    slot->filled = 0;
     slot->state = SLOT_NEW;
     return (PyObject *)slot;
 }
@@ -711,7 +794,11 @@ static PyObject *Slot_exit(Slot *self, PyObject *const *args, Py_ssize_t nargs)
         Appender *a = self->owner;
         char *m = a->meta.view.buf;
         if (publish) {
-            write_single_header((char *)self->span->source.buf + self->pos, self->entry_offset, self->nbytes);
+            char *record = (char *)self->span->source.buf + self->pos;
+            if (self->filled)   /* on the fast path: the digest is fill()'s */
+                write_single_header_digest(record, self->entry_offset, self->nbytes, self->digest);
+            else
+                write_single_header(record, self->entry_offset, self->nbytes);
             publish_single(m, self->block, self->end, self->entry_offset, self->nbytes);
         }
         pthread_mutex_unlock((pthread_mutex_t *)(m + H_WRITER_MUTEX));   /* ours since __enter__ */
@@ -736,6 +823,86 @@ static PyObject *Slot_exit(Slot *self, PyObject *const *args, Py_ssize_t nargs)
     else
         Py_DECREF(got);
     Py_RETURN_FALSE;
+}
+
+/* fill(parts): the payload is the parts back to back (client/reserve.py Slot.fill says what
+ * for).  The fast path copies them with copy_hashing, so __exit__ publishes the checksum taken
+ * on the way in instead of reading the payload back; the general path copies them into the
+ * view reserve_begin gave, and reserve_commit checksums it as ever.  Either way the buffer is
+ * released after, so nothing writes the payload past the checksum through slot.buffer. */
+static PyObject *Slot_fill(Slot *self, PyObject *parts)
+{
+    if (self->state != SLOT_OPEN || self->filled) {
+        PyErr_SetString(PyExc_RuntimeError, "fill() is for an open slot, inside its with block, once");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(parts, "fill() takes a list or tuple of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_buffer view;
+        const char *bytes;
+        Py_ssize_t length;
+        int has_view = payload(items[i], &view, &bytes, &length);
+        if (has_view < 0) {
+            PyErr_Format(PyExc_TypeError, "fill(): part %zd is not a contiguous bytes-like object (%.100s)",
+                         i, Py_TYPE(items[i])->tp_name);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (has_view)
+            PyBuffer_Release(&view);
+        total += (uint64_t)length;
+    }
+    if (total != self->nbytes) {
+        PyErr_Format(PyExc_ValueError, "fill(): the parts hold %llu bytes, the slot %llu",
+                     (unsigned long long)total, (unsigned long long)self->nbytes);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_buffer target;
+    if (PyObject_GetBuffer(self->buffer, &target, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(seq);
+        return NULL;   /* released by hand (slot.buffer.release()): ValueError */
+    }
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
+    XXH3_64bits_reset_withSeed(&state, entry_seed(self->entry_offset));
+    char *at = target.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_buffer view;
+        const char *bytes;
+        Py_ssize_t length;
+        int has_view = payload(items[i], &view, &bytes, &length);
+        if (has_view < 0 || (char *)target.buf + self->nbytes - at < length) {
+            /* A part grew since it was measured: the slot stays open, unfilled. */
+            if (has_view > 0)
+                PyBuffer_Release(&view);
+            PyBuffer_Release(&target);
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");
+            return NULL;
+        }
+        if (self->place == NULL)
+            copy_hashing(&state, at, bytes, (size_t)length);
+        else
+            memcpy(at, bytes, (size_t)length);
+        if (has_view)
+            PyBuffer_Release(&view);
+        at += length;
+    }
+    PyBuffer_Release(&target);
+    Py_DECREF(seq);
+    if (self->place == NULL) {
+        streaming_done();
+        self->digest = XXH3_64bits_digest(&state);
+    }
+    self->filled = 1;
+    release_buffer(self);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Slot_get_nbytes(Slot *self, void *closure)
@@ -775,6 +942,8 @@ static PyMethodDef Slot_methods[] = {
     {"__enter__", (PyCFunction)Slot_enter, METH_NOARGS, "take the writer mutex; slot.buffer is the entry's payload area"},
     {"__exit__", (PyCFunction)(void (*)(void))Slot_exit, METH_FASTCALL,
      "publish the entry (no exception) or discard it, release the mutex and slot.buffer"},
+    {"fill", (PyCFunction)Slot_fill, METH_O,
+     "fill(parts): write the payload as the parts back to back (their sizes add up to nbytes), then release slot.buffer"},
     {NULL}
 };
 
@@ -903,10 +1072,36 @@ static PyTypeObject *entry_type;   /* shmwal.entry.Entry, set by configure() */
  * hashed rather than the source: it is what the caller gets, and it is still in this
  * core's cache, while the source was just written by another core (64 KiB entries:
  * 3.4 us against 4.8 us hashing the source first, from the costs of each step alone). */
-static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, uint64_t digest)
+/* The checksum of src[0:length] as it is copied to dst: beyond two pieces, piece by piece,
+ * each hashed from the copy while it is in L1, so the source (a block that may be in DRAM)
+ * is read once.  1 MiB from a cold block here: 80-83 us against ~100 for copy then hash. */
+static uint64_t copy_checking(char *dst, const char *src, uint64_t length, uint64_t seed)
 {
-    PyObject *data = PyBytes_FromStringAndSize(src, (Py_ssize_t)length);
-    if (data != NULL && checksum(PyBytes_AS_STRING(data), (size_t)length, seed) != digest)
+    if (length <= 2 * STREAM_PIECE) {
+        memcpy(dst, src, (size_t)length);
+        return checksum(dst, (size_t)length, seed);
+    }
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
+    XXH3_64bits_reset_withSeed(&state, seed);
+    for (uint64_t at = 0; at < length; at += 2 * STREAM_PIECE) {
+        size_t k = length - at < 2 * STREAM_PIECE ? (size_t)(length - at) : 2 * STREAM_PIECE;
+        memcpy(dst + at, src + at, k);
+        hash_update(&state, dst + at, k);
+    }
+    return XXH3_64bits_digest(&state);
+}
+
+/* A copy of the payload src[0:length] as bytes (or a bytearray: `writable`), or NULL with no
+ * error set when it does not match `digest` (the general path then reports it). */
+static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, uint64_t digest, int writable)
+{
+    PyObject *data = writable ? PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)length)
+                              : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    if (data == NULL)
+        return NULL;
+    char *dst = writable ? PyByteArray_AS_STRING(data) : PyBytes_AS_STRING(data);
+    if (copy_checking(dst, src, length, seed) != digest)
         Py_CLEAR(data);
     return data;
 }
@@ -1032,7 +1227,9 @@ static PyObject *Reader_set_block(Reader *self, PyObject *args)
  * With ``pickled_below`` > 0 (shmwal.Queue's get, Reader_next_object): only an entry
  * shorter than that whose first byte is pickle's PROTO opcode (0x80) is taken, its bytes
  * returned rather than an Entry; anything else is handed back untouched (None). */
-static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy, uint64_t pickled_below)
+enum { FORM_BYTES = 0, FORM_VIEW = 1, FORM_BYTEARRAY = 2 };   /* what next_entry's data is */
+
+static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pickled_below)
 {
     char *m = self->meta.view.buf;
     size_t g = self->slot;
@@ -1078,7 +1275,7 @@ static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy, uint64_
                           || (unsigned char)record[SINGLE_RECORD_SIZE] != 0x80))
         goto hand_back;
     PyObject *data;
-    if (zero_copy) {
+    if (form == FORM_VIEW) {
         /* The pin comes first, H_FIRST_BLOCK is loaded after it (the order _pinned_view
          * argues); our cursor is in this block and we hold the group mutex, so it cannot be
          * reclaimed now anyway.  The checksum is of the mapped bytes the view shows. */
@@ -1102,7 +1299,8 @@ static PyObject *next_entry(Reader *self, int checkpoint, int zero_copy, uint64_
             return NULL;
         }
     } else {
-        data = copy_checked(record + SINGLE_RECORD_SIZE, length, entry_seed(cursor), digest);
+        data = copy_checked(record + SINGLE_RECORD_SIZE, length, entry_seed(cursor), digest,
+                            form == FORM_BYTEARRAY);
         if (data == NULL) {
             if (PyErr_Occurred()) {
                 pthread_mutex_unlock(mutex);
@@ -1132,7 +1330,7 @@ static PyObject *Reader_next(Reader *self, PyObject *checkpoint_obj)
     int checkpoint = PyObject_IsTrue(checkpoint_obj);
     if (checkpoint < 0)
         return NULL;
-    return next_entry(self, checkpoint, 0, 0);
+    return next_entry(self, checkpoint, FORM_BYTES, 0);
 }
 
 /* next_object(checkpoint, loads, below, miss) -> loads(payload), or ``miss``: shmwal.Queue's
@@ -1156,7 +1354,7 @@ static PyObject *Reader_next_object(Reader *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, "next_object: below must be > 0");
         return NULL;
     }
-    PyObject *data = next_entry(self, checkpoint, 0, (uint64_t)below);
+    PyObject *data = next_entry(self, checkpoint, FORM_BYTES, (uint64_t)below);
     if (data == NULL)
         return NULL;
     if (!PyBytes_CheckExact(data)) {   /* None (hand back) or the next offset (nothing to read) */
@@ -1177,7 +1375,17 @@ static PyObject *Reader_next_view(Reader *self, PyObject *checkpoint_obj)
     int checkpoint = PyObject_IsTrue(checkpoint_obj);
     if (checkpoint < 0)
         return NULL;
-    return next_entry(self, checkpoint, 1, 0);
+    return next_entry(self, checkpoint, FORM_VIEW, 0);
+}
+
+/* next_writable(checkpoint): next, with the entry's data a bytearray of its own (shmwal.Queue's
+ * get of a large item: objects.decode hands out slices of it, so the payload is copied once). */
+static PyObject *Reader_next_writable(Reader *self, PyObject *checkpoint_obj)
+{
+    int checkpoint = PyObject_IsTrue(checkpoint_obj);
+    if (checkpoint < 0)
+        return NULL;
+    return next_entry(self, checkpoint, FORM_BYTEARRAY, 0);
 }
 
 static double monotonic(void)
@@ -1266,7 +1474,7 @@ static PyObject *Reader_read_wait(Reader *self, PyObject *args)
         return NULL;
     double until = monotonic() + (seconds >= 0 ? seconds : 0);
     for (;;) {
-        PyObject *found = next_entry(self, checkpoint, 0, 0);
+        PyObject *found = next_entry(self, checkpoint, FORM_BYTES, 0);
         if (found == NULL || !PyLong_CheckExact(found))
             return found;
         uint64_t seen = PyLong_AsUnsignedLongLong(found);
@@ -1303,6 +1511,7 @@ static PyMethodDef Reader_methods[] = {
     {"next_object", (PyCFunction)(void (*)(void))Reader_next_object, METH_FASTCALL,
      "next_object(checkpoint, loads, below, miss) -> loads(payload) of a plain pickle shorter than below, or miss"},
     {"next_view", (PyCFunction)Reader_next_view, METH_O, "next_view(checkpoint): next, zero-copy (data a pinned read-only memoryview)"},
+    {"next_writable", (PyCFunction)Reader_next_writable, METH_O, "next_writable(checkpoint): next, the data a bytearray"},
     {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit[, pin_at]) | set_block(None)"},
     {NULL}
 };
@@ -1434,7 +1643,7 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
                        ? PySequence_GetSlice(buf_obj, (Py_ssize_t)start, (Py_ssize_t)(start + length))
                        : NULL;
             } else {
-                data = copy_checked(base + start, length, entry_seed(c), digest);
+                data = copy_checked(base + start, length, entry_seed(c), digest, 0);
             }
             if (data == NULL) {
                 if (PyErr_Occurred())

@@ -133,6 +133,7 @@ class GroupReader:
         self._hot_block = -1
         self.hot_next = self._no_hot
         self.hot_next_view = self._no_hot   # the same, zero-copy (read_next(..., zero_copy=True))
+        self.hot_next_writable = self._no_hot   # the same, the data a bytearray (shmwal.Queue's large items)
         # shmwal.Queue's get: ``hot_next_object(checkpoint, loads, below, miss)`` is
         # loads() of the next entry if hot_next would serve it and it is a plain pickle
         # shorter than ``below``, else ``miss`` with nothing read (the general path then).
@@ -142,6 +143,7 @@ class GroupReader:
             if not self._strict_sync:
                 self.hot_next = self._hot.next
                 self.hot_next_view = self._hot.next_view
+                self.hot_next_writable = self._hot.next_writable
                 self.hot_next_object = self._hot.next_object
 
     @staticmethod

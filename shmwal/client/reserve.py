@@ -41,7 +41,7 @@ def check_nbytes(nbytes) -> int:
 class Slot:
     """One reserved entry: ``buffer`` inside the ``with`` block, ``offset`` after it."""
 
-    __slots__ = ("_appender_for", "_topic", "_nbytes", "_appender", "_place", "_state", "buffer", "offset")
+    __slots__ = ("_appender_for", "_topic", "_nbytes", "_appender", "_place", "_state", "_filled", "buffer", "offset")
 
     def __init__(self, appender_for, topic: str, nbytes: int):
         self._appender_for = appender_for   # fn(topic) -> the client's Appender of the topic
@@ -50,6 +50,7 @@ class Slot:
         self._appender = None
         self._place = None
         self._state = _NEW
+        self._filled = False
         self.buffer = None   # the payload area while the block runs
         self.offset = None   # the entry's offset once published
 
@@ -64,6 +65,43 @@ class Slot:
         self._place, self.buffer = self._appender.reserve_begin(self._nbytes)
         self._state = _OPEN
         return self
+
+    def fill(self, parts) -> None:
+        """Write the payload as ``parts`` (bytes-like objects) back to back, then release
+        ``buffer``: their sizes must add up to ``nbytes``.
+
+        The same entry as copying them into ``buffer`` by hand; for large parts the
+        compiled path copies past the caches and takes the checksum on the way in rather
+        than reading the payload back (a 1 MiB array: ~57 against ~115 us here).
+        Nothing is written when a part is not a contiguous bytes-like object
+        (``TypeError``) or the sizes do not add up (``ValueError``); the slot stays open.
+        """
+        if self._state != _OPEN or self._filled:
+            raise RuntimeError("fill() is for an open slot, inside its with block, once")
+        if not isinstance(parts, (list, tuple)):
+            raise TypeError("fill() takes a list or tuple of bytes-like objects")
+        views = []
+        for i, part in enumerate(parts):
+            try:
+                view = memoryview(part)
+            except TypeError:
+                raise TypeError(f"fill(): part {i} is not a contiguous bytes-like object "
+                                f"({type(part).__name__})") from None
+            if not view.c_contiguous:
+                raise TypeError(f"fill(): part {i} is not a contiguous bytes-like object ({type(part).__name__})")
+            views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+        total = sum(view.nbytes for view in views)
+        if total != self._nbytes:
+            raise ValueError(f"fill(): the parts hold {total} bytes, the slot {self._nbytes}")
+        target, at = self.buffer, 0
+        for view in views:
+            target[at:at + view.nbytes] = view
+            at += view.nbytes
+        self._filled = True
+        try:
+            target.release()
+        except BufferError:
+            pass   # an export of it lives on (module docstring): the entry is still published
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._state != _OPEN:
