@@ -636,7 +636,7 @@ typedef struct {
     Span *span;             /* the fast path's payload area (holds the mapping) until __exit__ */
     uint64_t nbytes;
     uint64_t entry_offset, block, pos, end;   /* where the fast path placed the record */
-    uint64_t digest;        /* the payload's checksum, when fill() took it on the fast path */
+    uint64_t digest;        /* the payload's checksum, when fill() took it (filled) */
     int filled;             /* fill() ran (once a slot) */
     int state;
 } Slot;
@@ -795,7 +795,7 @@ static PyObject *Slot_exit(Slot *self, PyObject *const *args, Py_ssize_t nargs)
         char *m = a->meta.view.buf;
         if (publish) {
             char *record = (char *)self->span->source.buf + self->pos;
-            if (self->filled)   /* on the fast path: the digest is fill()'s */
+            if (self->filled)   /* the digest is fill()'s */
                 write_single_header_digest(record, self->entry_offset, self->nbytes, self->digest);
             else
                 write_single_header(record, self->entry_offset, self->nbytes);
@@ -813,8 +813,16 @@ static PyObject *Slot_exit(Slot *self, PyObject *const *args, Py_ssize_t nargs)
     release_buffer(self);
     PyObject *place = self->place;
     self->place = NULL;
-    /* One argument, never unpacked: the place is a tuple (CallMethod's "O" would spread it). */
-    PyObject *got = PyObject_CallMethodOneArg(self->general, publish ? str_reserve_commit : str_reserve_abort, place);
+    /* The place is one argument, never unpacked (CallMethod's "O" would spread a tuple). */
+    PyObject *got;
+    if (publish && self->filled) {
+        PyObject *digest = PyLong_FromUnsignedLongLong(self->digest);
+        got = digest == NULL ? NULL
+                             : PyObject_CallMethodObjArgs(self->general, str_reserve_commit, place, digest, NULL);
+        Py_XDECREF(digest);
+    } else {
+        got = PyObject_CallMethodOneArg(self->general, publish ? str_reserve_commit : str_reserve_abort, place);
+    }
     Py_DECREF(place);
     if (got == NULL)
         return NULL;
@@ -826,10 +834,11 @@ static PyObject *Slot_exit(Slot *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* fill(parts): the payload is the parts back to back (client/reserve.py Slot.fill says what
- * for).  The fast path copies them with copy_hashing, so __exit__ publishes the checksum taken
- * on the way in instead of reading the payload back; the general path copies them into the
- * view reserve_begin gave, and reserve_commit checksums it as ever.  Either way the buffer is
- * released after, so nothing writes the payload past the checksum through slot.buffer. */
+ * for).  Copied with copy_hashing, so __exit__ publishes the checksum taken on the way in
+ * instead of reading the payload back: written here on the fast path, handed to the general
+ * path's reserve_commit (an entry that opens a block: one in nine 1 MiB arrays with 10 MiB
+ * blocks).  The buffer is released after, so nothing writes the payload past the checksum
+ * through slot.buffer. */
 static PyObject *Slot_fill(Slot *self, PyObject *parts)
 {
     if (self->state != SLOT_OPEN || self->filled) {
@@ -868,9 +877,18 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
         Py_DECREF(seq);
         return NULL;   /* released by hand (slot.buffer.release()): ValueError */
     }
+    uint64_t entry_offset = self->entry_offset;
+    if (self->place != NULL) {   /* the general path's (offset, block, pos, length, moved, end) */
+        entry_offset = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(self->place, 0));
+        if (entry_offset == (uint64_t)-1 && PyErr_Occurred()) {
+            PyBuffer_Release(&target);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
     XXH3_state_t state;
     XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
-    XXH3_64bits_reset_withSeed(&state, entry_seed(self->entry_offset));
+    XXH3_64bits_reset_withSeed(&state, entry_seed(entry_offset));
     char *at = target.buf;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_buffer view;
@@ -886,20 +904,15 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
             PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");
             return NULL;
         }
-        if (self->place == NULL)
-            copy_hashing(&state, at, bytes, (size_t)length);
-        else
-            memcpy(at, bytes, (size_t)length);
+        copy_hashing(&state, at, bytes, (size_t)length);
         if (has_view)
             PyBuffer_Release(&view);
         at += length;
     }
     PyBuffer_Release(&target);
     Py_DECREF(seq);
-    if (self->place == NULL) {
-        streaming_done();
-        self->digest = XXH3_64bits_digest(&state);
-    }
+    streaming_done();
+    self->digest = XXH3_64bits_digest(&state);
     self->filled = 1;
     release_buffer(self);
     Py_RETURN_NONE;

@@ -255,15 +255,17 @@ class Appender:
             raise
         return (offset, block, pos, length, moved, pos + size), view
 
-    def reserve_commit(self, place) -> int:
-        """Checksum and publish the reserved entry (as append does), then release the mutex."""
+    def reserve_commit(self, place, digest: int | None = None) -> int:
+        """Checksum and publish the reserved entry (as append does), then release the mutex.
+        ``digest``: the payload's checksum, taken as it was copied in (hot.c Slot.fill)."""
         offset, block, pos, length, _moved, end = place
         try:
             seed = (offset * _GOLDEN) & _U64   # L.entry_seed
             buf = self._buf
             start = pos + _SINGLE
-            # Through a memoryview: a slice of the mmap itself is a copy of the payload.
-            digest = _hash(memoryview(buf)[start:start + length], seed)
+            if digest is None:
+                # Through a memoryview: a slice of the mmap itself is a copy of the payload.
+                digest = _hash(memoryview(buf)[start:start + length], seed)
             _single_pack(buf, pos, 1, 0, offset, length, digest ^ seed ^ _SINGLE_SALT ^ length,
                          length, digest)
             self._publish(block, end, offset + 1, length)
