@@ -4,7 +4,8 @@ Run as ``python reserve_worker.py DATA_DIR KEY TOPIC WRITER INCARNATION REPORT S
 (SHMWAL_PURE_PYTHON in its environment picks the path).  After each call that returned it
 writes one line to REPORT with a single O_APPEND write: ``R|A|B <first offset> <count>
 <digest>`` (a SIGKILL leaves whole lines only).  Reserves fill their buffer in two halves
-with a pause between, so a kill aimed at the writer mutex's holder lands inside the block.
+with a pause between (or with slot.fill, then a pause), so a kill aimed at the writer
+mutex's holder lands inside the block.
 """
 
 from __future__ import annotations
@@ -41,13 +42,20 @@ def main() -> None:
             payload = make_payload(writer, incarnation, seq, 0, 1, n, rng)
             half = len(payload) // 2
             discard = rng.random() < 0.1
+            fill = rng.random() < 0.3
             try:
                 with client.reserve(topic, len(payload)) as slot:
-                    slot.buffer[:half] = payload[:half]
-                    time.sleep(0.0005)
-                    if discard:
-                        raise Discard
-                    slot.buffer[half:] = payload[half:]
+                    if fill:   # the checksum taken by fill, the entry published after a pause
+                        slot.fill([payload[:half], memoryview(payload)[half:]])
+                        time.sleep(0.0005)
+                        if discard:
+                            raise Discard
+                    else:
+                        slot.buffer[:half] = payload[:half]
+                        time.sleep(0.0005)
+                        if discard:
+                            raise Discard
+                        slot.buffer[half:] = payload[half:]
             except Discard:
                 os.write(fd, b"D\n")
             else:
