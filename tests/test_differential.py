@@ -31,7 +31,7 @@ _LEN = struct.Struct("<I")
 BLOCK = 64 * 1024            # conftest's start_broker default
 TOPICS = st.sampled_from(["a", "b"])
 GROUPS = st.sampled_from(["g1", "g2"])
-SIZES = st.one_of(st.integers(0, 3000), st.sampled_from([0, 0, 1, 63, 64, BLOCK - 400, BLOCK + 1000]))
+SIZES = st.one_of(st.integers(0, 3000), st.sampled_from([0, 0, 1, 63, 64, 40_000, BLOCK - 400, BLOCK + 1000]))
 BUDGETS = st.one_of(st.sampled_from([0, 1, 2, 100]), st.integers(0, 200_000))
 
 

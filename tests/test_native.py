@@ -331,3 +331,33 @@ def test_next_object_takes_only_small_plain_pickles_and_agrees_with_read_next(cl
     assert reader.hot_next_object(True, pickle.loads, below, miss) is miss   # nothing left
     with pytest.raises(ValueError):
         reader.hot_next_object(True, pickle.loads, 0, miss)
+
+
+PURE_DIGESTS = """
+import sys, zlib, shmwal
+with shmwal.connect(sys.argv[1], key=sys.argv[2] or None) as c:
+    print(*[f"{e.offset}:{len(e.data)}:{zlib.crc32(e.data)}" for e in c.batch_read("big", 1 << 30, group="pure")])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_large_appends_stream_into_the_block_and_the_pure_path_checks_them(start_broker):
+    """Appends from hot.c's STREAM_MIN (32 KiB) copy with streaming stores and take the checksum on
+    the way (copy_hashing): the entries read back the same here, and the pure path, which checks
+    each checksum with xxhash, reads the same bytes. Sizes around the threshold and the pieces."""
+    import zlib
+
+    broker = start_broker(block_size=8 << 20)
+    rng = random.Random(13)
+    sizes = [(32 << 10) - 1, 32 << 10, (32 << 10) + 1, 65536, 8192 * 9 + 7, 1 << 20, 3]
+    payloads = [rng.randbytes(n) for n in sizes]
+    with shmwal.connect(broker.data_dir, key=broker.key) as client:
+        client.create_group("big", "pure")
+        for payload in payloads:
+            client.append("big", memoryview(bytearray(b"?" + payload))[1:])   # an unaligned source
+        assert [e.data for e in client.batch_read("big", 1 << 30)] == payloads
+        assert client.stats()["topics"]["big"]["damaged"] == 0
+    out = subprocess.run([sys.executable, "-c", PURE_DIGESTS, broker.data_dir, broker.key or ""],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "SHMWAL_PURE_PYTHON": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [f"{i}:{len(p)}:{zlib.crc32(p)}" for i, p in enumerate(payloads)]

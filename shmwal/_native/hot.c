@@ -328,9 +328,12 @@ static void wake_readers(Appender *self)
  * 114-118 us a MiB, against 57 us for this: each 8 KiB piece copied into a buffer that stays
  * in L1, hashed there, and stored to the block with non-temporal stores (no read for
  * ownership).  What is hashed is exactly what is stored, whatever another thread does to the
- * source meanwhile.  Below STREAM_MIN a plain copy wins (the lines stay cached for a reader
- * close behind), so small parts are copied and hashed where they land. */
-#define STREAM_MIN (256 * 1024)
+ * source meanwhile.  Appends of 64 KiB entries (one process writing, one reading): 6.4-6.7 us
+ * of producer CPU an entry against 9.4-10 with memcpy and a checksum of the block, the pair
+ * 8.4-8.9 GB/s against 6.0-7.0 (three rounds in four).  Below STREAM_MIN parts are copied and
+ * hashed where they land: 32 KiB entries still gained, and smaller ones stay in the caches
+ * for a reader close behind. */
+#define STREAM_MIN (32 * 1024)
 #define STREAM_PIECE 8192
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -391,6 +394,7 @@ static void copy_hashing(XXH3_state_t *state, char *dst, const char *src, size_t
         hash_update(state, piece, k);
     }
 }
+
 
 /* The header of a one-entry record (codec.encode_single's bytes) whose payload of `length`
  * bytes lies behind it and whose payload checksum is `digest`. */
@@ -465,8 +469,17 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
         goto done;
     }
     char *record = self->tail.base + pos;
-    memcpy(record + SINGLE_RECORD_SIZE, bytes, (size_t)length);
-    write_single_header(record, offset, (uint64_t)length);
+    if ((uint64_t)length >= STREAM_MIN) {
+        XXH3_state_t state;
+        XXH3_INITSTATE(&state);
+        XXH3_64bits_reset_withSeed(&state, entry_seed(offset));
+        copy_hashing(&state, record + SINGLE_RECORD_SIZE, bytes, (size_t)length);
+        streaming_done();
+        write_single_header_digest(record, offset, (uint64_t)length, XXH3_64bits_digest(&state));
+    } else {
+        memcpy(record + SINGLE_RECORD_SIZE, bytes, (size_t)length);
+        write_single_header(record, offset, (uint64_t)length);
+    }
     publish_single(m, block, pos + size, offset, (uint64_t)length);
     pthread_mutex_unlock(mutex);
     wake_readers(self);
