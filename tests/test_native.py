@@ -342,7 +342,7 @@ with shmwal.connect(sys.argv[1], key=sys.argv[2] or None) as c:
 
 @pytest.mark.timeout(60)
 def test_large_appends_stream_into_the_block_and_the_pure_path_checks_them(start_broker):
-    """Appends from hot.c's STREAM_MIN (32 KiB) copy with streaming stores and take the checksum on
+    """Appends and batch items from hot.c's STREAM_MIN (32 KiB) copy with streaming stores and take the checksum on
     the way (copy_hashing): the entries read back the same here, and the pure path, which checks
     each checksum with xxhash, reads the same bytes. Sizes around the threshold and the pieces."""
     import zlib
@@ -355,6 +355,8 @@ def test_large_appends_stream_into_the_block_and_the_pure_path_checks_them(start
         client.create_group("big", "pure")
         for payload in payloads:
             client.append("big", memoryview(bytearray(b"?" + payload))[1:])   # an unaligned source
+        client.batch_append("big", payloads)   # each item of a batch record the same way
+        payloads += payloads
         assert [e.data for e in client.batch_read("big", 1 << 30)] == payloads
         assert client.stats()["topics"]["big"]["damaged"] == 0
     out = subprocess.run([sys.executable, "-c", PURE_DIGESTS, broker.data_dir, broker.key or ""],

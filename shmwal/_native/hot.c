@@ -539,26 +539,42 @@ static PyObject *Appender_encode_run(Appender *self, PyObject *args)
     char *table = record + RECORD_HEADER_SIZE;
     char *at = table + (size_t)n * TABLE_ENTRY_SIZE;
     uint64_t data_bytes = 0;
+    int streamed = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         Py_buffer view;
         const char *bytes;
         Py_ssize_t length;
         int has_view = payload(PyList_GET_ITEM(items, first + k), &view, &bytes, &length);
         if (has_view < 0 || (uint64_t)length != lengths[k]) {
-            /* An item changed size since it was measured: nothing is published yet. */
+            /* An item changed size since it was measured: nothing is published yet (and
+             * no streamed store lands after whatever the next writer puts here). */
             if (has_view > 0)
                 PyBuffer_Release(&view);
+            if (streamed)
+                streaming_done();
             PyErr_SetString(PyExc_ValueError, "a batch item changed while it was written");
             return NULL;
         }
-        uint64_t pair[2] = {lengths[k], checksum(bytes, (size_t)length, entry_seed(offset + k))};
+        uint64_t pair[2] = {lengths[k], 0};
+        if ((uint64_t)length >= STREAM_MIN) {   /* past the caches, hashed on the way (copy_hashing) */
+            XXH3_state_t state;
+            XXH3_INITSTATE(&state);
+            XXH3_64bits_reset_withSeed(&state, entry_seed(offset + k));
+            copy_hashing(&state, at, bytes, (size_t)length);
+            pair[1] = XXH3_64bits_digest(&state);
+            streamed = 1;
+        } else {
+            pair[1] = checksum(bytes, (size_t)length, entry_seed(offset + k));
+            memcpy(at, bytes, (size_t)length);
+        }
         memcpy(table + k * TABLE_ENTRY_SIZE, pair, sizeof pair);
-        memcpy(at, bytes, (size_t)length);
         if (has_view)
             PyBuffer_Release(&view);
         at += length;
         data_bytes += lengths[k];
     }
+    if (streamed)
+        streaming_done();   /* before the header, and the caller's publish */
     uint64_t batch_left = (uint64_t)(count - last);
     uint64_t seed = record_seed((uint64_t)n, batch_left, offset, data_bytes);
     uint64_t check = n == 1 ? rd64(table + 8) ^ seed
@@ -912,6 +928,7 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
             /* A part grew since it was measured: the slot stays open, unfilled. */
             if (has_view > 0)
                 PyBuffer_Release(&view);
+            streaming_done();   /* what was streamed lands before anything written after */
             PyBuffer_Release(&target);
             Py_DECREF(seq);
             PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");

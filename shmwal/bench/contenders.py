@@ -783,17 +783,18 @@ class ShmwalSender:
 
 class ShmwalReserveSender(ShmwalSender):
     """Each message written in place: a reserved slot of the mapped block is filled with it
-    (the one copy every contender makes from the harness's buffer) and published."""
+    (the one copy every contender makes from the harness's buffer, by slot.fill: past the
+    caches from 32 KiB, the checksum taken on the way) and published."""
 
     def send(self, buf):
         with self.client.reserve(TOPIC, len(buf)) as slot:
-            slot.buffer[:] = buf
+            slot.fill((buf,))
 
     def send_many(self, bufs):
         reserve = self.client.reserve
         for buf in bufs:
             with reserve(TOPIC, len(buf)) as slot:
-                slot.buffer[:] = buf
+                slot.fill((buf,))
 
 
 class ShmwalReceiver:
