@@ -8,11 +8,14 @@ zeroed, for the next batch.  Measured (64 KiB entries, one process): 92 page fau
 per MB read with 1 MiB budgets, 242 (every page) with 64 MiB budgets, none for
 ``read_next``; batches ran at a third to a half of ``read_next``'s speed per byte.
 
-So once a batch has copied ``total`` bytes, the trim threshold is raised to twice
-that (never lowered, at most ``MAX_RETAINED``): the next batch reuses the freed
-memory.  The cost is the point: a process that read a batch of B bytes keeps up to
-about 2B of freed heap for later allocations instead of returning it (as with
-``MALLOC_TRIM_THRESHOLD_=2B``).  Setting the trim threshold stops glibc's dynamic
+So once a batch has copied ``total`` bytes, the trim threshold is raised to three
+times that (never lowered, at most ``MAX_RETAINED``): the next batch reuses the freed
+memory.  Three, not two: a caller that keeps the previous batch while it reads the next
+(``while batch := client.batch_read(...)``) has two batches in use, and freed they leave
+a free top of the heap of about 2B, which a threshold of 2B trimmed half the time (64 KiB
+entries, 64 MiB budgets: 167 page faults a MB on every pass, 0.0 with 3B).  The cost is
+the point: a process that read a batch of B bytes keeps up to about 3B of freed heap for
+later allocations instead of returning it (as with ``MALLOC_TRIM_THRESHOLD_=3B``).  Setting the trim threshold stops glibc's dynamic
 mmap threshold, so ``M_MMAP_THRESHOLD`` is set with it, to 32 MiB, the highest value
 that dynamic threshold reaches: entries up to that size keep coming from the heap,
 as they did once glibc had adapted.
@@ -35,6 +38,7 @@ M_TRIM_THRESHOLD = -1          # glibc malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20      # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 MAX_RETAINED = 1 << 30         # a trim threshold above this would keep too much for too little
+RETAIN_FACTOR = 3              # the trim threshold over the largest batch (module docstring)
 DEFAULT_TRIM = 128 << 10       # glibc's M_TRIM_THRESHOLD default
 
 
@@ -65,14 +69,14 @@ def retain(total: int) -> None:
     global retained
     if total <= retained:
         return
-    threshold = min(MAX_RETAINED, max(2 * total, 1 << 20))
+    threshold = min(MAX_RETAINED, max(RETAIN_FACTOR * total, 1 << 20))
     if retained < DEFAULT_TRIM and _set(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
         retained = MAX_RETAINED   # refused: leave malloc as it is for good
         return
     if _set(M_TRIM_THRESHOLD, threshold) != 1:
         retained = MAX_RETAINED
         return
-    retained = threshold // 2 if threshold < MAX_RETAINED else MAX_RETAINED
+    retained = threshold // RETAIN_FACTOR if threshold < MAX_RETAINED else MAX_RETAINED
 
 
 def settle() -> bool:
@@ -88,5 +92,5 @@ def settle() -> bool:
         return False
     if _set(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or _set(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) != 1:
         return False
-    retained = max(retained, MMAP_THRESHOLD)
+    retained = max(retained, 2 * MMAP_THRESHOLD // RETAIN_FACTOR)
     return True
