@@ -6,8 +6,10 @@ One producer process puts ``count`` items (the bench's small dict, or a 1 MiB nu
 array restamped each time) while one consumer process gets them, as the race's objects
 scenario does; each reports its wall time and its CPU time (getrusage) per item. The side
 whose CPU time is closest to the wall time bounds the pair. On this project's VM, 1 MiB
-arrays: 181-216 us of CPU an item for the producer (the copy into the block, xxh3,
-numpy's pickling), 146-169 us for the consumer (xxh3 of the mapped entry, the copy out).
+arrays: 105-146 us of CPU an item for the producer (slot.fill streaming the array into the
+block with its xxh3 on the way, numpy's pickling), 108-130 us for the consumer (one pass
+copying the entry out of the block and checking it); 145-216 and 120-169 before (commit
+45c0b5a says what changed).
 Both start with malloc settled as in the race (client/heap.py settle).
 """
 
