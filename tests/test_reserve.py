@@ -198,13 +198,15 @@ def test_fill_refuses_bad_parts_and_changes_nothing(client):
         with pytest.raises(TypeError):
             slot.fill(b"abcdef")   # not a list of parts
         with pytest.raises(TypeError):
+            slot.fill(part for part in (b"abc", b"def"))   # a list or a tuple, not any iterable
+        with pytest.raises(TypeError):
             slot.fill([b"abc", 123])
         with pytest.raises(TypeError):
             slot.fill([b"abc", np.arange(6, dtype=np.uint8)[::2]])   # not contiguous
         with pytest.raises(ValueError):
             slot.fill([b"abc", b"de"])   # 5 bytes for 6
         slot.buffer[:] = b"zzzzzz"   # still open and writable after each refusal
-        slot.fill([b"abc", b"def"])
+        slot.fill([b"abc", np.zeros((0, 3)), np.array(ord("d"), dtype=np.uint8), b"ef"])   # empty, 0-d
         with pytest.raises(RuntimeError):
             slot.fill([b"abc", b"def"])   # once
     with pytest.raises(RuntimeError):

@@ -874,6 +874,10 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
         PyErr_SetString(PyExc_RuntimeError, "fill() is for an open slot, inside its with block, once");
         return NULL;
     }
+    if (!PyList_Check(parts) && !PyTuple_Check(parts)) {   /* as client/reserve.py: no other iterable */
+        PyErr_SetString(PyExc_TypeError, "fill() takes a list or tuple of bytes-like objects");
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(parts, "fill() takes a list or tuple of bytes-like objects");
     if (seq == NULL)
         return NULL;
@@ -939,9 +943,14 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
             PyBuffer_Release(&view);
         at += length;
     }
+    int short_of_it = at != (char *)target.buf + self->nbytes;   /* a part shrank meanwhile */
     PyBuffer_Release(&target);
     Py_DECREF(seq);
     streaming_done();
+    if (short_of_it) {
+        PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");
+        return NULL;
+    }
     self->digest = XXH3_64bits_digest(&state);
     self->filled = 1;
     release_buffer(self);
@@ -1110,14 +1119,12 @@ static PyTypeObject PinnedViewType = {
 
 static PyTypeObject *entry_type;   /* shmwal.entry.Entry, set by configure() */
 
-/* A new bytes object holding the ``length`` bytes at ``src``, or NULL: with an exception
- * set when out of memory, without one when they do not hash to ``digest``. The copy is
- * hashed rather than the source: it is what the caller gets, and it is still in this
- * core's cache, while the source was just written by another core (64 KiB entries:
- * 3.4 us against 4.8 us hashing the source first, from the costs of each step alone). */
-/* The checksum of src[0:length] as it is copied to dst: beyond two pieces, piece by piece,
- * each hashed from the copy while it is in L1, so the source (a block that may be in DRAM)
- * is read once.  1 MiB from a cold block here: 80-83 us against ~100 for copy then hash. */
+/* The checksum of src[0:length] as it is copied to dst.  The copy is hashed rather than the
+ * source: it is what the caller gets, and it is still in this core's cache, while the source
+ * was written by another core (64 KiB entries: 3.4 us against 4.8 us hashing the source
+ * first, from the costs of each step alone).  Beyond two pieces, piece by piece, each hashed
+ * while it is in L1, so the source (a block that may be in DRAM) is read once: 1 MiB from a
+ * cold block here 80-83 us, against ~100 for a whole copy then its hash. */
 static uint64_t copy_checking(char *dst, const char *src, uint64_t length, uint64_t seed)
 {
     if (length <= 2 * STREAM_PIECE) {
@@ -1135,8 +1142,9 @@ static uint64_t copy_checking(char *dst, const char *src, uint64_t length, uint6
     return XXH3_64bits_digest(&state);
 }
 
-/* A copy of the payload src[0:length] as bytes (or a bytearray: `writable`), or NULL with no
- * error set when it does not match `digest` (the general path then reports it). */
+/* A new bytes object (a bytearray: `writable`) holding the ``length`` bytes at ``src``, or
+ * NULL: with an exception set when out of memory, without one when they do not hash to
+ * ``digest`` (the general path then reports it). */
 static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, uint64_t digest, int writable)
 {
     PyObject *data = writable ? PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)length)

@@ -89,14 +89,17 @@ class Slot:
                                 f"({type(part).__name__})") from None
             if not view.c_contiguous:
                 raise TypeError(f"fill(): part {i} is not a contiguous bytes-like object ({type(part).__name__})")
-            views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+            if view.nbytes and (view.format != "B" or view.ndim != 1):
+                view = view.cast("B")   # (an empty view of more than one dimension cannot be cast)
+            views.append(view)
         total = sum(view.nbytes for view in views)
         if total != self._nbytes:
             raise ValueError(f"fill(): the parts hold {total} bytes, the slot {self._nbytes}")
         target, at = self.buffer, 0
         for view in views:
-            target[at:at + view.nbytes] = view
-            at += view.nbytes
+            if view.nbytes:
+                target[at:at + view.nbytes] = view
+                at += view.nbytes
         self._filled = True
         try:
             target.release()
