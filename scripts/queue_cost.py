@@ -16,29 +16,20 @@ Both start with malloc settled as in the race (client/heap.py settle).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import resource
-import shutil
-import tempfile
+import functools
 import time
 
 import numpy as np
 
 import shmwal
+from pair_cost import cost, rounds
 from shmwal.client import heap
 
 DICT = {"producer": 0, "seq": 0, "symbol": "SHMW", "price": 101.25, "qty": 300, "side": "buy",
         "tags": ["bench", "objects"]}
 
 
-def _cost(start: float, count: int) -> str:
-    wall = time.perf_counter() - start
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = used.ru_utime + used.ru_stime
-    return f"wall {wall / count * 1e6:7.1f} us/item, cpu {cpu / count * 1e6:7.1f} us/item, {count / wall:9,.0f} items/s"
-
-
-def produce(data_dir: str, item: str, count: int, out) -> None:
+def produce(item: str, count: int, data_dir: str, out) -> None:
     heap.settle()
     q = shmwal.Queue("cost", data_dir=data_dir)
     obj = np.zeros(2**17, dtype=np.uint64) if item == "array" else dict(DICT)
@@ -49,17 +40,17 @@ def produce(data_dir: str, item: str, count: int, out) -> None:
         else:
             obj["seq"] = seq
         q.put(obj)
-    out.put(("producer", _cost(start, count)))
+    out.put(("producer", cost(start, count, "item")))
 
 
-def consume(data_dir: str, count: int, out) -> None:
+def consume(count: int, data_dir: str, out) -> None:
     heap.settle()
     q = shmwal.Queue("cost", data_dir=data_dir)
     q.get(timeout=60)   # the clock starts at the first item
     start = time.perf_counter()
     for _ in range(count - 1):
         q.get(timeout=60)
-    out.put(("consumer", _cost(start, count - 1)))
+    out.put(("consumer", cost(start, count - 1, "item")))
 
 
 def main() -> None:
@@ -70,24 +61,10 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp", help="where the data directory goes")
     args = p.parse_args()
     count = args.count or (4000 if args.item == "array" else 300_000)
-    ctx = multiprocessing.get_context("fork")
-    for r in range(args.rounds):
-        data_dir = tempfile.mkdtemp(prefix="shmwal-queue-cost-", dir=args.dir)
-        try:
-            with shmwal.Broker(data_dir, fsync=shmwal.NoFsync()):
-                shmwal.Queue("cost", data_dir=data_dir).qsize()   # the group exists before any put
-                out = ctx.Queue()
-                procs = [ctx.Process(target=consume, args=(data_dir, count, out)),
-                         ctx.Process(target=produce, args=(data_dir, args.item, count, out))]
-                for proc in procs:
-                    proc.start()
-                results = dict(out.get(timeout=600) for _ in procs)
-                for proc in procs:
-                    proc.join()
-            print(f"round {r + 1}, {count} {args.item}s: producer {results['producer']}")
-            print(f"{'':>{len(str(r + 1)) + len(str(count)) + len(args.item) + 11}}consumer {results['consumer']}")
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    rounds(args.rounds, f"{count} {args.item}s", args.dir, "shmwal-queue-cost-",
+           # The group exists before any put.
+           lambda data_dir: shmwal.Queue("cost", data_dir=data_dir).qsize(),
+           functools.partial(produce, args.item, count), functools.partial(consume, count))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The harness of scripts/queue_cost.py and scripts/append_cost.py: a fresh NoFsync broker a
+round, one consumer and one producer process (fork), each reporting its own costs.
+
+``produce(data_dir, out)`` and ``consume(data_dir, out)`` run in the two processes and put
+``("producer" | "consumer", text)`` on ``out``; ``cost`` makes that text from getrusage.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import shutil
+import tempfile
+import time
+
+import shmwal
+
+
+def cost(start: float, count: int, unit: str, nbytes: int = 0) -> str:
+    """Wall and CPU time (this process, all threads) per ``unit`` since ``start``, and the rate."""
+    wall = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = used.ru_utime + used.ru_stime
+    rate = f"{count * nbytes / wall / 1e6:7,.0f} MB/s" if nbytes else f"{count / wall:9,.0f} {unit}s/s"
+    return f"wall {wall / count * 1e6:7.2f} us/{unit}, cpu {cpu / count * 1e6:7.2f} us/{unit}, {rate}"
+
+
+def rounds(count: int, label: str, where: str, prefix: str, prepare, produce, consume) -> None:
+    """``count`` rounds: ``prepare(data_dir)`` once the broker runs, then the two processes."""
+    ctx = multiprocessing.get_context("fork")
+    for r in range(count):
+        data_dir = tempfile.mkdtemp(prefix=prefix, dir=where)
+        try:
+            with shmwal.Broker(data_dir, fsync=shmwal.NoFsync()):
+                prepare(data_dir)
+                out = ctx.Queue()
+                procs = [ctx.Process(target=consume, args=(data_dir, out)),
+                         ctx.Process(target=produce, args=(data_dir, out))]
+                for proc in procs:
+                    proc.start()
+                results = dict(out.get(timeout=600) for _ in procs)
+                for proc in procs:
+                    proc.join()
+            head = f"round {r + 1}, {label}: "
+            print(f"{head}producer {results['producer']}")
+            print(f"{'':>{len(head)}}consumer {results['consumer']}")
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
