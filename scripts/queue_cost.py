@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import time
 
-import numpy as np
+# As shmwal.bench does: numpy's OpenBLAS threads spin for ~0.1 s after import, taking a core
+# of this 2-vCPU VM from the processes measured (seen in perf as blas_thread_server).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-import shmwal
-from pair_cost import cost, rounds
-from shmwal.client import heap
+import numpy as np  # noqa: E402
+
+import shmwal  # noqa: E402
+from pair_cost import cost, rounds  # noqa: E402
+from shmwal.client import heap  # noqa: E402
 
 DICT = {"producer": 0, "seq": 0, "symbol": "SHMW", "price": 101.25, "qty": 300, "side": "buy",
         "tags": ["bench", "objects"]}
