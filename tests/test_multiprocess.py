@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 
 import psutil
 import pytest
@@ -269,3 +270,56 @@ def test_parent_client_keeps_working_while_and_after_forked_children_use_it(brok
     assert seen == {0: n_parent, 1: 80, 2: 80, 3: 80}
     assert [e.offset for e in entries] == list(range(n_parent + 240))
     assert client.stats()["topics"]["t"]["groups"]["after"]["lag"] == 0
+
+
+_LARGE_WRITER = r"""
+import sys, zlib, shmwal
+data_dir, key, n = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+with shmwal.connect(data_dir, key=key) as c:
+    for i in range(n):
+        size = 32768 + (i * 7919) % 200_000          # across hot.c's STREAM_MIN and its pieces
+        body = bytes([i % 251]) * size
+        if i % 3 == 2:
+            c.batch_append("large", [body, body[:40_000]])
+        else:
+            c.append("large", body)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_large_entries_read_while_written_streaming_are_never_torn(start_broker):
+    """Entries from 32 KiB are stored with streaming stores (weakly ordered) and published after
+    a fence: readers in another process taking them while they are written, by read_next and by
+    batch_read, see every byte, never a CorruptEntry. Blocks of 8 MiB, so that the compiled
+    writer takes most of them (it hands an entry that opens a block to the Python path)."""
+    broker = start_broker(block_size=8 << 20)
+    client = connect(broker)
+    n = 300
+    client.create_group("large", "next")
+    client.create_group("large", "batch")
+    writer = subprocess.Popen([sys.executable, "-c", _LARGE_WRITER, broker.data_dir, broker.key or "", str(n)],
+                              stderr=subprocess.PIPE, text=True)
+    expected = []
+    for i in range(n):
+        size = 32768 + (i * 7919) % 200_000
+        expected.append(bytes([i % 251]) * size)
+        if i % 3 == 2:
+            expected.append(expected[-1][:40_000])
+    got_next, got_batch = [], []
+    try:
+        deadline = time.monotonic() + 90
+        while (len(got_next) < len(expected) or len(got_batch) < len(expected)) and time.monotonic() < deadline:
+            if len(got_next) < len(expected):
+                e = client.read_next("large", group="next", timeout=0.05)
+                if e is not None:
+                    got_next.append(e.data)
+            got_batch += [e.data for e in client.batch_read("large", 1 << 20, group="batch")]
+        assert writer.wait(30) == 0, writer.stderr.read()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        client.close()
+    assert len(got_next) == len(expected) and len(got_batch) == len(expected)
+    assert [zlib.crc32(d) for d in got_next] == [zlib.crc32(d) for d in expected]
+    assert [zlib.crc32(d) for d in got_batch] == [zlib.crc32(d) for d in expected]
