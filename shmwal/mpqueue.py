@@ -138,10 +138,7 @@ class Queue:
             else:
                 entry = reader.hot_next_writable(True)
                 if entry.__class__ is Entry:
-                    data = entry.data
-                    del entry
-                    self._read_large = len(data) >= LARGE
-                    return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
+                    return self._unpack(entry.data)
         return self._get(block, timeout)
 
     def _get(self, block, timeout):
@@ -153,8 +150,12 @@ class Queue:
             raise Empty
         data = entry.data
         del entry   # the view alone keeps its block pinned, and only until decoded
-        self._read_large = len(data) >= LARGE
         self._hot_reader = client._readers.get((self._name, self._group))
+        return self._unpack(data)
+
+    def _unpack(self, data):
+        """The item an entry's ``data`` holds; a large one switches get's fast path to large items."""
+        self._read_large = len(data) >= LARGE
         return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
 
     def put_nowait(self, obj) -> None:

@@ -203,6 +203,10 @@ def test_fill_refuses_bad_parts_and_changes_nothing(client):
             slot.fill([b"abc", 123])
         with pytest.raises(TypeError):
             slot.fill([b"abc", np.arange(6, dtype=np.uint8)[::2]])   # not contiguous
+        released = memoryview(b"def")
+        released.release()
+        with pytest.raises(TypeError):
+            slot.fill([b"abc", released])
         with pytest.raises(ValueError):
             slot.fill([b"abc", b"de"])   # 5 bytes for 6
         slot.buffer[:] = b"zzzzzz"   # still open and writable after each refusal

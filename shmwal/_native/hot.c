@@ -380,21 +380,47 @@ static inline void hash_update(XXH3_state_t *state, const void *data, size_t len
 #endif
 }
 
-/* dst[0:n] = src[0:n], and the bytes go into `state` (what was stored, not what src holds
- * later: each piece is hashed from the copy it was stored from). */
-static void copy_hashing(XXH3_state_t *state, char *dst, const char *src, size_t n)
+/* dst[0:n] = src[0:n], the bytes hashed into `state` piece by piece from a copy in L1 (what
+ * was stored, not what src holds later).  `stream` (writes, from STREAM_MIN): to dst with
+ * streaming stores, after a head copied up to 16-byte alignment, and the caller fences
+ * (streaming_done) before it publishes; else (reads) ordinary stores, each piece hashed
+ * where it lands, so that a source in DRAM is read once. */
+static void copy_hashing(XXH3_state_t *state, char *dst, const char *src, size_t n, int stream)
 {
-    size_t head = n < STREAM_MIN ? n : (size_t)(-(uintptr_t)dst & 15);
+    stream = stream && n >= STREAM_MIN;
+    size_t head = stream ? (size_t)(-(uintptr_t)dst & 15) : 0;
     memcpy(dst, src, head);
     hash_update(state, dst, head);
     _Alignas(64) char piece[STREAM_PIECE];
     for (size_t at = head; at < n; at += STREAM_PIECE) {
         size_t k = n - at < STREAM_PIECE ? n - at : STREAM_PIECE;
-        copy_piece(piece, dst + at, src + at, k);
-        hash_update(state, piece, k);
+        if (stream) {
+            copy_piece(piece, dst + at, src + at, k);
+            hash_update(state, piece, k);
+        } else {
+            memcpy(dst + at, src + at, k);
+            hash_update(state, dst + at, k);
+        }
     }
 }
 
+/* One entry's checksum (seed) as it is copied from src to dst: below STREAM_MIN a plain copy
+ * and one call of the hash over the copy (still in this core's cache); from it copy_hashing,
+ * streaming (`stream`, writes: fenced here) or not (reads). */
+static uint64_t copy_checksum(char *dst, const char *src, size_t n, uint64_t seed, int stream)
+{
+    if (n < STREAM_MIN) {
+        memcpy(dst, src, n);
+        return checksum(dst, n, seed);
+    }
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
+    XXH3_64bits_reset_withSeed(&state, seed);
+    copy_hashing(&state, dst, src, n, stream);
+    if (stream)
+        streaming_done();
+    return XXH3_64bits_digest(&state);
+}
 
 /* The header of a one-entry record (codec.encode_single's bytes) whose payload of `length`
  * bytes lies behind it and whose payload checksum is `digest`. */
@@ -469,17 +495,9 @@ static PyObject *Appender_append(Appender *self, PyObject *data)
         goto done;
     }
     char *record = self->tail.base + pos;
-    if ((uint64_t)length >= STREAM_MIN) {
-        XXH3_state_t state;
-        XXH3_INITSTATE(&state);
-        XXH3_64bits_reset_withSeed(&state, entry_seed(offset));
-        copy_hashing(&state, record + SINGLE_RECORD_SIZE, bytes, (size_t)length);
-        streaming_done();
-        write_single_header_digest(record, offset, (uint64_t)length, XXH3_64bits_digest(&state));
-    } else {
-        memcpy(record + SINGLE_RECORD_SIZE, bytes, (size_t)length);
-        write_single_header(record, offset, (uint64_t)length);
-    }
+    write_single_header_digest(record, offset, (uint64_t)length,
+                               copy_checksum(record + SINGLE_RECORD_SIZE, bytes, (size_t)length,
+                                             entry_seed(offset), 1));
     publish_single(m, block, pos + size, offset, (uint64_t)length);
     pthread_mutex_unlock(mutex);
     wake_readers(self);
@@ -539,42 +557,25 @@ static PyObject *Appender_encode_run(Appender *self, PyObject *args)
     char *table = record + RECORD_HEADER_SIZE;
     char *at = table + (size_t)n * TABLE_ENTRY_SIZE;
     uint64_t data_bytes = 0;
-    int streamed = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         Py_buffer view;
         const char *bytes;
         Py_ssize_t length;
         int has_view = payload(PyList_GET_ITEM(items, first + k), &view, &bytes, &length);
         if (has_view < 0 || (uint64_t)length != lengths[k]) {
-            /* An item changed size since it was measured: nothing is published yet (and
-             * no streamed store lands after whatever the next writer puts here). */
+            /* An item changed size since it was measured: nothing is published yet. */
             if (has_view > 0)
                 PyBuffer_Release(&view);
-            if (streamed)
-                streaming_done();
             PyErr_SetString(PyExc_ValueError, "a batch item changed while it was written");
             return NULL;
         }
-        uint64_t pair[2] = {lengths[k], 0};
-        if ((uint64_t)length >= STREAM_MIN) {   /* past the caches, hashed on the way (copy_hashing) */
-            XXH3_state_t state;
-            XXH3_INITSTATE(&state);
-            XXH3_64bits_reset_withSeed(&state, entry_seed(offset + k));
-            copy_hashing(&state, at, bytes, (size_t)length);
-            pair[1] = XXH3_64bits_digest(&state);
-            streamed = 1;
-        } else {
-            pair[1] = checksum(bytes, (size_t)length, entry_seed(offset + k));
-            memcpy(at, bytes, (size_t)length);
-        }
+        uint64_t pair[2] = {lengths[k], copy_checksum(at, bytes, (size_t)length, entry_seed(offset + k), 1)};
         memcpy(table + k * TABLE_ENTRY_SIZE, pair, sizeof pair);
         if (has_view)
             PyBuffer_Release(&view);
         at += length;
         data_bytes += lengths[k];
     }
-    if (streamed)
-        streaming_done();   /* before the header, and the caller's publish */
     uint64_t batch_left = (uint64_t)(count - last);
     uint64_t seed = record_seed((uint64_t)n, batch_left, offset, data_bytes);
     uint64_t check = n == 1 ? rd64(table + 8) ^ seed
@@ -938,7 +939,7 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
             PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");
             return NULL;
         }
-        copy_hashing(&state, at, bytes, (size_t)length);
+        copy_hashing(&state, at, bytes, (size_t)length, 1);
         if (has_view)
             PyBuffer_Release(&view);
         at += length;
@@ -1119,29 +1120,6 @@ static PyTypeObject PinnedViewType = {
 
 static PyTypeObject *entry_type;   /* shmwal.entry.Entry, set by configure() */
 
-/* The checksum of src[0:length] as it is copied to dst.  The copy is hashed rather than the
- * source: it is what the caller gets, and it is still in this core's cache, while the source
- * was written by another core (64 KiB entries: 3.4 us against 4.8 us hashing the source
- * first, from the costs of each step alone).  Beyond two pieces, piece by piece, each hashed
- * while it is in L1, so the source (a block that may be in DRAM) is read once: 1 MiB from a
- * cold block here 80-83 us, against ~100 for a whole copy then its hash. */
-static uint64_t copy_checking(char *dst, const char *src, uint64_t length, uint64_t seed)
-{
-    if (length <= 2 * STREAM_PIECE) {
-        memcpy(dst, src, (size_t)length);
-        return checksum(dst, (size_t)length, seed);
-    }
-    XXH3_state_t state;
-    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
-    XXH3_64bits_reset_withSeed(&state, seed);
-    for (uint64_t at = 0; at < length; at += 2 * STREAM_PIECE) {
-        size_t k = length - at < 2 * STREAM_PIECE ? (size_t)(length - at) : 2 * STREAM_PIECE;
-        memcpy(dst + at, src + at, k);
-        hash_update(&state, dst + at, k);
-    }
-    return XXH3_64bits_digest(&state);
-}
-
 /* A new bytes object (a bytearray: `writable`) holding the ``length`` bytes at ``src``, or
  * NULL: with an exception set when out of memory, without one when they do not hash to
  * ``digest`` (the general path then reports it). */
@@ -1152,7 +1130,11 @@ static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, u
     if (data == NULL)
         return NULL;
     char *dst = writable ? PyByteArray_AS_STRING(data) : PyBytes_AS_STRING(data);
-    if (copy_checking(dst, src, length, seed) != digest)
+    /* The copy is hashed, not the source: it is what the caller gets, and it is in this
+     * core's cache, while the source was written by another core (64 KiB entries: 3.4 us
+     * against 4.8 us hashing the source first, from the costs of each step alone); past
+     * STREAM_MIN piece by piece, so that a block in DRAM is read once. */
+    if (copy_checksum(dst, src, (size_t)length, seed, 0) != digest)
         Py_CLEAR(data);
     return data;
 }

@@ -12,10 +12,11 @@ So once a batch has copied ``total`` bytes, the trim threshold is raised to thre
 times that (never lowered, at most ``MAX_RETAINED``): the next batch reuses the freed
 memory.  Three, not two: a caller that keeps the previous batch while it reads the next
 (``while batch := client.batch_read(...)``) has two batches in use, and freed they leave
-a free top of the heap of about 2B, which a threshold of 2B trimmed half the time (64 KiB
-entries, 64 MiB budgets: 167 page faults a MB on every pass, 0.0 with 3B).  The cost is
-the point: a process that read a batch of B bytes keeps up to about 3B of freed heap for
-later allocations instead of returning it (as with ``MALLOC_TRIM_THRESHOLD_=3B``).  Setting the trim threshold stops glibc's dynamic
+a free top of the heap of about 2B, which a threshold of 2B could trim (64 KiB entries,
+64 MiB budgets, ``python scripts/bench_batch_memory.py --budgets 64MiB``: 167 page faults a
+MB on every pass, 0.0 with 3B).  The cost is the point: a process that read a batch of B
+bytes keeps up to about 3B of freed heap for later allocations instead of returning it (as
+with ``MALLOC_TRIM_THRESHOLD_=3B``).  Setting the trim threshold stops glibc's dynamic
 mmap threshold, so ``M_MMAP_THRESHOLD`` is set with it, to 32 MiB, the highest value
 that dynamic threshold reaches: entries up to that size keep coming from the heap,
 as they did once glibc had adapted.
