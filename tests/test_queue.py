@@ -467,6 +467,8 @@ def test_arrays_through_a_worker_and_back(make_queue, tmp_path, method):
         back, total = results.get(timeout=60)
         assert (back.dtype, back.shape) == (a.dtype, a.shape) and np.array_equal(back, a)
         assert total == pytest.approx(float(a.sum()) if a.size else 0.0)
+        # API.md: writable, in memory of its own, aligned as numpy's own (another process wrote it).
+        assert back.flags.writeable and back.flags.aligned and back.ctypes.data % 16 == 0
     workers.result(proc, 60)
 
 
