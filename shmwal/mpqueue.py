@@ -137,6 +137,8 @@ class Queue:
                     return obj
             else:
                 entry = reader.hot_next_writable(True)
+                if entry is None and reader.hop():   # the item opens the next block
+                    entry = reader.hot_next_writable(True)
                 if entry.__class__ is Entry:
                     return self._unpack(entry.data)
         return self._get(block, timeout)

@@ -189,6 +189,8 @@ class Client:
                 return None
         if zero_copy:
             found = reader.hot_next_view(checkpoint)   # hot.c: an Entry of a pinned view, or as hot_next
+            if found is None and reader.hop():   # the entry opens the next block
+                found = reader.hot_next_view(checkpoint)
             if found.__class__ is Entry:
                 return found
             if found is not None and timeout == 0:

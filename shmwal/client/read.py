@@ -58,6 +58,7 @@ _SINGLE = L.SINGLE_RECORD_SIZE
 _U64 = L.U64_MASK
 _group_unpack = struct.Struct("<QQQQ").unpack_from   # G_CURSOR, G_HINT_OFFSET, G_HINT_CHAIN, G_HINT_POS
 _single_unpack = L.SINGLE_RECORD.unpack_from
+_record_start = struct.Struct("<IIQ").unpack_from   # a record's count, batch_left, first offset
 _trylock = sync.trylock
 _unlock = sync.unlock_raw
 _xxh = xxh
@@ -227,6 +228,8 @@ class GroupReader:
         under the same lock.  ``found`` is what ``hot_next`` returned, if the
         caller asked it already: an int means nothing below it to read.
         """
+        if found is None and self.hop():   # the entry opens the next block: the fast path again
+            found = self.hot_next(checkpoint)   # (the pure path's _fast, below, takes it itself)
         if found is not None:
             if found.__class__ is Entry:
                 return found
@@ -269,6 +272,8 @@ class GroupReader:
             if found.__class__ is Entry:
                 return found
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if found is None and self.hop():
+                continue   # the entry opens the next block: hot.c serves it from there
             if found is None:   # the general path, for the time left
                 entries = self.read(1, L.MAX_ENTRY, checkpoint, left)
                 return entries[0] if entries else None
@@ -280,6 +285,51 @@ class GroupReader:
                 return entries[0] if entries else None
             if left == 0:
                 return None
+
+    def hop(self) -> bool:
+        """Move the group's hint from the end of its block to the first record of the next one,
+        when the cursor is that block's first entry and it is published; True if it moved.
+
+        The compiled read (and ``_fast``) serve the hint's block only, and the general path
+        that took the first entry of every block cost a 1 MiB ``shmwal.Queue`` item two
+        passes over DRAM (a checksum of the mapped entry, then the copy out) where hot.c
+        makes one: callers that got nothing from the fast path hop and ask it again.
+        The hint is validated as ``_commit`` requires (the record there starts at the
+        cursor) and stored in its order: G_HINT_OFFSET off first, on again last.
+        """
+        words = self.words
+        cursor, following = words[self.w_cursor], words[self.w_hint_chain] + 1
+        if words[self.w_hint_offset] != cursor or cursor >= words[_W_NEXT] \
+                or following >= min(words[_W_PUBLISHED], L.CHAIN_SLOTS) \
+                or words[_W_CHAIN_FIRST + following * 4] != cursor:
+            return False   # checked again under the mutex; this is the cheap no
+        mutex = self.mutex
+        rc = _trylock(mutex)
+        if rc and sync.lock_contended(mutex, rc):
+            words[self.w_hint_offset] = NO_HINT   # as hot.c does: the dead reader may have half-moved it
+            _unlock(mutex)
+            return False
+        try:
+            if words[self.w_gen] != self.gen or words[self.w_cursor] != cursor \
+                    or words[self.w_hint_offset] != cursor or words[self.w_hint_chain] + 1 != following \
+                    or cursor < words[_W_FIRST_OFFSET]:
+                return False
+            try:
+                buf, file_offset, _capacity, block_first, limit = self._block(following)
+                pos = file_offset + L.BLOCK_HEADER_SIZE
+                count, _batch_left, first = _record_start(buf, pos) if pos + _SINGLE <= limit else (0, 0, -1)
+            except (OSError, ValueError):   # a file gone meanwhile: the general path reports it
+                return False
+            if block_first != cursor or first != cursor or count < 1:
+                return False
+            words[self.w_hint_offset] = NO_HINT
+            words[self.w_hint_chain] = following
+            words[self.w_hint_pos] = pos
+            words[self.w_hint_offset] = cursor
+            self._serve_hot(following)
+            return True
+        finally:
+            _unlock(mutex)
 
     def _fast(self, checkpoint: bool):
         words = self.words
@@ -693,8 +743,12 @@ class GroupReader:
         words[self.w_cursor] = cursor
         if self._strict_sync:
             self._mm.flush(self.group_page, L.PAGE)
-        if pos >= 0 and block != self._hot_block and self._hot is not None:
-            # read_next's compiled path serves the hint's block from now on.
+        if pos >= 0:
+            self._serve_hot(block)
+
+    def _serve_hot(self, block: int) -> None:
+        """read_next's compiled path serves the hint's ``block`` from now on (if mapped here)."""
+        if block != self._hot_block and self._hot is not None:
             found = self._blocks.get(block)
             if found is not None:
                 self._hot.set_block(block, found[0], found[4], found[1] + L.B_PINS)
