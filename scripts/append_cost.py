@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp", help="where the data directory goes")
     args = p.parse_args()
     count = max(1000, int(4e9 // args.size))
-    rounds(args.rounds, f"{count} x {args.size} B", args.dir, "shmwal-append-cost-", _prepare,
+    rounds(args.rounds, f"{count} x {args.size} B", count, args.dir, "shmwal-append-cost-", _prepare,
            functools.partial(produce, args.size, count), functools.partial(consume, args.size, count))
 
 

@@ -8,6 +8,7 @@ round, one consumer and one producer process (fork), each reporting its own cost
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import shutil
 import tempfile
@@ -25,14 +26,22 @@ def cost(start: float, count: int, unit: str, nbytes: int = 0) -> str:
     return f"wall {wall / count * 1e6:7.2f} us/{unit}, cpu {cpu / count * 1e6:7.2f} us/{unit}, {rate}"
 
 
-def rounds(count: int, label: str, where: str, prefix: str, prepare, produce, consume) -> None:
-    """``count`` rounds: ``prepare(data_dir)`` once the broker runs, then the two processes."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/PID/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rounds(count: int, label: str, items: int, where: str, prefix: str, prepare, produce, consume) -> None:
+    """``count`` rounds of ``items`` each: ``prepare(data_dir)`` once the broker runs, then the two processes."""
     ctx = multiprocessing.get_context("fork")
     for r in range(count):
         data_dir = tempfile.mkdtemp(prefix=prefix, dir=where)
         try:
-            with shmwal.Broker(data_dir, fsync=shmwal.NoFsync()):
+            with shmwal.Broker(data_dir, fsync=shmwal.NoFsync()) as broker:
                 prepare(data_dir)
+                broker_before = _cpu_seconds(broker.pid)
                 out = ctx.Queue()
                 procs = [ctx.Process(target=consume, args=(data_dir, out)),
                          ctx.Process(target=produce, args=(data_dir, out))]
@@ -41,8 +50,11 @@ def rounds(count: int, label: str, where: str, prefix: str, prepare, produce, co
                 results = dict(out.get(timeout=600) for _ in procs)
                 for proc in procs:
                     proc.join()
+                broker_used = _cpu_seconds(broker.pid) - broker_before
             head = f"round {r + 1}, {label}: "
             print(f"{head}producer {results['producer']}")
             print(f"{'':>{len(head)}}consumer {results['consumer']}")
+            # The broker's share of a 2-core machine the pair saturates: every us it takes is the pair's.
+            print(f"{'':>{len(head)}}broker   cpu {broker_used / items * 1e6:7.2f} us/item")
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp", help="where the data directory goes")
     args = p.parse_args()
     count = args.count or (4000 if args.item == "array" else 300_000)
-    rounds(args.rounds, f"{count} {args.item}s", args.dir, "shmwal-queue-cost-",
+    rounds(args.rounds, f"{count} {args.item}s", count, args.dir, "shmwal-queue-cost-",
            # The group exists before any put.
            lambda data_dir: shmwal.Queue("cost", data_dir=data_dir).qsize(),
            functools.partial(produce, args.item, count), functools.partial(consume, count))
