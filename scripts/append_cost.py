@@ -16,7 +16,7 @@ import functools
 import time
 
 import shmwal
-from pair_cost import cost, rounds
+from pair_cost import common_arguments, cost, rounds
 from shmwal.bench.cli import _size
 from shmwal.client import heap
 
@@ -50,12 +50,12 @@ def _prepare(data_dir: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=_size, default=64 << 10, help="entry size, e.g. 64KiB (default)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--dir", default="/tmp", help="where the data directory goes")
+    common_arguments(p)
     args = p.parse_args()
     count = max(1000, int(4e9 // args.size))
     rounds(args.rounds, f"{count} x {args.size} B", count, args.dir, "shmwal-append-cost-", _prepare,
-           functools.partial(produce, args.size, count), functools.partial(consume, args.size, count))
+           functools.partial(produce, args.size, count), functools.partial(consume, args.size, count),
+           args.piecewise)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rounds(count: int, label: str, items: int, where: str, prefix: str, prepare, produce, consume) -> None:
+def common_arguments(parser) -> None:
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", default="/tmp", help="where the data directory goes")
+    parser.add_argument("--piecewise", action="store_true",
+                        help="copy and checksum large payloads piece by piece, as CPUs without AVX2 do, "
+                             "instead of in one pass (hot.c, fused_xxh3.h): the comparison")
+
+
+def rounds(count: int, label: str, items: int, where: str, prefix: str, prepare, produce, consume,
+           piecewise: bool = False) -> None:
     """``count`` rounds of ``items`` each: ``prepare(data_dir)`` once the broker runs, then the two processes."""
+    from shmwal.client.hot import native
+    if native is not None:
+        native.fused(not piecewise)   # the forked processes inherit it
+        label += ", fused copy" if native.fused() else ", piecewise copy"
     ctx = multiprocessing.get_context("fork")
     for r in range(count):
         data_dir = tempfile.mkdtemp(prefix=prefix, dir=where)

@@ -28,7 +28,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import shmwal  # noqa: E402
-from pair_cost import cost, rounds  # noqa: E402
+from pair_cost import common_arguments, cost, rounds  # noqa: E402
 from shmwal.client import heap  # noqa: E402
 
 DICT = {"producer": 0, "seq": 0, "symbol": "SHMW", "price": 101.25, "qty": 300, "side": "buy",
@@ -63,14 +63,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--item", choices=("array", "dict"), default="array")
     p.add_argument("--count", type=int, default=None, help="items a round (default: 4,000 arrays, 300,000 dicts)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--dir", default="/tmp", help="where the data directory goes")
+    common_arguments(p)
     args = p.parse_args()
     count = args.count or (4000 if args.item == "array" else 300_000)
     rounds(args.rounds, f"{count} {args.item}s", count, args.dir, "shmwal-queue-cost-",
            # The group exists before any put.
            lambda data_dir: shmwal.Queue("cost", data_dir=data_dir).qsize(),
-           functools.partial(produce, args.item, count), functools.partial(consume, count))
+           functools.partial(produce, args.item, count), functools.partial(consume, count), args.piecewise)
 
 
 if __name__ == "__main__":

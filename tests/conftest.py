@@ -106,6 +106,27 @@ def client(broker):
     c.close()
 
 
+@pytest.fixture(params=["fused", "piecewise"])
+def copy_kernel(request):
+    """hot.c's copy-and-checksum of large payloads both ways: fused_xxh3.h's one pass (where
+    the CPU has AVX2) and the piece-wise path other CPUs take. The pure path has neither:
+    its tests run once (as "piecewise")."""
+    from shmwal.client.hot import native
+    if native is None:
+        if request.param == "fused":
+            pytest.skip("the pure-Python path has no compiled copy")
+        yield request.param
+        return
+    was = native.fused()
+    if request.param == "fused" and not native.fused(True):
+        pytest.skip("this CPU has no AVX2: the fused copy never runs here")
+    native.fused(request.param == "fused")
+    try:
+        yield request.param
+    finally:
+        native.fused(was)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     """Every process a test starts is gone when it ends (killed drills included)."""

@@ -111,7 +111,7 @@ def test_random_flips_in_block_files_never_wedge_or_mislead_any_way_of_reading(d
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_a_damaged_large_entry_is_never_handed_out(start_broker, where):
+def test_a_damaged_large_entry_is_never_handed_out(start_broker, where, copy_kernel):
     """Entries from hot.c's STREAM_MIN (32 KiB) are checked piece by piece as they are copied
     (copy_checksum): damage in any piece raises CorruptEntry, for every way of reading,
     from a reader whose compiled path has the block cached (it read the entries before)."""

@@ -26,6 +26,46 @@ from shmwal.client.hot import native
 pytestmark = pytest.mark.skipif(native is None, reason="shmwal._hot is not built (or SHMWAL_PURE_PYTHON is set)")
 
 
+# Lengths around every boundary of XXH3's long loop (stripes of 64 bytes, blocks of 1,024,
+# the last stripe) and of the copy (STREAM_MIN, hot.c's 8 KiB pieces); parts cut inside
+# stripes, at their edges, empty, one byte long.
+KERNEL_LENGTHS = [241, 255, 256, 257, 1023, 1024, 1025, 1087, 1088, 1089, 2047, 2048, 2049,
+                  (32 << 10) - 1, 32 << 10, (32 << 10) + 1, (32 << 10) + 63, 8192 * 9 + 7,
+                  65536, 65537, 100_000, 1 << 20, (1 << 20) + 13]
+KERNEL_CUTS = [[], [1], [63], [64, 64], [0, 5, 0], [1000, 1], [8191, 1, 1, 130]]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_copy_checksum_is_the_copy_and_xxh3_of_the_parts(copy_kernel, stream):
+    """The copy appends, batch items, Slot.fill and reads make of large payloads (fused_xxh3.h,
+    or piece by piece) against xxhash: the bytes land whole and the digest is XXH3-64's, for
+    every length class, seed (0 included: the default secret) and way of cutting the parts."""
+    rng = random.Random(7)
+    for n in KERNEL_LENGTHS:
+        data = rng.randbytes(n + 3)[3:]   # a source that starts anywhere
+        for seed in (0, 1, 2**64 - 1, rng.getrandbits(64)):
+            want = xxhash.xxh3_64_intdigest(data, seed)
+            for cuts in (KERNEL_CUTS if stream else [[]]):   # plain copies take one part
+                parts, at = [], 0
+                for cut in cuts:
+                    cut = min(cut, n - at)
+                    parts.append(memoryview(data)[at:at + cut])
+                    at += cut
+                parts.append(data[at:])
+                copied, digest = native.copy_checksum(parts, seed, stream)
+                assert (bytes(copied), digest) == (data, want), (n, seed, cuts)
+        assert native.xxh3_64(data, 5) == xxhash.xxh3_64_intdigest(data, 5)   # checksum() alone
+
+
+@pytest.mark.timeout(60)
+def test_the_fused_copy_can_be_turned_off_and_on(copy_kernel):
+    assert native.fused(False) is False
+    assert native.fused() is False
+    on = native.fused(True)
+    assert native.fused() is on   # True wherever the CPU has AVX2
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=3000), seed=st.integers(0, 2**64 - 1))
 def test_hash_is_xxhash_xxh3_64(data, seed):
@@ -341,7 +381,7 @@ with shmwal.connect(sys.argv[1], key=sys.argv[2] or None) as c:
 
 
 @pytest.mark.timeout(60)
-def test_large_appends_stream_into_the_block_and_the_pure_path_checks_them(start_broker):
+def test_large_appends_stream_into_the_block_and_the_pure_path_checks_them(start_broker, copy_kernel):
     """Appends and batch items from hot.c's STREAM_MIN (32 KiB) copy with streaming stores and take the checksum on
     the way (copy_hashing): the entries read back the same here, and the pure path, which checks
     each checksum with xxhash, reads the same bytes. Sizes around the threshold and the pieces."""

@@ -161,7 +161,7 @@ def _pieces(data: bytes, cuts) -> list:
     (32 << 10, []), ((32 << 10) + 21, [16, (32 << 10) + 1]),
     ((1 << 20) + 13, [7, 100]), ((1 << 20) + 13, [(1 << 20) + 5]), (3 << 20, [1, 2, 3, 8192 * 5 + 1]),
 ])
-def test_fill_writes_the_parts_back_to_back(start_broker, size, cuts):
+def test_fill_writes_the_parts_back_to_back(start_broker, size, cuts, copy_kernel):
     broker = start_broker(block_size=8 << 20)
     data = random.Random(size).randbytes(size)
     with connect(broker) as client:

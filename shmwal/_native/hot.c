@@ -47,8 +47,20 @@ XXH64_hash_t XXH3_64bits_withSeed_dispatch(const void *input, size_t len, XXH64_
 XXH_errorcode XXH3_64bits_update_dispatch(XXH3_state_t *state, const void *input, size_t len);
 #endif
 
+#include "fused_xxh3.h"
+
+/* From this size a payload is copied and hashed in one pass (fused_xxh3.h) where the CPU
+ * allows, and checksummed with a prefetching loop: such payloads are rarely in the caches. */
+#define FUSED_MIN (32 * 1024)
+
 static inline uint64_t checksum(const void *data, size_t length, uint64_t seed)
 {
+#ifdef HAVE_FUSED_XXH3
+    if (length >= FUSED_MIN && fused_available) {
+        Part whole = {data, length};
+        return fused_copy_checksum(NULL, &whole, 1, length, seed, STORE_NONE);
+    }
+#endif
 #ifdef SHMWAL_XXH_DISPATCH
     if (length > XXH3_MIDSIZE_MAX)
         return XXH3_64bits_withSeed_dispatch(data, length, seed);
@@ -332,7 +344,9 @@ static void wake_readers(Appender *self)
  * of producer CPU an entry against 9.4-10 with memcpy and a checksum of the block, the pair
  * 8.4-8.9 GB/s against 6.0-7.0 (three rounds in four).  Below STREAM_MIN parts are copied and
  * hashed where they land: 32 KiB entries still gained, and smaller ones stay in the caches
- * for a reader close behind. */
+ * for a reader close behind.  Where the CPU has AVX2, fused_xxh3.h does the same in one
+ * pass (each stripe loaded once, hashed and stored from the same registers); the pieces
+ * below are the path of other CPUs and of destinations not 16-byte aligned. */
 #define STREAM_MIN (32 * 1024)
 #define STREAM_PIECE 8192
 
@@ -413,12 +427,38 @@ static uint64_t copy_checksum(char *dst, const char *src, size_t n, uint64_t see
         memcpy(dst, src, n);
         return checksum(dst, n, seed);
     }
+#ifdef HAVE_FUSED_XXH3
+    if (fused_available && (!stream || ((uintptr_t)dst & 15) == 0)) {
+        Part whole = {src, n};
+        return fused_copy_checksum(dst, &whole, 1, n, seed, stream ? STORE_STREAM : STORE_PLAIN);
+    }
+#endif
     XXH3_state_t state;
     XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
     XXH3_64bits_reset_withSeed(&state, seed);
     copy_hashing(&state, dst, src, n, stream);
     if (stream)
         streaming_done();
+    return XXH3_64bits_digest(&state);
+}
+
+/* The parts back to back (n bytes) copied to dst and checksummed (seed) as they go, as
+ * Slot.fill writes an entry: in one pass where fused_xxh3.h can (dst 16-byte aligned, for
+ * its streaming stores), else part by part through copy_hashing (streaming from STREAM_MIN). */
+static uint64_t copy_parts_checksum(char *dst, const Part *parts, size_t count, size_t n, uint64_t seed)
+{
+#ifdef HAVE_FUSED_XXH3
+    if (n >= STREAM_MIN && fused_available && ((uintptr_t)dst & 15) == 0)
+        return fused_copy_checksum(dst, parts, count, n, seed, STORE_STREAM);
+#endif
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
+    XXH3_64bits_reset_withSeed(&state, seed);
+    for (size_t i = 0; i < count; i++) {
+        copy_hashing(&state, dst, parts[i].p, parts[i].n, 1);
+        dst += parts[i].n;
+    }
+    streaming_done();
     return XXH3_64bits_digest(&state);
 }
 
@@ -879,83 +919,63 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
         PyErr_SetString(PyExc_TypeError, "fill() takes a list or tuple of bytes-like objects");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(parts, "fill() takes a list or tuple of bytes-like objects");
+    /* A tuple of our own, and every part's buffer held from measuring to copying: whatever
+     * code a part's buffer export runs (Python 3.12's __buffer__), no part can change size,
+     * move or go away between. */
+    PyObject *seq = PySequence_Tuple(parts);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
+    Part *pieces = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Part));
+    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    PyObject *result = NULL;
+    Py_buffer target = {0};
+    Py_ssize_t taken = 0;
+    if (pieces == NULL || views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     uint64_t total = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_buffer view;
-        const char *bytes;
-        Py_ssize_t length;
-        int has_view = payload(items[i], &view, &bytes, &length);
-        if (has_view < 0) {
+    for (; taken < count; taken++) {
+        if (PyObject_GetBuffer(items[taken], &views[taken], PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "fill(): part %zd is not a contiguous bytes-like object (%.100s)",
-                         i, Py_TYPE(items[i])->tp_name);
-            Py_DECREF(seq);
-            return NULL;
+                         taken, Py_TYPE(items[taken])->tp_name);
+            goto done;
         }
-        if (has_view)
-            PyBuffer_Release(&view);
-        total += (uint64_t)length;
+        pieces[taken].p = views[taken].buf;
+        pieces[taken].n = (size_t)views[taken].len;
+        total += (uint64_t)views[taken].len;
     }
     if (total != self->nbytes) {
         PyErr_Format(PyExc_ValueError, "fill(): the parts hold %llu bytes, the slot %llu",
                      (unsigned long long)total, (unsigned long long)self->nbytes);
-        Py_DECREF(seq);
-        return NULL;
+        goto done;
     }
-    Py_buffer target;
-    if (PyObject_GetBuffer(self->buffer, &target, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(seq);
-        return NULL;   /* released by hand (slot.buffer.release()): ValueError */
-    }
+    if (PyObject_GetBuffer(self->buffer, &target, PyBUF_WRITABLE) < 0)
+        goto done;   /* released by hand (slot.buffer.release()): ValueError */
     uint64_t entry_offset = self->entry_offset;
     if (self->place != NULL) {   /* the general path's (offset, block, pos, length, moved, end) */
         entry_offset = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(self->place, 0));
-        if (entry_offset == (uint64_t)-1 && PyErr_Occurred()) {
-            PyBuffer_Release(&target);
-            Py_DECREF(seq);
-            return NULL;
-        }
+        if (entry_offset == (uint64_t)-1 && PyErr_Occurred())
+            goto done;
     }
-    XXH3_state_t state;
-    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
-    XXH3_64bits_reset_withSeed(&state, entry_seed(entry_offset));
-    char *at = target.buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_buffer view;
-        const char *bytes;
-        Py_ssize_t length;
-        int has_view = payload(items[i], &view, &bytes, &length);
-        if (has_view < 0 || (char *)target.buf + self->nbytes - at < length) {
-            /* A part grew since it was measured: the slot stays open, unfilled. */
-            if (has_view > 0)
-                PyBuffer_Release(&view);
-            streaming_done();   /* what was streamed lands before anything written after */
-            PyBuffer_Release(&target);
-            Py_DECREF(seq);
-            PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");
-            return NULL;
-        }
-        copy_hashing(&state, at, bytes, (size_t)length, 1);
-        if (has_view)
-            PyBuffer_Release(&view);
-        at += length;
-    }
-    int short_of_it = at != (char *)target.buf + self->nbytes;   /* a part shrank meanwhile */
-    PyBuffer_Release(&target);
-    Py_DECREF(seq);
-    streaming_done();
-    if (short_of_it) {
-        PyErr_SetString(PyExc_ValueError, "fill(): a part changed while it was copied");
-        return NULL;
-    }
-    self->digest = XXH3_64bits_digest(&state);
+    self->digest = copy_parts_checksum(target.buf, pieces, (size_t)count, (size_t)total, entry_seed(entry_offset));
     self->filled = 1;
-    release_buffer(self);
-    Py_RETURN_NONE;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (target.obj != NULL)
+        PyBuffer_Release(&target);
+    for (Py_ssize_t i = 0; i < taken; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(pieces);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    if (result != NULL)
+        release_buffer(self);
+    return result;
 }
 
 static PyObject *Slot_get_nbytes(Slot *self, void *closure)
@@ -1133,7 +1153,8 @@ static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, u
     /* The copy is hashed, not the source: it is what the caller gets, and it is in this
      * core's cache, while the source was written by another core (64 KiB entries: 3.4 us
      * against 4.8 us hashing the source first, from the costs of each step alone); past
-     * STREAM_MIN piece by piece, so that a block in DRAM is read once. */
+     * STREAM_MIN in one pass (fused_xxh3.h) or piece by piece, so that a block in DRAM is
+     * read once. */
     if (copy_checksum(dst, src, (size_t)length, seed, 0) != digest)
         Py_CLEAR(data);
     return data;
@@ -1805,6 +1826,104 @@ static PyObject *configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* fused(enable=None) -> bool: whether large payloads are copied and hashed in one pass
+ * (fused_xxh3.h); fused(False) turns that off and fused(True) on again where the CPU allows
+ * (the tests run both ways; scripts compare them). */
+static PyObject *fused(PyObject *module, PyObject *args)
+{
+    PyObject *enable = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &enable))
+        return NULL;
+#ifdef HAVE_FUSED_XXH3
+    if (enable != Py_None) {
+        int on = PyObject_IsTrue(enable);
+        if (on < 0)
+            return NULL;
+        fused_detect();
+        fused_available = fused_available && on;
+    }
+    return PyBool_FromLong(fused_available);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* copy_checksum(parts, seed=0, stream=False, into=None) -> (copy, digest): the parts back
+ * to back copied and checksummed on the way by the routine appends (stream: the writer's
+ * side, as Slot.fill) and reads (one part, not streaming) use; into a new bytearray, or
+ * into the writable buffer `into` of exactly their size (returned as it is). For the tests
+ * (every length class and part layout against xxhash) and scripts/copy_speed.py. */
+static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
+{
+    PyObject *parts, *into = Py_None, *out = NULL, *result = NULL;
+    unsigned long long seed = 0;
+    int stream = 0;
+    if (!PyArg_ParseTuple(args, "O|KpO", &parts, &seed, &stream, &into))
+        return NULL;
+    PyObject *seq = PySequence_Tuple(parts);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(seq), taken = 0;
+    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    Part *pieces = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Part));
+    Py_buffer target = {0};
+    size_t n = 0;
+    if (views == NULL || pieces == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; taken < count; taken++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(seq, taken), &views[taken], PyBUF_SIMPLE) < 0)
+            goto done;
+        pieces[taken].p = views[taken].buf;
+        pieces[taken].n = (size_t)views[taken].len;
+        n += pieces[taken].n;
+    }
+    if (!stream && count != 1) {
+        PyErr_SetString(PyExc_ValueError, "copy_checksum: a plain copy takes one part");
+        goto done;
+    }
+    char *dst;
+    size_t skew = 0;
+    if (into != Py_None) {
+        if (PyObject_GetBuffer(into, &target, PyBUF_WRITABLE) < 0)
+            goto done;
+        if ((size_t)target.len != n) {
+            PyErr_SetString(PyExc_ValueError, "copy_checksum: `into` must hold exactly the parts' bytes");
+            goto done;
+        }
+        out = into;
+        Py_INCREF(out);
+        dst = target.buf;
+    } else {
+        /* 16 bytes of room in front, so that the copy can start 16-byte aligned (the streaming
+         * path's condition) whatever the allocator gives. */
+        out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n + 16);
+        if (out == NULL)
+            goto done;
+        dst = PyByteArray_AS_STRING(out);
+        skew = (size_t)(-(uintptr_t)dst & 15);
+    }
+    uint64_t digest = stream ? copy_parts_checksum(dst + skew, pieces, (size_t)count, n, seed)
+                             : copy_checksum(dst + skew, pieces[0].p, n, seed, 0);
+    if (into == Py_None) {
+        memmove(dst, dst + skew, n);
+        if (PyByteArray_Resize(out, (Py_ssize_t)n) < 0)
+            goto done;
+    }
+    result = Py_BuildValue("OK", out, (unsigned long long)digest);
+done:
+    if (target.obj != NULL)
+        PyBuffer_Release(&target);
+    for (Py_ssize_t i = 0; i < taken; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(pieces);
+    Py_XDECREF(out);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* xxh3_64(data, seed): the hash this module uses, for the tests to compare with xxhash's. */
 static PyObject *xxh3_64(PyObject *module, PyObject *args)
 {
@@ -1823,6 +1942,9 @@ static PyMethodDef module_methods[] = {
     {"payload_bytes", (PyCFunction)payload_bytes, METH_VARARGS, "payload_bytes(buf, pos, limit, first, end) -> int"},
     {"configure", (PyCFunction)configure, METH_VARARGS, "configure(Entry, shmwal.sync)"},
     {"xxh3_64", (PyCFunction)xxh3_64, METH_VARARGS, "xxh3_64(data, seed=0) -> int"},
+    {"fused", (PyCFunction)fused, METH_VARARGS, "fused(enable=None) -> bool"},
+    {"copy_checksum", (PyCFunction)copy_checksum_parts, METH_VARARGS,
+     "copy_checksum(parts, seed=0, stream=False, into=None) -> (copy, digest)"},
     {NULL}
 };
 
@@ -1848,6 +1970,9 @@ PyMODINIT_FUNC PyInit__hot(void)
             || (str_reserve_commit = PyUnicode_InternFromString("reserve_commit")) == NULL
             || (str_reserve_abort = PyUnicode_InternFromString("reserve_abort")) == NULL))
         return NULL;
+#ifdef HAVE_FUSED_XXH3
+    fused_detect();
+#endif
     PyObject *module = PyModule_Create(&hot_module);
     if (module == NULL)
         return NULL;
