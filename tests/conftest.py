@@ -106,6 +106,17 @@ def client(broker):
     c.close()
 
 
+@pytest.fixture(autouse=True)
+def no_queue_clients_left():
+    """shmwal.Queue keeps one Client per directory for the whole process (embedded.py): a test
+    that made Queues ends with them closed, and the brokers Queues started stopped, so that
+    no later test inherits their mappings (a process it forks would map block files the
+    test's broker deleted) or their brokers."""
+    yield
+    from shmwal import embedded
+    embedded.stop_embedded()
+
+
 @pytest.fixture(params=["fused", "piecewise"])
 def copy_kernel(request):
     """hot.c's copy-and-checksum of large payloads both ways: fused_xxh3.h's one pass (where

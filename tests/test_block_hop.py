@@ -25,6 +25,13 @@ COUNT = 40
 
 
 @pytest.fixture
+def broker(start_broker):
+    """Blocks of 64 KiB, none reclaimed while a test runs: a block file deleted under a
+    reader sends its next read the general path (rightly), which these tests count."""
+    return start_broker(retention=shmwal.Retention())
+
+
+@pytest.fixture
 def takes(monkeypatch):
     """Entries the general path (GroupReader._take) handed out, by offset."""
     taken = []
@@ -83,7 +90,7 @@ def test_read_next_waiting_for_an_entry_that_opens_a_block_takes_it_on_the_fast_
 @pytest.mark.timeout(60)
 def test_queue_items_that_open_a_block_are_read_on_the_fast_path(start_broker, takes):
     np = pytest.importorskip("numpy")
-    broker = start_broker(block_size=1 << 20)
+    broker = start_broker(block_size=1 << 20, retention=shmwal.Retention())   # 12 MB: all kept
     q = shmwal.Queue("items", data_dir=broker.data_dir, key=broker.key)
     arrays = [np.full(75_000 + i, i, dtype=np.uint32) for i in range(COUNT)]   # ~300 KB, past LARGE
     for a in arrays:
