@@ -116,7 +116,10 @@ class Queue:
         Nothing there: with ``block=False`` raises ``queue.Empty`` at once, else waits
         up to ``timeout`` seconds (None: for ever; woken by the put, no polling) and
         then raises ``queue.Empty``. Arrays and bytearrays come back writable, owning
-        their memory. Closed: ``ValueError``.
+        their memory. Closed: ``ValueError``. An item taken that does not unpickle here
+        (its class cannot be imported in this process; an entry no Queue wrote) raises what
+        unpickling raised, carrying the item, which no other getter of the group will get:
+        ``exc.shmwal_offset`` and ``exc.shmwal_item`` (its bytes: ``Queue.decode`` them).
         """
         if self._closed:
             self._check_closed()
@@ -132,7 +135,11 @@ class Queue:
         reader = self._hot_reader
         if reader is not None and not reader.stale and self._client._alive:
             if not self._read_large:
-                obj = reader.hot_next_object(True, _loads, LARGE, _MISS)
+                try:
+                    obj = reader.hot_next_object(True, _loads, LARGE, _MISS)
+                except Exception as exc:   # hot.c put the item's offset and bytes on it
+                    self._not_unpickled(exc, getattr(exc, "shmwal_offset", None), getattr(exc, "shmwal_item", None))
+                    raise
                 if obj is not _MISS:
                     return obj
             else:
@@ -140,7 +147,7 @@ class Queue:
                 if entry is None and reader.hop():   # the item opens the next block
                     entry = reader.hot_next_writable(True)
                 if entry.__class__ is Entry:
-                    return self._unpack(entry.data)
+                    return self._unpack(entry.data, entry.offset)
         return self._get(block, timeout)
 
     def _get(self, block, timeout):
@@ -150,15 +157,38 @@ class Queue:
         entry = client.read_next(self._name, group=self._group, timeout=wait, zero_copy=self._read_large)
         if entry is None:
             raise Empty
-        data = entry.data
+        data, offset = entry.data, entry.offset
         del entry   # the view alone keeps its block pinned, and only until decoded
         self._hot_reader = client._readers.get((self._name, self._group))
-        return self._unpack(data)
+        return self._unpack(data, offset)
 
-    def _unpack(self, data):
+    def _unpack(self, data, offset: int):
         """The item an entry's ``data`` holds; a large one switches get's fast path to large items."""
         self._read_large = len(data) >= LARGE
-        return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
+        try:
+            return _loads(data) if data[0] == _TAG_PICKLE else objects.decode(data)
+        except Exception as exc:
+            self._not_unpickled(exc, offset, data)
+            raise
+
+    def _not_unpickled(self, exc: Exception, offset, data) -> None:
+        """An item taken that does not unpickle in this process (its class not importable
+        here, a foreign entry): the cursor has moved past it, and no other getter of the
+        group will get it, so the error carries it: ``exc.shmwal_offset`` (its offset in the
+        topic) and ``exc.shmwal_item`` (its bytes, for ``objects.decode`` or a log), and says so."""
+        if data is None:
+            return   # not one of ours (the compiled path annotates what it took)
+        exc.shmwal_offset = offset
+        exc.shmwal_item = bytes(data)   # never the mapped view: it would pin its block
+        exc.add_note(f"shmwal.Queue {self._name!r} (group {self._group!r}): the item at offset "
+                     f"{offset} did not unpickle here. It was taken, and no other getter of the "
+                     f"group gets it: its bytes are this exception's shmwal_item.")
+
+    @staticmethod
+    def decode(item):
+        """The object an item's bytes hold, as ``get`` makes it: for ``exc.shmwal_item`` of an
+        item that did not unpickle (see ``get``), once its class can be imported."""
+        return objects.decode(item)
 
     def put_nowait(self, obj) -> None:
         """``put(obj, False)``."""

@@ -415,6 +415,69 @@ def test_entry_not_written_by_a_queue_is_a_clear_error(make_queue, broker):
         q.get(timeout=5)
 
 
+class _Vanishing:
+    """Pickled by reference to a module that getters cannot import (see the test below)."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("big", [b"x" * 10, b"y" * 200_000, np.arange(25_000)],
+                         ids=["small-pickle", "large-pickle", "out-of-band-buffers"])
+def test_an_item_that_does_not_unpickle_is_handed_over_with_its_error(make_queue, broker, monkeypatch, big):
+    """The getter took it (no other getter of the group will get it), so the error carries it:
+    its offset and its bytes, which unpickle once the class can be imported again; the queue
+    goes on with the next item. Small items go hot.c's next_object, large ones the bytearray
+    read, the first of a group the long way: each is checked."""
+    q = make_queue("vanish")
+    module = type(sys)("shmwal_test_gone_module")
+    module._Vanishing = _Vanishing
+    monkeypatch.setattr(_Vanishing, "__module__", "shmwal_test_gone_module")
+    monkeypatch.setitem(sys.modules, "shmwal_test_gone_module", module)   # importable to the putter
+    for i in range(3):
+        q.put("first" if i == 0 else _Vanishing((i, big)))
+    q.put("after")
+    monkeypatch.delitem(sys.modules, "shmwal_test_gone_module")   # and not to the getter
+    with shmwal.connect(broker.data_dir) as client:
+        client.create_group("vanish", "peek")   # keeps every item for the check below
+    assert q.get(timeout=5) == "first"   # the long way; the fast paths from here on
+    for offset in (1, 2):
+        with pytest.raises(ModuleNotFoundError) as info:
+            q.get(timeout=5)
+        exc = info.value
+        assert exc.shmwal_offset == offset
+        assert any("did not unpickle here" in note for note in exc.__notes__)
+        with shmwal.connect(broker.data_dir) as client:   # the bytes are the entry's, exactly
+            client.seek("vanish", offset, group="peek")
+            entry = client.read_next("vanish", group="peek")
+            assert (entry.offset, exc.shmwal_item) == (offset, entry.data)
+        monkeypatch.setitem(sys.modules, "shmwal_test_gone_module", module)
+        again = shmwal.Queue.decode(exc.shmwal_item)
+        assert again.payload[0] == offset and np.array_equal(np.asarray(again.payload[1]), np.asarray(big))
+        monkeypatch.delitem(sys.modules, "shmwal_test_gone_module")
+    assert q.get(timeout=5) == "after"
+    assert q.qsize() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_foreign_entry_is_handed_over_with_its_error(make_queue, broker):
+    q = make_queue("foreign2")
+    q.put("first")
+    assert q.get(timeout=5) == "first"
+    with shmwal.connect(broker.data_dir) as client:
+        client.append("foreign2", b"\x80\x05garbage")   # pickle's PROTO opcode first: loads tries it
+        client.append("foreign2", b"neither")
+    q.put("after")
+    with pytest.raises(pickle.UnpicklingError) as info:
+        q.get(timeout=5)
+    assert (info.value.shmwal_offset, info.value.shmwal_item) == (1, b"\x80\x05garbage")
+    with pytest.raises(pickle.UnpicklingError, match="not a shmwal.Queue item") as info:
+        q.get(timeout=5)
+    assert (info.value.shmwal_offset, info.value.shmwal_item) == (2, b"neither")
+    assert q.get(timeout=5) == "after"
+
+
 # ------------------------------------------------------------------ processes
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1192,6 +1192,7 @@ typedef struct {
     PyObject *topic;
     CachedBlock hinted;      /* the block of the group's hint */
     uint64_t next_first;     /* first offset of block + 1 once published, else UNSET */
+    uint64_t taken;          /* the offset of the entry next_entry returned last */
     uint64_t pin_at;         /* the hinted block's pin word (layout.B_PINS) in its mapping, else UNSET */
     sem_t *sem;              /* the topic semaphore appenders post for sleeping readers */
     long spin_ns;            /* how long read_wait spins before sleeping (adapts, see there) */
@@ -1371,6 +1372,7 @@ static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pic
         store(m, g + G_CURSOR, cursor + 1);
     }
     pthread_mutex_unlock(mutex);
+    self->taken = cursor;
     if (pickled_below)
         return data;
     return make_entry(self->topic, cursor, data);
@@ -1417,6 +1419,19 @@ static PyObject *Reader_next_object(Reader *self, PyObject *const *args, Py_ssiz
         return args[3];
     }
     PyObject *obj = PyObject_CallOneArg(args[1], data);
+    if (obj == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* Taken, and it does not load here: the error carries the item (mpqueue.py
+         * _not_unpickled says what of it), since no other getter of the group will get it. */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        PyObject *offset = PyLong_FromUnsignedLongLong(self->taken);
+        if (value == NULL || offset == NULL || PyObject_SetAttrString(value, "shmwal_offset", offset) < 0
+                || PyObject_SetAttrString(value, "shmwal_item", data) < 0)
+            PyErr_Clear();   /* then the loads error goes on as it is */
+        Py_XDECREF(offset);
+        PyErr_Restore(type, value, traceback);
+    }
     Py_DECREF(data);
     return obj;
 }
