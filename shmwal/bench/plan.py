@@ -71,12 +71,15 @@ class Budget:
         return min(cap, max(floor, int(budget // size)))
 
     def objects_count(self, item: str) -> int:
-        """Objects a run: 1 MiB arrays are ~1/100 as many as dicts (a full run moves ~2 GB)."""
+        """Objects a run: 1 MiB arrays are ~1/100 as many as dicts (--count); a full run moves
+        4,000 arrays, 4 GB, the budget of the throughput rows. At 2,000 (2 GB) a run measured
+        its start as much as its steady state: shmwal.Queue's repeats spread +-28% and ran
+        1.6-1.8x faster-fifo, where runs of 8,000 ran 2.0x, 4% apart."""
         if self.count is not None:
             return self.count if item == "dict" else max(10, self.count // 100)
         if item == "dict":
             return 20_000 if self.quick else 200_000
-        return 200 if self.quick else 2_000
+        return 200 if self.quick else 4_000
 
     def latency_messages(self) -> tuple[int, int]:
         """(measured, warmup): warmup covers connection set-up and cold caches."""
