@@ -163,9 +163,11 @@ class Provisioner:
         return moved or bool(self._wanted) or bool(self._readying)
 
     def ready(self) -> None:
-        """Start readying what ``look`` found wanted, one spare a topic at a time."""
+        """Start readying what ``look`` found wanted, one spare a topic at a time; blocks the
+        topic's own reclamation offered go in at once, as many as are wanted."""
         for topic in list(self._wanted):
-            self._ready_next(topic)
+            while self._ready_next(topic):
+                pass
 
     def _release_spares_in_draining_files(self) -> None:
         """A spare reused from a file that now drains (allocator.free, release_space=False)
@@ -186,16 +188,20 @@ class Provisioner:
     def _want(self, topic: str, slots: int) -> None:
         self._wanted[topic] = max(self._wanted.get(topic, 0), min(slots, L.CHAIN_SLOTS))
 
-    def _ready_next(self, topic: str) -> None:
-        """Start readying ``topic``'s next spare, if it wants one and none is on the way."""
+    def _ready_next(self, topic: str) -> bool:
+        """Start readying ``topic``'s next spare, if it wants one and none is on the way.
+        True when it placed a block now (one the topic's reclamation offered: its storage and
+        pages are there already), so the next may go in too. Placing them all in one turn,
+        rather than one a turn of the loop, halved the loop turns of a writer of large
+        entries: each costs ~40 us of Python, while the pair it serves has both cores busy."""
         if topic in self._readying:
-            return
+            return False
         meta = self.registry.topics[topic].meta
         with chain_mutex(meta):
             index = meta.get(L.H_ALLOCATED_BLOCKS)
             if index >= self._wanted[topic] or (not self.allocator.reusable(topic) and not self._room_for(index)):
                 del self._wanted[topic]
-                return
+                return False
             reused = self.allocator.reused
             try:
                 self._reserve_chain_page(meta, index)
@@ -203,15 +209,15 @@ class Provisioner:
             except OSError as exc:
                 log.warning("could not provision a block for %s: %s", topic, exc)
                 del self._wanted[topic]
-                return
+                return False
             if self.allocator.reused != reused:   # a reclaimed block of this topic: storage and pages in memory
                 self._fill_slot(meta, index, file_id, file_offset, capacity)
         if self.allocator.reused != reused:
-            self._wake()   # the loop readies the next one on its next turn
-            return
+            return True
         future = self._spares.submit(allocate, self.allocator.directory, file_id, file_offset, capacity)
         self._readying[topic] = _Readying(index, file_id, file_offset, capacity, future)
         future.add_done_callback(lambda _: self._wake())
+        return False
 
     def _settle(self, wait_for: str | None = None) -> None:
         """Put the spares whose storage is ready (and ``wait_for``'s, waiting) in their chain slots."""
