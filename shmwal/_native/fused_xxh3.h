@@ -128,7 +128,7 @@ FUSED_TARGET static inline void fused_store(char *q, __m256i d0, __m256i d1, int
 
 /* XXH3_64bits_withSeed of the parts back to back (`len` bytes, > XXH3_MIDSIZE_MAX, which
  * the parts hold), storing them to dst[0:len] as `store` says (dst 16-byte aligned for
- * STORE_STREAM, which is fenced here; unused for STORE_NONE). */
+ * STORE_STREAM, which is fenced here; NULL for STORE_NONE). */
 FUSED_TARGET static uint64_t fused_copy_checksum(char *dst, const Part *parts, size_t nparts, size_t len,
                                                  uint64_t seed, int store)
 {
@@ -155,7 +155,8 @@ FUSED_TARGET static uint64_t fused_copy_checksum(char *dst, const Part *parts, s
             _mm_prefetch(p + PREFETCH_AHEAD, _MM_HINT_T0);   /* never faults, even past the end */
             d0 = _mm256_loadu_si256((const __m256i *)p);
             d1 = _mm256_loadu_si256((const __m256i *)(p + 32));
-            fused_store(dst + s * XXH_STRIPE_LEN, d0, d1, store);
+            if (store != STORE_NONE)
+                fused_store(dst + s * XXH_STRIPE_LEN, d0, d1, store);
             fused_accumulate(&acc0, &acc1, d0, d1, secret + i * XXH_SECRET_CONSUME_RATE);
         }
         if (b < nb_blocks) {
