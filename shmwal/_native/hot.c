@@ -442,6 +442,60 @@ static uint64_t copy_checksum(char *dst, const char *src, size_t n, uint64_t see
     return XXH3_64bits_digest(&state);
 }
 
+/* A payload in parts (Slot.fill, copy_checksum), each part's buffer held, in a tuple of our
+ * own, from measuring to copying: whatever code a part's buffer export runs (Python 3.12's
+ * __buffer__), no part can change size, move or go away between. */
+typedef struct {
+    PyObject *seq;
+    Py_buffer *views;
+    Part *pieces;
+    Py_ssize_t count;
+    Py_ssize_t held;        /* views[0:held] are held */
+    size_t total;           /* their bytes */
+} HeldParts;
+
+/* 0, or -1 with TypeError naming `who` and the part that is no contiguous bytes-like object;
+ * release_parts(h) either way. */
+static int hold_parts(HeldParts *h, PyObject *parts, const char *who)
+{
+    memset(h, 0, sizeof *h);
+    h->seq = PySequence_Tuple(parts);
+    if (h->seq == NULL)
+        return -1;
+    h->count = PyTuple_GET_SIZE(h->seq);
+    size_t slots = h->count ? (size_t)h->count : 1;
+    h->views = PyMem_Calloc(slots, sizeof(Py_buffer));
+    h->pieces = PyMem_Calloc(slots, sizeof(Part));
+    if (h->views == NULL || h->pieces == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (; h->held < h->count; h->held++) {
+        PyObject *item = PyTuple_GET_ITEM(h->seq, h->held);
+        Py_buffer *view = &h->views[h->held];
+        if (PyObject_GetBuffer(item, view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: part %zd is not a contiguous bytes-like object (%.100s)",
+                         who, h->held, Py_TYPE(item)->tp_name);
+            return -1;
+        }
+        h->pieces[h->held].p = view->buf;
+        h->pieces[h->held].n = (size_t)view->len;
+        h->total += (size_t)view->len;
+    }
+    return 0;
+}
+
+static void release_parts(HeldParts *h)
+{
+    for (Py_ssize_t i = 0; i < h->held; i++)
+        PyBuffer_Release(&h->views[i]);
+    PyMem_Free(h->views);
+    PyMem_Free(h->pieces);
+    Py_XDECREF(h->seq);
+    memset(h, 0, sizeof *h);
+}
+
 /* The parts back to back (n bytes) copied to dst and checksummed (seed) as they go, as
  * Slot.fill writes an entry: in one pass where fused_xxh3.h can (dst 16-byte aligned, for
  * its streaming stores), else part by part through copy_hashing (streaming from STREAM_MIN). */
@@ -919,38 +973,14 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
         PyErr_SetString(PyExc_TypeError, "fill() takes a list or tuple of bytes-like objects");
         return NULL;
     }
-    /* A tuple of our own, and every part's buffer held from measuring to copying: whatever
-     * code a part's buffer export runs (Python 3.12's __buffer__), no part can change size,
-     * move or go away between. */
-    PyObject *seq = PySequence_Tuple(parts);
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t count = PyTuple_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    Part *pieces = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Part));
-    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    HeldParts held;
     PyObject *result = NULL;
     Py_buffer target = {0};
-    Py_ssize_t taken = 0;
-    if (pieces == NULL || views == NULL) {
-        PyErr_NoMemory();
+    if (hold_parts(&held, parts, "fill()") < 0)
         goto done;
-    }
-    uint64_t total = 0;
-    for (; taken < count; taken++) {
-        if (PyObject_GetBuffer(items[taken], &views[taken], PyBUF_SIMPLE) < 0) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "fill(): part %zd is not a contiguous bytes-like object (%.100s)",
-                         taken, Py_TYPE(items[taken])->tp_name);
-            goto done;
-        }
-        pieces[taken].p = views[taken].buf;
-        pieces[taken].n = (size_t)views[taken].len;
-        total += (uint64_t)views[taken].len;
-    }
-    if (total != self->nbytes) {
+    if (held.total != self->nbytes) {
         PyErr_Format(PyExc_ValueError, "fill(): the parts hold %llu bytes, the slot %llu",
-                     (unsigned long long)total, (unsigned long long)self->nbytes);
+                     (unsigned long long)held.total, (unsigned long long)self->nbytes);
         goto done;
     }
     if (PyObject_GetBuffer(self->buffer, &target, PyBUF_WRITABLE) < 0)
@@ -961,18 +991,15 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
         if (entry_offset == (uint64_t)-1 && PyErr_Occurred())
             goto done;
     }
-    self->digest = copy_parts_checksum(target.buf, pieces, (size_t)count, (size_t)total, entry_seed(entry_offset));
+    self->digest = copy_parts_checksum(target.buf, held.pieces, (size_t)held.count, held.total,
+                                       entry_seed(entry_offset));
     self->filled = 1;
     result = Py_None;
     Py_INCREF(result);
 done:
     if (target.obj != NULL)
         PyBuffer_Release(&target);
-    for (Py_ssize_t i = 0; i < taken; i++)
-        PyBuffer_Release(&views[i]);
-    PyMem_Free(pieces);
-    PyMem_Free(views);
-    Py_DECREF(seq);
+    release_parts(&held);
     if (result != NULL)
         release_buffer(self);
     return result;
@@ -1875,26 +1902,12 @@ static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
     int stream = 0;
     if (!PyArg_ParseTuple(args, "O|KpO", &parts, &seed, &stream, &into))
         return NULL;
-    PyObject *seq = PySequence_Tuple(parts);
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t count = PyTuple_GET_SIZE(seq), taken = 0;
-    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
-    Part *pieces = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Part));
+    HeldParts held;
     Py_buffer target = {0};
-    size_t n = 0;
-    if (views == NULL || pieces == NULL) {
-        PyErr_NoMemory();
+    if (hold_parts(&held, parts, "copy_checksum()") < 0)
         goto done;
-    }
-    for (; taken < count; taken++) {
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(seq, taken), &views[taken], PyBUF_SIMPLE) < 0)
-            goto done;
-        pieces[taken].p = views[taken].buf;
-        pieces[taken].n = (size_t)views[taken].len;
-        n += pieces[taken].n;
-    }
-    if (!stream && count != 1) {
+    size_t n = held.total;
+    if (!stream && held.count != 1) {
         PyErr_SetString(PyExc_ValueError, "copy_checksum: a plain copy takes one part");
         goto done;
     }
@@ -1919,8 +1932,8 @@ static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
         dst = PyByteArray_AS_STRING(out);
         skew = (size_t)(-(uintptr_t)dst & 15);
     }
-    uint64_t digest = stream ? copy_parts_checksum(dst + skew, pieces, (size_t)count, n, seed)
-                             : copy_checksum(dst + skew, pieces[0].p, n, seed, 0);
+    uint64_t digest = stream ? copy_parts_checksum(dst + skew, held.pieces, (size_t)held.count, n, seed)
+                             : copy_checksum(dst + skew, held.pieces[0].p, n, seed, 0);
     if (into == Py_None) {
         memmove(dst, dst + skew, n);
         if (PyByteArray_Resize(out, (Py_ssize_t)n) < 0)
@@ -1930,12 +1943,8 @@ static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
 done:
     if (target.obj != NULL)
         PyBuffer_Release(&target);
-    for (Py_ssize_t i = 0; i < taken; i++)
-        PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
-    PyMem_Free(pieces);
+    release_parts(&held);
     Py_XDECREF(out);
-    Py_DECREF(seq);
     return result;
 }
 
