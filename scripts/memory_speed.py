@@ -2,7 +2,8 @@
 
     python scripts/memory_speed.py [--rounds 3]
 
-hot.c's checksum (xxh3, the same dispatch as every append and read) over 1 MiB slices of a
+hot.c's checksum (xxh3 as zero-copy reads check entries: from 32 KiB the prefetching loop of
+fused_xxh3.h where the CPU has AVX2, else xxHash's dispatch) over 1 MiB slices of a
 256 MiB buffer written long before: a single core reading DRAM while it hashes, the bound of
 a consumer checking entries its producer stored past the caches. Median and each round.
 What that costs end to end: scripts/queue_cost.py (1 MiB arrays) and scripts/append_cost.py

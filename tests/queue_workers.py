@@ -93,3 +93,15 @@ def read_all_blocking(data_dir: str, topic: str, group: str, count: int) -> list
     import shmwal
     with shmwal.connect(data_dir) as client:
         return [client.read_next(topic, group=group, timeout=60).offset for _ in range(count)]
+
+
+def get_reporting_what_does_not_unpickle(q, count: int) -> list:
+    """``count`` gets; an item that does not unpickle here is reported with what its error
+    carries: (error type, shmwal_offset, shmwal_item)."""
+    got = []
+    for _ in range(count):
+        try:
+            got.append(("item", q.get(timeout=60)))
+        except Exception as exc:
+            got.append((type(exc).__name__, getattr(exc, "shmwal_offset", None), getattr(exc, "shmwal_item", None)))
+    return got

@@ -603,6 +603,46 @@ def test_worker_killed_holding_an_item_loses_only_that_item(make_queue, tmp_path
     assert tasks.get(timeout=5) == "still works"
 
 
+PARENT_ONLY_MODULE = """
+class Thing:
+    def __init__(self, payload):
+        self.payload = payload
+
+    def __eq__(self, other):
+        return type(other) is Thing and other.payload == self.payload
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_cannot_import_an_items_class_hands_the_item_back(make_queue, tmp_path, monkeypatch):
+    """API.md: an item a getter took but cannot unpickle (its class does not import in the
+    worker) raises there carrying its offset and bytes; no other getter gets it; the queue
+    goes on. The class lives in a module only the parent imported (its file gone before the
+    spawned worker starts); items small (hot.c's next_object) and large (the bytearray read)."""
+    (tmp_path / "shmwal_parent_only.py").write_text(PARENT_ONLY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import shmwal_parent_only
+    monkeypatch.setitem(sys.modules, "shmwal_parent_only", shmwal_parent_only)
+    q = make_queue("parent-only")
+    items = ["first", shmwal_parent_only.Thing(b"s" * 10), shmwal_parent_only.Thing(b"L" * 200_000), "after"]
+    for item in items:
+        q.put(item)
+    (tmp_path / "shmwal_parent_only.py").unlink()
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    workers = Workers("spawn", str(tmp_path / "w"))
+    proc = workers.start(W.get_reporting_what_does_not_unpickle, q, 4)
+    got = workers.result(proc, timeout=90)
+    assert [g[0] for g in got] == ["item", "ModuleNotFoundError", "ModuleNotFoundError", "item"]
+    assert (got[0][1], got[3][1]) == ("first", "after")
+    for offset in (1, 2):
+        _, carried_offset, item_bytes = got[offset]
+        assert carried_offset == offset
+        assert shmwal.Queue.decode(item_bytes) == items[offset]   # the parent can import the class
+    assert q.qsize() == 0   # taken: nothing left for another getter of the group
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+
+
 # ------------------------------------------------------------------ the embedded broker
 
 EMBEDDED = textwrap.dedent("""

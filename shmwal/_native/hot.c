@@ -418,30 +418,6 @@ static void copy_hashing(XXH3_state_t *state, char *dst, const char *src, size_t
     }
 }
 
-/* One entry's checksum (seed) as it is copied from src to dst: below STREAM_MIN a plain copy
- * and one call of the hash over the copy (still in this core's cache); from it copy_hashing,
- * streaming (`stream`, writes: fenced here) or not (reads). */
-static uint64_t copy_checksum(char *dst, const char *src, size_t n, uint64_t seed, int stream)
-{
-    if (n < STREAM_MIN) {
-        memcpy(dst, src, n);
-        return checksum(dst, n, seed);
-    }
-#ifdef HAVE_FUSED_XXH3
-    if (fused_available && (!stream || ((uintptr_t)dst & 15) == 0)) {
-        Part whole = {src, n};
-        return fused_copy_checksum(dst, &whole, 1, n, seed, stream ? STORE_STREAM : STORE_PLAIN);
-    }
-#endif
-    XXH3_state_t state;
-    XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
-    XXH3_64bits_reset_withSeed(&state, seed);
-    copy_hashing(&state, dst, src, n, stream);
-    if (stream)
-        streaming_done();
-    return XXH3_64bits_digest(&state);
-}
-
 /* A payload in parts (Slot.fill, copy_checksum), each part's buffer held, in a tuple of our
  * own, from measuring to copying: whatever code a part's buffer export runs (Python 3.12's
  * __buffer__), no part can change size, move or go away between. */
@@ -496,24 +472,40 @@ static void release_parts(HeldParts *h)
     memset(h, 0, sizeof *h);
 }
 
-/* The parts back to back (n bytes) copied to dst and checksummed (seed) as they go, as
- * Slot.fill writes an entry: in one pass where fused_xxh3.h can (dst 16-byte aligned, for
- * its streaming stores), else part by part through copy_hashing (streaming from STREAM_MIN). */
-static uint64_t copy_parts_checksum(char *dst, const Part *parts, size_t count, size_t n, uint64_t seed)
+/* The parts back to back (n bytes in all) copied to dst, and their checksum (seed) taken as
+ * they go. One part below STREAM_MIN: a plain copy and one call of the hash over the copy
+ * (still in this core's cache). From STREAM_MIN, in one pass where fused_xxh3.h can (AVX2;
+ * dst 16-byte aligned when `stream`), else part by part through copy_hashing. `stream`
+ * (writes: appends, batch items, Slot.fill): streaming stores, fenced here before the caller
+ * publishes; else (reads) ordinary stores, so that a source in DRAM is read once. */
+static uint64_t copy_parts_checksum(char *dst, const Part *parts, size_t count, size_t n, uint64_t seed,
+                                    int stream)
 {
+    if (count == 1 && n < STREAM_MIN) {
+        memcpy(dst, parts[0].p, n);
+        return checksum(dst, n, seed);
+    }
 #ifdef HAVE_FUSED_XXH3
-    if (n >= STREAM_MIN && fused_available && ((uintptr_t)dst & 15) == 0)
-        return fused_copy_checksum(dst, parts, count, n, seed, STORE_STREAM);
+    if (n >= STREAM_MIN && fused_available && (!stream || ((uintptr_t)dst & 15) == 0))
+        return fused_copy_checksum(dst, parts, count, n, seed, stream ? STORE_STREAM : STORE_PLAIN);
 #endif
     XXH3_state_t state;
     XXH3_INITSTATE(&state);   /* reset_withSeed reads the seed it had */
     XXH3_64bits_reset_withSeed(&state, seed);
     for (size_t i = 0; i < count; i++) {
-        copy_hashing(&state, dst, parts[i].p, parts[i].n, 1);
+        copy_hashing(&state, dst, parts[i].p, parts[i].n, stream);
         dst += parts[i].n;
     }
-    streaming_done();
+    if (stream)
+        streaming_done();
     return XXH3_64bits_digest(&state);
+}
+
+/* One entry's payload: copy_parts_checksum of a single part. */
+static inline uint64_t copy_checksum(char *dst, const char *src, size_t n, uint64_t seed, int stream)
+{
+    Part whole = {src, n};
+    return copy_parts_checksum(dst, &whole, 1, n, seed, stream);
 }
 
 /* The header of a one-entry record (codec.encode_single's bytes) whose payload of `length`
@@ -992,7 +984,7 @@ static PyObject *Slot_fill(Slot *self, PyObject *parts)
             goto done;
     }
     self->digest = copy_parts_checksum(target.buf, held.pieces, (size_t)held.count, held.total,
-                                       entry_seed(entry_offset));
+                                       entry_seed(entry_offset), 1);
     self->filled = 1;
     result = Py_None;
     Py_INCREF(result);
@@ -1891,11 +1883,11 @@ static PyObject *fused(PyObject *module, PyObject *args)
 }
 
 /* copy_checksum(parts, seed=0, stream=False, into=None) -> (copy, digest): the parts back
- * to back copied and checksummed on the way by the routine appends (stream: the writer's
- * side, as Slot.fill) and reads (one part, not streaming) use; into a new bytearray, or
+ * to back copied and checksummed on the way by the routine (copy_parts_checksum) appends,
+ * Slot.fill (stream) and reads use; into a new bytearray, or
  * into the writable buffer `into` of exactly their size (returned as it is). For the tests
  * (every length class and part layout against xxhash) and scripts/copy_speed.py. */
-static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
+static PyObject *py_copy_checksum(PyObject *module, PyObject *args)
 {
     PyObject *parts, *into = Py_None, *out = NULL, *result = NULL;
     unsigned long long seed = 0;
@@ -1907,10 +1899,6 @@ static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
     if (hold_parts(&held, parts, "copy_checksum()") < 0)
         goto done;
     size_t n = held.total;
-    if (!stream && held.count != 1) {
-        PyErr_SetString(PyExc_ValueError, "copy_checksum: a plain copy takes one part");
-        goto done;
-    }
     char *dst;
     size_t skew = 0;
     if (into != Py_None) {
@@ -1932,8 +1920,7 @@ static PyObject *copy_checksum_parts(PyObject *module, PyObject *args)
         dst = PyByteArray_AS_STRING(out);
         skew = (size_t)(-(uintptr_t)dst & 15);
     }
-    uint64_t digest = stream ? copy_parts_checksum(dst + skew, held.pieces, (size_t)held.count, n, seed)
-                             : copy_checksum(dst + skew, held.pieces[0].p, n, seed, 0);
+    uint64_t digest = copy_parts_checksum(dst + skew, held.pieces, (size_t)held.count, n, seed, stream);
     if (into == Py_None) {
         memmove(dst, dst + skew, n);
         if (PyByteArray_Resize(out, (Py_ssize_t)n) < 0)
@@ -1967,7 +1954,7 @@ static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)configure, METH_VARARGS, "configure(Entry, shmwal.sync)"},
     {"xxh3_64", (PyCFunction)xxh3_64, METH_VARARGS, "xxh3_64(data, seed=0) -> int"},
     {"fused", (PyCFunction)fused, METH_VARARGS, "fused(enable=None) -> bool"},
-    {"copy_checksum", (PyCFunction)copy_checksum_parts, METH_VARARGS,
+    {"copy_checksum", (PyCFunction)py_copy_checksum, METH_VARARGS,
      "copy_checksum(parts, seed=0, stream=False, into=None) -> (copy, digest)"},
     {NULL}
 };

@@ -38,7 +38,9 @@ class Link:
 
     def moved(self) -> None:
         """Say that a writer just moved to a new block, so that the broker looks at every
-        writer now (server/provisioning.py) and readies the next spare, not at its next look."""
+        writer now (server/provisioning.py) and readies the next spare, not at its next look.
+        The only word told on the watch connection: the broker does not decode what comes
+        after "watch" there (broker.py _readable), a turn of its loop is the whole effect."""
         self._tell(_MOVED)
 
     def check_alive(self) -> None:

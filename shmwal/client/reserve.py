@@ -72,7 +72,7 @@ class Slot:
 
         The same entry as copying them into ``buffer`` by hand; from 32 KiB the compiled
         path copies past the caches and takes the checksum on the way in rather than
-        reading the payload back (hot.c copy_hashing).
+        reading the payload back (hot.c copy_parts_checksum).
         Nothing is written when a part is not a contiguous bytes-like object
         (``TypeError``) or the sizes do not add up (``ValueError``); the slot stays open.
         """
