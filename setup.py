@@ -51,7 +51,8 @@ setup(
         Extension(
             "shmwal._hot",
             sources=sources,
-            depends=["shmwal/_native/xxhash.h", "shmwal/_native/xxh_x86dispatch.h", "shmwal/_native/fused_xxh3.h", LAYOUT_H,
+            depends=["shmwal/_native/xxhash.h", "shmwal/_native/xxh_x86dispatch.h", "shmwal/_native/fused_xxh3.h",
+                     "shmwal/_native/dispatch.h", LAYOUT_H,
                      "shmwal/blocks/layout.py"],
             define_macros=[("SHMWAL_XXH_DISPATCH", "1")] if X86 else [],
             # Hidden: xxHash's symbols stay private to this module (PyInit_ is exported anyway).

@@ -1606,6 +1606,8 @@ static PyMethodDef Reader_methods[] = {
 
 HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_name): one group's read path");
 
+#include "dispatch.h"
+
 /* ================================================================== module functions */
 
 /* A record header whose check holds (codec.read_record, compiled: nothing in a
@@ -2004,6 +2006,10 @@ PyMODINIT_FUNC PyInit__hot(void)
             || PyModule_AddObject(module, "Reader", (PyObject *)&ReaderType) < 0
             || PyModule_AddObject(module, "PinnedView", (Py_INCREF(&PinnedViewType), (PyObject *)&PinnedViewType)) < 0
             || PyModule_AddObject(module, "Slot", (Py_INCREF(&SlotType), (PyObject *)&SlotType)) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (dispatch_ready(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

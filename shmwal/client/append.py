@@ -131,11 +131,13 @@ class Appender:
         self._hot = None
         self.hot_append = self._no_hot
         self.hot_reserve = None
+        self.served = None          # the hot.c Appender when it serves appends (Client's Dispatch takes it)
         if native is not None:
             self._hot = native.Appender(meta.mm, sem.name, self)
             if not self._sync_each:
                 self.hot_append = self._hot.append
                 self.hot_reserve = self._hot.slot
+                self.served = self._hot
 
     @staticmethod
     def _no_hot(data) -> int:

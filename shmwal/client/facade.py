@@ -35,6 +35,7 @@ from .read import GroupGone, GroupReader
 from .append import Appender
 from .link import Link
 from .reserve import Slot, check_nbytes
+from .hot import native
 
 IO_MODES = ("auto", "uring", "mmap")
 RETRY_EVERY = 0.05     # how often a call on a dead client may try to reach a broker again
@@ -88,6 +89,7 @@ class Client:
         self._rpc_lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._watch: socket.socket | None = None
+        self._dispatch = None
         self._alive = False
         self._closed = False
         self._connected_once = False
@@ -98,6 +100,13 @@ class Client:
         self.broker_pid = None
         self._files = BlockFiles(os.path.join(self._root, "blocks"))
         self._reset_handles()
+        # This instance's append and read_next are hot.c's (dispatch.h) where it is built:
+        # it serves what the compiled paths serve and calls the methods below, with the
+        # same arguments, for everything else.  Not under a subclass that overrides them.
+        if native is not None and type(self).append is Client.append and type(self).read_next is Client.read_next:
+            self._dispatch = native.Dispatch(self, Client.append, Client.read_next)
+            self.append = self._dispatch.append
+            self.read_next = self._dispatch.read_next
         _CLIENTS.add(self)
         self._io_uring = _make_fetcher(io)
         self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring, self._reader_again,
@@ -348,7 +357,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        self._alive = False
+        self._set_alive(False)
         self._drop_connections()
         self._reset_handles()
         if self._io_uring is not None:
@@ -380,6 +389,8 @@ class Client:
         # shmwal.Queue, which keeps the handles its last call used, takes new ones.
         for handle in (*getattr(self, "_readers", {}).values(), *getattr(self, "_appenders", {}).values()):
             handle.stale = True
+        if self._dispatch is not None:
+            self._dispatch.forget_all()
         self._topic_handles: dict[str, tuple] = {}
         self._appenders: dict[str, Appender] = {}
         self._readers: dict[tuple, GroupReader] = {}
@@ -403,6 +414,8 @@ class Client:
         meta, sem = self._topic(topic, create=True)
         appender = Appender(self._link, topic, meta, self._files, sem)
         self._appenders[topic] = appender
+        if self._dispatch is not None and appender.served is not None:
+            self._dispatch.add_appender(topic, appender.served)
         return appender
 
     def _reader(self, topic, group, create: bool, make_group: bool = True):
@@ -422,11 +435,15 @@ class Client:
             return None
         reader = GroupReader(self._link, topic, group, meta, self._files, sem, answer["slot"], answer["gen"])
         self._readers[topic, group] = reader
+        if self._dispatch is not None and reader.served is not None:
+            self._dispatch.add_reader(topic, group, reader.served)
         return reader
 
     def _forget_reader(self, reader) -> None:
         if self._readers.get((reader.topic, reader.group)) is reader:
             del self._readers[reader.topic, reader.group]
+            if self._dispatch is not None:
+                self._dispatch.forget_reader(reader.topic, reader.group)
 
     def _reader_again(self, reader) -> GroupReader:
         """A fresh reader for a group deleted under ``reader`` (the read names it: it is made again)."""
@@ -525,13 +542,19 @@ class Client:
         self._link.strict_sync = self._link.sync_each and isinstance(self.consistency, StrictlyAtOnce)
         thread = threading.Thread(target=_watch_broker, args=(watch, weakref.ref(self)),
                                   name="shmwal-watch", daemon=True)
-        self._alive = True
+        self._set_alive(True)
         self._connected_once = True
         thread.start()
 
     def _mark_dead(self) -> None:
-        self._alive = False
+        self._set_alive(False)
         self._drop_connections()
+
+    def _set_alive(self, alive: bool) -> None:
+        """``_alive``, here and in the Dispatch (which serves calls only while it is True)."""
+        self._alive = alive
+        if self._dispatch is not None:
+            self._dispatch.alive = alive
 
     def _tell(self, message) -> None:
         """Send ``message`` on the watch connection, which the broker never answers: a hint,
@@ -569,7 +592,7 @@ class Client:
                 except OSError:
                     pass
         self._rpc_lock = threading.RLock()
-        self._alive = False
+        self._set_alive(False)
         self._next_attempt = 0.0
 
 
@@ -619,7 +642,7 @@ def _watch_broker(sock: socket.socket, client_ref) -> None:
         pass
     client = client_ref()
     if client is not None and client._watch is sock:
-        client._alive = False
+        client._set_alive(False)
 
 
 def _restore(data_dir, key, timeout, io) -> Client:

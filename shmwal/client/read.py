@@ -139,9 +139,11 @@ class GroupReader:
         # loads() of the next entry if hot_next would serve it and it is a plain pickle
         # shorter than ``below``, else ``miss`` with nothing read (the general path then).
         self.hot_next_object = self._no_object
+        self.served = None      # the hot.c Reader when it serves reads (Client's Dispatch takes it)
         if native is not None:
             self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
             if not self._strict_sync:
+                self.served = self._hot
                 self.hot_next = self._hot.next
                 self.hot_next_view = self._hot.next_view
                 self.hot_next_writable = self._hot.next_writable
