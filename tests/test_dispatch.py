@@ -145,6 +145,8 @@ READ_KWARGS = [
     {"group": 5},
     {"group": Str("g")},
     {"groupp": "g"},
+    {"".join(("gro", "up")): "g", "".join(("time", "out")): 0.0},   # names not interned: matched by value
+    {"".join(("gro", "up")): "g", "".join(("time", "out")): -1},
     {"group": "g", "extra": True},
 ]
 

@@ -156,17 +156,17 @@ static PyObject *Dispatch_append(Dispatch *self, PyObject *const *args, Py_ssize
     return general(self, self->general_append, args, nargs, kwnames);
 }
 
-/* Where ``name`` is among a call's keyword names, or -1: matched by identity first (the
- * compiler interns keyword names), else by value. */
-static int keyword_index(PyObject *kwnames, PyObject *name)
+/* Which of read_next's keywords ``name`` is (0 group, 1 checkpoint, 2 timeout, 3 zero_copy),
+ * or -1: by identity (the compiler interns keyword names), else by value. */
+static int keyword_slot(PyObject *name)
 {
-    Py_ssize_t n = PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (PyTuple_GET_ITEM(kwnames, i) == name)
-            return (int)i;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, i), name) == 0)
-            return (int)i;
+    PyObject *known[4] = {str_group, str_checkpoint, str_timeout, str_zero_copy};
+    for (int i = 0; i < 4; i++)
+        if (name == known[i])
+            return i;
+    for (int i = 0; i < 4; i++)
+        if (PyUnicode_Compare(name, known[i]) == 0)
+            return i;
     return -1;
 }
 
@@ -224,25 +224,18 @@ static PyObject *Dispatch_read_next(Dispatch *self, PyObject *const *args, Py_ss
 {
     if (nargs != 1 || !self->alive)
         goto general_path;
-    PyObject *group = str_default, *checkpoint = Py_True, *timeout = NULL, *zero_copy = Py_False;
+    PyObject *given[4] = {str_default, Py_True, NULL, Py_False};   /* group, checkpoint, timeout, zero_copy */
     if (kwnames != NULL) {
-        Py_ssize_t given = PyTuple_GET_SIZE(kwnames), known = 0;
-        int at;
-        if ((at = keyword_index(kwnames, str_group)) >= 0)
-            group = args[1 + at], known++;
-        if ((at = keyword_index(kwnames, str_checkpoint)) >= 0)
-            checkpoint = args[1 + at], known++;
-        if ((at = keyword_index(kwnames, str_timeout)) >= 0)
-            timeout = args[1 + at], known++;
-        if ((at = keyword_index(kwnames, str_zero_copy)) >= 0)
-            zero_copy = args[1 + at], known++;
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            goto general_path;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            int slot = keyword_slot(PyTuple_GET_ITEM(kwnames, i));
+            if (slot < 0) {
+                PyErr_Clear();
+                goto general_path;   /* a name it does not take: the Python method says so */
+            }
+            given[slot] = args[1 + i];
         }
-        if (known != given)
-            goto general_path;   /* a name it does not take: the Python method says so */
     }
+    PyObject *group = given[0], *checkpoint = given[1], *timeout = given[2], *zero_copy = given[3];
     if ((checkpoint != Py_True && checkpoint != Py_False) || (zero_copy != Py_True && zero_copy != Py_False)
             || (timeout != NULL && !plainly_valid_timeout(timeout)))
         goto general_path;
