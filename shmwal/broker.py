@@ -285,9 +285,6 @@ class BrokerServer:
             "run_id": self.run_id, "broker_pid": os.getpid(),
             "consistency": self.consistency.to_wire(), "fsync": self.fsync.to_wire(),
             "block_size": self.block_size,
-            # It moves the oldest kept entry only inside TopicMeta.moving_first: clients may
-            # then rely on H_FIRST_SEQ (layout.py), which an older broker does not keep.
-            "first_seq": True,
         }
 
     def _stats(self, **_):

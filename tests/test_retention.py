@@ -10,8 +10,6 @@ import time
 import pytest
 
 import shmwal
-from shmwal.blocks import layout as L
-from shmwal.blocks.meta import TopicMeta
 from shmwal.server.reclaim import plan
 
 from conftest import wait_until
@@ -170,71 +168,6 @@ def _write(client, topic, n):
     started = time.monotonic()
     offsets = _append(client, topic, n)
     return offsets, time.monotonic() - started
-
-
-@pytest.mark.timeout(120)
-def test_max_bytes_drops_the_block_a_reader_is_in(start_broker):
-    """A reader in the middle of a block, served by the compiled path, when max_bytes drops
-    that block unread: its next read starts at the oldest kept entry and counts what it lost,
-    never an entry of the dropped block. The block stays intact here (a zero-copy view of
-    another group pins it, so the broker frees it without releasing its space): only the
-    check against the oldest kept entry stands between the reader and its bytes (hot.c loads
-    H_FIRST_OFFSET again whenever H_FIRST_SEQ moved)."""
-    cap = 8 * BLOCK
-    broker = start_broker(retention=shmwal.Retention(bytes=0, max_bytes=cap))
-    client = connect(broker)
-    try:
-        _append(client, "t", 30)
-        pinning = client.read_next("t", group="viewer", zero_copy=True)
-        assert pinning.offset == 0 and isinstance(pinning.data, memoryview)
-        assert _offsets([client.read_next("t", group="slow") for _ in range(3)]) == [0, 1, 2]
-        total = 3000                                       # ~50 blocks: six times the cap
-        _append(client, "t", total - 30, first=30)
-        assert wait_until(lambda: _stats(client)["blocks"] * BLOCK <= cap, 10), _stats(client)
-        first = _stats(client)["first_offset"]
-        assert first > 60                                  # the reader's block went
-        entry = client.read_next("t", group="slow")
-        assert entry.offset == first and entry.data == b"%08d" % first + b"." * (ENTRY - 8)
-        assert _stats(client)["groups"]["slow"] == {"position": first + 1, "lag": total - first - 1,
-                                                      "skipped": first - 3}
-        assert bytes(pinning.data) == b"%08d" % 0 + b"." * (ENTRY - 8)   # the view still shows it
-        del pinning
-    finally:
-        client.close()
-
-
-def test_moving_first_keeps_the_sequence_odd_inside_and_even_after(tmp_path):
-    meta = TopicMeta.create(str(tmp_path / "meta"), "t", 1)
-    try:
-        assert meta.get(L.H_FIRST_SEQ) == 0
-        with meta.moving_first():
-            assert meta.get(L.H_FIRST_SEQ) == 1
-        assert meta.get(L.H_FIRST_SEQ) == 2
-        meta.set(L.H_FIRST_SEQ, 7)                # a mover killed inside
-        with pytest.raises(RuntimeError), meta.moving_first():
-            assert meta.get(L.H_FIRST_SEQ) == 7
-            raise RuntimeError
-        assert meta.get(L.H_FIRST_SEQ) == 8       # even again, also after an error inside
-    finally:
-        meta.close()
-
-
-@pytest.mark.timeout(60)
-def test_a_broker_killed_while_moving_the_oldest_entry_leaves_it_to_the_next(start_broker):
-    broker = start_broker()
-    with connect(broker) as client:
-        _append(client, "t", 5)
-        assert client.read_next("t").offset == 0
-    broker.stop()
-    meta = TopicMeta(os.path.join(broker.root, "topics", "t", "meta"), "t")
-    try:
-        meta.set(L.H_FIRST_SEQ, 41)               # odd: what a broker killed in moving_first leaves
-        broker = start_broker()
-        assert meta.get(L.H_FIRST_SEQ) == 42      # its recovery ended the move
-    finally:
-        meta.close()
-    with connect(broker) as client:
-        assert _offsets([client.read_next("t") for _ in range(4)]) == [1, 2, 3, 4]
 
 
 @pytest.mark.timeout(180)

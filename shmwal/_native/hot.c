@@ -1215,13 +1215,6 @@ typedef struct {
     uint64_t pin_at;         /* the hinted block's pin word (layout.B_PINS) in its mapping, else UNSET */
     sem_t *sem;              /* the topic semaphore appenders post for sleeping readers */
     long spin_ns;            /* how long read_wait spins before sleeping (adapts, see there) */
-    /* What next_entry knows without loading line 128 (H_NEXT_OFFSET and the words beside
-     * it), which the appender dirties per entry: a reader behind its writer paid a cache
-     * miss a read for it (perf: 80% of next_entry's samples, ~10% of a 100-byte reader). */
-    uint64_t known_next;     /* an H_NEXT_OFFSET loaded before: entries below it are published */
-    uint64_t in_block_below; /* entries below it are in the hinted block or before (0: unknown) */
-    uint64_t first_checked;  /* even H_FIRST_SEQ under which the cursor was at or past H_FIRST_OFFSET */
-    int first_seq_kept;      /* the broker keeps H_FIRST_SEQ (its hello): else first_checked stays UNSET */
 } Reader;
 
 #define SPIN_NS_MAX 20000
@@ -1233,8 +1226,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_ssize_t slot;
     unsigned long long gen;
     const char *sem_name;
-    int first_seq_kept = 0;
-    if (!PyArg_ParseTuple(args, "OnKUs|p", &meta, &slot, &gen, &topic, &sem_name, &first_seq_kept))
+    if (!PyArg_ParseTuple(args, "OnKUs", &meta, &slot, &gen, &topic, &sem_name))
         return -1;
     if (entry_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "shmwal._hot.configure() was not called");
@@ -1264,10 +1256,6 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->next_first = UNSET;
     self->pin_at = UNSET;
     self->spin_ns = SPIN_NS_MAX;
-    self->known_next = 0;
-    self->in_block_below = 0;
-    self->first_checked = UNSET;
-    self->first_seq_kept = first_seq_kept;
     return 0;
 }
 
@@ -1286,7 +1274,6 @@ static void Reader_dealloc(Reader *self)
 static PyObject *Reader_set_block(Reader *self, PyObject *args)
 {
     self->next_first = UNSET;
-    self->in_block_below = 0;
     self->pin_at = UNSET;
     Py_ssize_t n = PyTuple_GET_SIZE(args);
     PyObject *head = n == 4 ? PyTuple_GetSlice(args, 0, 3) : (Py_INCREF(args), args);
@@ -1332,49 +1319,23 @@ static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pic
     if (load(m, g + G_GEN) != self->gen)
         goto hand_back;   /* the group was deleted: Python finds out and asks the broker again */
     uint64_t cursor = load(m, g + G_CURSOR);
-    if (load(m, g + G_HINT_OFFSET) != cursor)
+    uint64_t next_offset = load(m, H_NEXT_OFFSET);   /* before the record: the publish order */
+    if (load(m, g + G_HINT_OFFSET) != cursor || cursor < load(m, H_FIRST_OFFSET))
         goto hand_back;
-    /* Not below the oldest kept entry (its block may be gone). H_FIRST_OFFSET moves only
-     * while H_FIRST_SEQ is odd (layout.py): while it reads the even value under which the
-     * cursor was last found at or past it, that still holds (a seek since then clamped to
-     * the same oldest entry), and line 128 need not be loaded for it. */
-    uint64_t seq = load(m, H_FIRST_SEQ);
-    if (seq != self->first_checked) {
-        if (cursor < load(m, H_FIRST_OFFSET))
-            goto hand_back;
-        if (self->first_seq_kept && seq % 2 == 0)
-            self->first_checked = seq;
-    }
-    /* Published: below an H_NEXT_OFFSET loaded before, in this call or an earlier one,
-     * before the record is read (the publish order). */
-    uint64_t next_offset = self->known_next;
     if (cursor >= next_offset) {
-        next_offset = self->known_next = load(m, H_NEXT_OFFSET);
-        if (cursor >= next_offset) {
-            pthread_mutex_unlock(mutex);
-            return PyLong_FromUnsignedLongLong(next_offset);
-        }
+        pthread_mutex_unlock(mutex);
+        return PyLong_FromUnsignedLongLong(next_offset);
     }
     uint64_t block = load(m, g + G_HINT_CHAIN);
     uint64_t pos = load(m, g + G_HINT_POS);
     if (block != self->hinted.index || self->hinted.base == NULL)
         goto hand_back;
-    /* In this block, not past its end: below the next block's first offset. While the next
-     * block is not published, every entry below known_next is in this block or before (the
-     * appender publishes a block before the first entry in it, and known_next was loaded
-     * before H_PUBLISHED_BLOCKS here): in_block_below says so without loading line 128. */
-    if (cursor >= self->in_block_below && self->next_first == UNSET) {
-        if (block + 1 >= CHAIN_SLOTS)
-            self->in_block_below = UNSET;   /* the chain's last slot: no next block */
-        else if (block + 1 < load(m, H_PUBLISHED_BLOCKS))
-            /* Published once, a block's first offset never changes. */
-            self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
-        else
-            self->in_block_below = self->known_next;
-    }
+    if (self->next_first == UNSET && block + 1 < load(m, H_PUBLISHED_BLOCKS)
+            && block + 1 < CHAIN_SLOTS)
+        /* Published once, a block's first offset never changes. */
+        self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
     uint64_t limit = self->hinted.limit;
-    if ((cursor >= self->in_block_below && cursor >= self->next_first) || pos > limit
-            || limit - pos < SINGLE_RECORD_SIZE)
+    if (cursor >= self->next_first || pos > limit || limit - pos < SINGLE_RECORD_SIZE)
         goto hand_back;
     const char *record = self->hinted.base + pos;
     uint32_t count = rd32(record), batch_left = rd32(record + 4);

@@ -176,12 +176,6 @@ H_GROUP_HIGH = 272       # group slots below it have storage and an initialised 
                          # every scan of the group table stops here)
 H_NAME_LEN = 320
 H_NAME = 328             # topic name, up to 255 bytes
-# line 576, after the name: written only when the oldest kept entry moves
-H_FIRST_SEQ = 584        # odd while the broker moves H_FIRST_OFFSET, H_FIRST_BLOCK or H_FORCED_OFFSET
-                         # (TopicMeta.moving_first), even otherwise: a reader that found its cursor
-                         # at or past H_FIRST_OFFSET while it read an even value knows that still
-                         # holds while it reads the same value, without loading line 128, which
-                         # the appender dirties per entry (hot.c next_entry). 0 in older files.
 H_CHAIN_MUTEX = 640      # guards chain slots >= H_PUBLISHED_BLOCKS and H_ALLOCATED_BLOCKS (broker and
                          # the appender that moves to a new block); robust
 

@@ -34,7 +34,6 @@ import mmap
 import os
 import time
 import zlib
-from contextlib import contextmanager
 
 from . import layout as L
 from ..ipc import sync
@@ -131,19 +130,6 @@ class TopicMeta:
     # ------------------------------------------------------------ words
     def get(self, at: int) -> int:
         return self.words[at // _Q]
-
-    @contextmanager
-    def moving_first(self):
-        """The only place H_FIRST_OFFSET, H_FIRST_BLOCK and H_FORCED_OFFSET change (after
-        creation): H_FIRST_SEQ is odd from before the first store inside to after the last
-        (layout.py says what readers make of it). Odd at entry (a mover killed inside): it
-        stays odd until this one ends."""
-        seq = self.get(L.H_FIRST_SEQ) | 1
-        self.set(L.H_FIRST_SEQ, seq)
-        try:
-            yield
-        finally:
-            self.set(L.H_FIRST_SEQ, seq + 1)
 
     def set(self, at: int, value: int) -> None:
         self.words[at // _Q] = value

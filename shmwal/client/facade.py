@@ -540,7 +540,6 @@ class Client:
         self.fsync = fsync_from_wire(info["fsync"])
         self._link.sync_each = isinstance(self.fsync, SyncEach)
         self._link.strict_sync = self._link.sync_each and isinstance(self.consistency, StrictlyAtOnce)
-        self._link.first_seq = info.get("first_seq") is True
         thread = threading.Thread(target=_watch_broker, args=(watch, weakref.ref(self)),
                                   name="shmwal-watch", daemon=True)
         self._set_alive(True)

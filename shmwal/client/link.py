@@ -19,7 +19,7 @@ _MOVED = {"op": "moved"}
 
 class Link:
     __slots__ = ("_rpc", "_tell", "_check_alive", "_reader", "_reader_again", "fetcher", "sync_each",
-                 "strict_sync", "first_seq")
+                 "strict_sync")
 
     def __init__(self, rpc, check_alive, reader, fetcher, reader_again, tell):
         self._rpc = rpc                  # fn(op, **args) -> reply: one control request
@@ -30,7 +30,6 @@ class Link:
         self.fetcher = fetcher           # uring.fetch.UringFetcher, or None: batch reads map
         self.sync_each = False           # SyncEach: every append fsyncs before it returns
         self.strict_sync = False         # SyncEach and StrictlyAtOnce: every checkpoint too
-        self.first_seq = False           # the broker keeps layout.H_FIRST_SEQ (its hello says so)
 
     def alloc_block(self, topic: str, chain_index: int, min_capacity: int) -> None:
         """Ask the broker for chain slot ``chain_index`` (the caller holds the writer mutex)."""

@@ -141,7 +141,7 @@ class GroupReader:
         self.hot_next_object = self._no_object
         self.served = None      # the hot.c Reader when it serves reads (Client's Dispatch takes it)
         if native is not None:
-            self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name, link.first_seq)
+            self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
             if not self._strict_sync:
                 self.served = self._hot
                 self.hot_next = self._hot.next

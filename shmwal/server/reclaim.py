@@ -230,14 +230,10 @@ class Reclaimer:
         # lost_below). The atomic add after them is a full barrier: the pins are loaded only
         # once H_FIRST_BLOCK is visible (a zero-copy reader pins, then loads H_FIRST_BLOCK:
         # client/read.py _pinned_view).
-        # All inside moving_first: hot.c's readers reload H_FIRST_OFFSET only when
-        # H_FIRST_SEQ is not the even value they last checked it under (layout.py). A group
-        # sought back into these blocks since the cursors above were read is in them too.
-        with meta.moving_first():
-            if decided.forced:
-                meta.set(L.H_FORCED_OFFSET, meta.chain(k)[3])
-            meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
-            meta.set(L.H_FIRST_BLOCK, k)
+        if decided.forced:
+            meta.set(L.H_FORCED_OFFSET, meta.chain(k)[3])
+        meta.set(L.H_FIRST_OFFSET, meta.chain(k)[3])
+        meta.set(L.H_FIRST_BLOCK, k)
         sync.atomic_add(meta.base + L.H_RECLAIMED_BYTES, freed_bytes)
         pins = [self._pins(file_id, file_offset) for file_id, file_offset, _, _ in blocks]
         # A block dropped unread may have a stalled reader in it: never reused (its bytes

@@ -62,15 +62,12 @@ def check_meta(meta) -> str | None:
 
 
 def finish_reclamation(meta) -> None:
-    """Move H_FIRST_BLOCK up to H_FIRST_OFFSET (see check_meta), and end the move a killed
-    broker left under way (H_FIRST_SEQ odd: readers would load H_FIRST_OFFSET on every read
-    until it is even again). Under the writer mutex."""
-    with meta.moving_first():
-        first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
-        if published > first:
-            k = find_block(meta, meta.get(L.H_FIRST_OFFSET), first, published)
-            if k != first:
-                meta.set(L.H_FIRST_BLOCK, k)
+    """Move H_FIRST_BLOCK up to H_FIRST_OFFSET (see check_meta). Under the writer mutex."""
+    first, published = meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS)
+    if published > first:
+        k = find_block(meta, meta.get(L.H_FIRST_OFFSET), first, published)
+        if k != first:
+            meta.set(L.H_FIRST_BLOCK, k)
 
 
 LOCK_DEADLINE = 10.0   # seconds recovery waits for a live holder of the writer mutex (a client mid-append)
