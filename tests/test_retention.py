@@ -170,6 +170,37 @@ def _write(client, topic, n):
     return offsets, time.monotonic() - started
 
 
+@pytest.mark.timeout(120)
+def test_max_bytes_drops_the_block_a_reader_is_in(start_broker):
+    """A reader in the middle of a block, served by the compiled path, when max_bytes drops
+    that block unread: its next read starts at the oldest kept entry and counts what it lost,
+    never an entry of the dropped block. The block stays intact here (a zero-copy view of
+    another group pins it, so the broker frees it without releasing its space): only the
+    check against the oldest kept entry (H_FIRST_OFFSET, hot.c next_entry) stands between
+    the reader and its bytes."""
+    cap = 8 * BLOCK
+    broker = start_broker(retention=shmwal.Retention(bytes=0, max_bytes=cap))
+    client = connect(broker)
+    try:
+        _append(client, "t", 30)
+        pinning = client.read_next("t", group="viewer", zero_copy=True)
+        assert pinning.offset == 0 and isinstance(pinning.data, memoryview)
+        assert _offsets([client.read_next("t", group="slow") for _ in range(3)]) == [0, 1, 2]
+        total = 3000                                       # ~50 blocks: six times the cap
+        _append(client, "t", total - 30, first=30)
+        assert wait_until(lambda: _stats(client)["blocks"] * BLOCK <= cap, 10), _stats(client)
+        first = _stats(client)["first_offset"]
+        assert first > 60                                  # the reader's block went
+        entry = client.read_next("t", group="slow")
+        assert entry.offset == first and entry.data == b"%08d" % first + b"." * (ENTRY - 8)
+        assert _stats(client)["groups"]["slow"] == {"position": first + 1, "lag": total - first - 1,
+                                                      "skipped": first - 3}
+        assert bytes(pinning.data) == b"%08d" % 0 + b"." * (ENTRY - 8)   # the view still shows it
+        del pinning
+    finally:
+        client.close()
+
+
 @pytest.mark.timeout(180)
 def test_max_bytes_with_a_stalled_group(start_broker, tmp_path):
     cap = 8 * BLOCK
