@@ -10,6 +10,7 @@ ways, on two topics of one broker that hold the same entries, and compares.
 from __future__ import annotations
 
 import gc
+import inspect
 import math
 import multiprocessing
 import weakref
@@ -66,6 +67,18 @@ def test_append_and_read_next_are_the_dispatchs(client):
     appenders, readers = client._dispatch.handles()
     assert set(appenders) == {"t"}
     assert set(readers) == {("t", "default")}
+
+
+@pytest.mark.parametrize("name", ["append", "read_next"])
+def test_the_dispatchs_signatures_are_the_methods(client, name):
+    """help() and inspect see the same parameters and defaults on the instance as on the class."""
+    def shape(signature):
+        return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+    method = inspect.signature(getattr(Client, name))
+    assert shape(inspect.signature(getattr(client, name))) == shape(method)[1:]   # without self
+    assert getattr(client, name).__doc__.split(".")[0] in getattr(Client, name).__doc__.replace(":class:`Entry`", "Entry") \
+        .replace("``None``", "None")
 
 
 def test_a_subclass_that_overrides_read_next_gets_its_own(broker):

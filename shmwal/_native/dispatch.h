@@ -338,10 +338,12 @@ static int Dispatch_set_alive(Dispatch *self, PyObject *value, void *closure)
 
 static PyMethodDef Dispatch_methods[] = {
     {"append", (PyCFunction)(void (*)(void))Dispatch_append, METH_FASTCALL | METH_KEYWORDS,
-     "append(topic, data)\n--\n\nClient.append (see there), served by hot.c when it can be."},
+     "append($self, topic, data)\n--\n\nAppend one entry; return its offset. shmwal.Client.append, compiled "
+     "(client/facade.py: help(shmwal.Client.append) has the whole contract)."},
     {"read_next", (PyCFunction)(void (*)(void))Dispatch_read_next, METH_FASTCALL | METH_KEYWORDS,
-     "read_next(topic, *, group='default', checkpoint=True, timeout=0.0, zero_copy=False)\n--\n\n"
-     "Client.read_next (see there), served by hot.c when it can be."},
+     "read_next($self, topic, *, group='default', checkpoint=True, timeout=0.0, zero_copy=False)\n--\n\n"
+     "The group's next entry (an Entry), or None if none came in time. shmwal.Client.read_next, "
+     "compiled (client/facade.py: help(shmwal.Client.read_next) has the whole contract)."},
     {"add_appender", (PyCFunction)Dispatch_add_appender, METH_VARARGS,
      "add_appender(topic, appender): serve append(topic, ...) with this hot.c Appender"},
     {"add_reader", (PyCFunction)Dispatch_add_reader, METH_VARARGS,
