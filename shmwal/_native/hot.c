@@ -1179,14 +1179,42 @@ static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, u
     return data;
 }
 
-static PyObject *make_entry(PyObject *topic, uint64_t offset, PyObject *data)
+/* Entries handed out before, kept so that one its caller has dropped since (this array
+ * then holds its only reference) is made again in place: no allocation, no deallocation,
+ * and nothing counted toward a collection (CPython's enumerate and zip reuse their result
+ * tuples on the same condition). A batch's n new entries counted n toward gen0, so a
+ * collection came once a batch and walked it: with the collector off a 100-byte batch
+ * reader ran ~10% faster, besides the allocations themselves. Slot k is the k-th entry of
+ * a batch (read_next's is slot 0). Only entries whose data is bytes of at most
+ * ENTRY_REUSE_MAX bytes are kept (a view would keep its block pinned, a large payload its
+ * memory): at most ENTRY_REUSE x ENTRY_REUSE_MAX bytes held between calls. */
+#define ENTRY_REUSE 2048
+#define ENTRY_REUSE_MAX 1024
+static PyObject *reusable[ENTRY_REUSE];
+
+static PyObject *make_entry_at(size_t slot, PyObject *topic, uint64_t offset, PyObject *data)
 {
     PyObject *number = PyLong_FromUnsignedLongLong(offset);
     if (number == NULL) {
         Py_DECREF(data);
         return NULL;
     }
-    PyObject *entry = entry_type->tp_alloc(entry_type, 3);
+    int keep = slot < ENTRY_REUSE && PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) <= ENTRY_REUSE_MAX;
+    PyObject *entry = keep ? reusable[slot] : NULL;
+    if (entry != NULL && Py_REFCNT(entry) == 1 && Py_TYPE(entry) == entry_type) {
+        PyObject *old_topic = PyTuple_GET_ITEM(entry, 0), *old_number = PyTuple_GET_ITEM(entry, 1),
+                 *old_data = PyTuple_GET_ITEM(entry, 2);
+        Py_INCREF(topic);
+        PyTuple_SET_ITEM(entry, 0, topic);
+        PyTuple_SET_ITEM(entry, 1, number);
+        PyTuple_SET_ITEM(entry, 2, data);
+        Py_DECREF(old_topic);    /* a str, an int and bytes: their deallocation runs no code */
+        Py_DECREF(old_number);
+        Py_DECREF(old_data);
+        Py_INCREF(entry);
+        return entry;
+    }
+    entry = entry_type->tp_alloc(entry_type, 3);
     if (entry == NULL) {
         Py_DECREF(number);
         Py_DECREF(data);
@@ -1200,6 +1228,10 @@ static PyObject *make_entry(PyObject *topic, uint64_t offset, PyObject *data)
      * to the entry: it needs no cycle collection.  Untracked, a batch of 1,000
      * entries no longer sets off a collection that walks every one of them. */
     PyObject_GC_UnTrack(entry);
+    if (keep) {
+        Py_INCREF(entry);
+        Py_XSETREF(reusable[slot], entry);
+    }
     return entry;
 }
 
@@ -1394,7 +1426,7 @@ static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pic
     self->taken = cursor;
     if (pickled_below)
         return data;
-    return make_entry(self->topic, cursor, data);
+    return make_entry_at(0, self->topic, cursor, data);
 hand_back:
     pthread_mutex_unlock(mutex);
     Py_RETURN_NONE;
@@ -1742,7 +1774,7 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
                 status = DECODE_HAND_BACK;
                 break;
             }
-            PyObject *entry = topic == Py_None ? data : make_entry(topic, c, data);
+            PyObject *entry = topic == Py_None ? data : make_entry_at((size_t)PyList_GET_SIZE(out), topic, c, data);
             if (entry == NULL)
                 goto error;
             int rc = PyList_Append(out, entry);
