@@ -5,10 +5,11 @@
  * argument checks); per-entry callers (read_next in a loop) ran at half the speed of the
  * compiled calls made directly (scripts/dispatch_cost.py).  A Dispatch serves the call
  * when every argument is one the Python method would take as it is and the handle's
- * compiled path serves it; anything else (another argument, a miss, nothing to read, a
- * dead broker) calls the Python method itself with the same arguments, so there is one
- * definition of the behaviour, client/facade.py's.  The general path may then try the
- * compiled call once more: a miss leaves nothing changed, so that is only time.
+ * compiled path serves it (a read that does not wait and finds nothing included: None);
+ * anything else (another argument, a miss, a read that waits, a dead broker) calls the
+ * Python method itself with the same arguments, so there is one definition of the
+ * behaviour, client/facade.py's.  The general path may then try the compiled call once
+ * more: a miss leaves nothing changed, so that is only time (an append's once a block).
  *
  * The client keeps it in step (facade.py): the handles with a compiled path, by the same
  * keys as its own dicts, and whether it is connected.  Included by hot.c after Appender
@@ -193,6 +194,20 @@ static int plainly_valid_timeout(PyObject *timeout)
     return 0;
 }
 
+/* A plainly valid timeout (or none given: 0.0) that does not wait. */
+static int no_wait(PyObject *timeout)
+{
+    if (timeout == NULL)
+        return 1;
+    if (PyFloat_CheckExact(timeout))
+        return PyFloat_AS_DOUBLE(timeout) == 0.0;
+    if (PyLong_CheckExact(timeout)) {
+        int overflow;
+        return PyLong_AsLongLongAndOverflow(timeout, &overflow) == 0 && overflow == 0;
+    }
+    return 0;
+}
+
 static Reader *reader_for(Dispatch *self, PyObject *topic, PyObject *group)
 {
     if (topic == self->read_topic && group == self->read_group && topic != NULL)
@@ -247,7 +262,13 @@ static PyObject *Dispatch_read_next(Dispatch *self, PyObject *const *args, Py_ss
     Py_DECREF(reader);
     if (found == NULL || Py_TYPE(found) == entry_type)
         return found;
-    Py_DECREF(found);   /* nothing to read, or the general path's case: nothing was taken */
+    int nothing_there = PyLong_CheckExact(found);   /* an int: nothing below it to read */
+    Py_DECREF(found);
+    /* A read that does not wait (timeout 0, the default) and found nothing returns None, as
+     * the Python method does (read_one): without trying the compiled path a second time
+     * there, which a caller polling an empty topic (shmwal.aio on each wake) paid for. */
+    if (nothing_there && no_wait(timeout))
+        Py_RETURN_NONE;
 general_path:
     return general(self, self->general_read_next, args, nargs, kwnames);
 }
@@ -257,8 +278,10 @@ static PyObject *Dispatch_add_appender(Dispatch *self, PyObject *args)
     PyObject *topic, *appender;
     if (!PyArg_ParseTuple(args, "UO!", &topic, &AppenderType, &appender))
         return NULL;
-    if (self->appenders == NULL || PyDict_SetItem(self->appenders, topic, appender) < 0)
-        return self->appenders == NULL ? PyErr_Format(PyExc_RuntimeError, "the Dispatch was cleared") : NULL;
+    if (self->appenders == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "the Dispatch was cleared");
+    if (PyDict_SetItem(self->appenders, topic, appender) < 0)
+        return NULL;
     forget_last(self);
     Py_RETURN_NONE;
 }
