@@ -1,4 +1,4 @@
-/* Client.append and Client.read_next with no Python frame between the caller and hot.c.
+/* Client.append, read_next and batch_read with no Python frame between the caller and hot.c.
  *
  * Why: appending or reading a 100-byte entry costs ~0.15 us in hot.c and ~0.3 us in the
  * Python method around it (its frame, the handle lookup by a (topic, group) tuple, the
@@ -20,6 +20,7 @@ typedef struct {
     PyObject *client;              /* the general path's self */
     PyObject *general_append;      /* Client.append: the Python function */
     PyObject *general_read_next;   /* Client.read_next */
+    PyObject *general_batch_read;  /* Client.batch_read, or NULL: not served (io_uring reads batches) */
     PyObject *appenders;           /* topic -> Appender */
     PyObject *readers;             /* (topic, group) -> Reader */
     /* The last handle of each kind and its key, compared by identity: a program that
@@ -42,15 +43,17 @@ static void forget_last(Dispatch *self)
 
 static int Dispatch_init(Dispatch *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *client, *general_append, *general_read_next;
-    if (!PyArg_ParseTuple(args, "OOO", &client, &general_append, &general_read_next))
+    PyObject *client, *general_append, *general_read_next, *general_batch_read = Py_None;
+    if (!PyArg_ParseTuple(args, "OOO|O", &client, &general_append, &general_read_next, &general_batch_read))
         return -1;
     if (self->client != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Dispatch initialised twice");
         return -1;
     }
-    if (!PyCallable_Check(general_append) || !PyCallable_Check(general_read_next)) {
-        PyErr_SetString(PyExc_TypeError, "Dispatch(client, append, read_next): the general paths must be callable");
+    if (!PyCallable_Check(general_append) || !PyCallable_Check(general_read_next)
+            || (general_batch_read != Py_None && !PyCallable_Check(general_batch_read))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Dispatch(client, append, read_next[, batch_read]): the general paths must be callable");
         return -1;
     }
     if ((self->appenders = PyDict_New()) == NULL || (self->readers = PyDict_New()) == NULL)
@@ -58,6 +61,7 @@ static int Dispatch_init(Dispatch *self, PyObject *args, PyObject *kwds)
     self->client = Py_NewRef(client);
     self->general_append = Py_NewRef(general_append);
     self->general_read_next = Py_NewRef(general_read_next);
+    self->general_batch_read = general_batch_read == Py_None ? NULL : Py_NewRef(general_batch_read);
     return 0;
 }
 
@@ -66,6 +70,7 @@ static int Dispatch_traverse(Dispatch *self, visitproc visit, void *arg)
     Py_VISIT(self->client);
     Py_VISIT(self->general_append);
     Py_VISIT(self->general_read_next);
+    Py_VISIT(self->general_batch_read);
     Py_VISIT(self->appenders);
     Py_VISIT(self->readers);
     Py_VISIT(self->append_topic);
@@ -82,6 +87,7 @@ static int Dispatch_clear(Dispatch *self)
     Py_CLEAR(self->client);
     Py_CLEAR(self->general_append);
     Py_CLEAR(self->general_read_next);
+    Py_CLEAR(self->general_batch_read);
     Py_CLEAR(self->appenders);
     Py_CLEAR(self->readers);
     return 0;
@@ -234,26 +240,38 @@ static Reader *reader_for(Dispatch *self, PyObject *topic, PyObject *group)
     return (Reader *)found;
 }
 
-/* read_next(topic, *, group="default", checkpoint=True, timeout=0.0, zero_copy=False): Client.read_next. */
-static PyObject *Dispatch_read_next(Dispatch *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* The keywords read_next and batch_read share, after ``nargs`` positional arguments, into
+ * given[] = {group, checkpoint, timeout, zero_copy} (timeout NULL: not given, 0.0).
+ * 0 when the Python method must have the call: a name it does not take (it says so), a
+ * checkpoint or zero_copy not exactly a bool, a timeout it would not take as it is. */
+static int plain_read_keywords(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *given[4])
 {
-    if (nargs != 1 || !self->alive)
-        goto general_path;
-    PyObject *given[4] = {str_default, Py_True, NULL, Py_False};   /* group, checkpoint, timeout, zero_copy */
+    given[0] = str_default;
+    given[1] = Py_True;
+    given[2] = NULL;
+    given[3] = Py_False;
     if (kwnames != NULL) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
             int slot = keyword_slot(PyTuple_GET_ITEM(kwnames, i));
             if (slot < 0) {
                 PyErr_Clear();
-                goto general_path;   /* a name it does not take: the Python method says so */
+                return 0;
             }
-            given[slot] = args[1 + i];
+            given[slot] = args[nargs + i];
         }
     }
-    PyObject *group = given[0], *checkpoint = given[1], *timeout = given[2], *zero_copy = given[3];
-    if ((checkpoint != Py_True && checkpoint != Py_False) || (zero_copy != Py_True && zero_copy != Py_False)
-            || (timeout != NULL && !plainly_valid_timeout(timeout)))
+    PyObject *checkpoint = given[1], *timeout = given[2], *zero_copy = given[3];
+    return (checkpoint == Py_True || checkpoint == Py_False) && (zero_copy == Py_True || zero_copy == Py_False)
+           && (timeout == NULL || plainly_valid_timeout(timeout));
+}
+
+/* read_next(topic, *, group="default", checkpoint=True, timeout=0.0, zero_copy=False): Client.read_next. */
+static PyObject *Dispatch_read_next(Dispatch *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *given[4];
+    if (nargs != 1 || !self->alive || !plain_read_keywords(args, nargs, kwnames, given))
         goto general_path;
+    PyObject *group = given[0], *checkpoint = given[1], *timeout = given[2], *zero_copy = given[3];
     Reader *reader = reader_for(self, args[0], group);
     if (reader == NULL)
         goto general_path;
@@ -271,6 +289,45 @@ static PyObject *Dispatch_read_next(Dispatch *self, PyObject *const *args, Py_ss
         Py_RETURN_NONE;
 general_path:
     return general(self, self->general_read_next, args, nargs, kwnames);
+}
+
+/* batch_read(topic, max_bytes, *, group="default", checkpoint=True, timeout=0.0,
+ * zero_copy=False): Client.batch_read, served when hot.c's take serves it (the batch in
+ * the block of the group's hint, see take_entries); a copying read only. */
+static PyObject *Dispatch_batch_read(Dispatch *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *given[4];
+    if (self->general_batch_read == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this Dispatch does not serve batch_read");
+        return NULL;
+    }
+    if (nargs != 2 || !self->alive || !PyLong_CheckExact(args[1]) || !plain_read_keywords(args, nargs, kwnames, given)
+            || given[3] != Py_False)
+        goto general_path;
+    int overflow = 0;
+    long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (max_bytes == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto general_path;
+    }
+    if (overflow < 0 || (overflow == 0 && max_bytes < 0))
+        goto general_path;   /* the Python method raises */
+    if (overflow > 0)
+        max_bytes = LLONG_MAX;
+    Reader *reader = reader_for(self, args[0], given[0]);
+    if (reader == NULL)
+        goto general_path;
+    Py_INCREF(reader);
+    PyObject *found = take_entries(reader, (Py_ssize_t)MAX_READ_ENTRIES, max_bytes, given[1] == Py_True);
+    Py_DECREF(reader);
+    if (found == NULL || PyList_CheckExact(found))
+        return found;
+    int nothing_there = PyLong_CheckExact(found);
+    Py_DECREF(found);
+    if (nothing_there && no_wait(given[2]))
+        return PyList_New(0);   /* as the Python method: [] at once, the compiled path tried once */
+general_path:
+    return general(self, self->general_batch_read, args, nargs, kwnames);
 }
 
 static PyObject *Dispatch_add_appender(Dispatch *self, PyObject *args)
@@ -367,10 +424,14 @@ static PyMethodDef Dispatch_methods[] = {
      "read_next($self, topic, *, group='default', checkpoint=True, timeout=0.0, zero_copy=False)\n--\n\n"
      "The group's next entry (an Entry), or None if none came in time. shmwal.Client.read_next, "
      "compiled (client/facade.py: help(shmwal.Client.read_next) has the whole contract)."},
+    {"batch_read", (PyCFunction)(void (*)(void))Dispatch_batch_read, METH_FASTCALL | METH_KEYWORDS,
+     "batch_read($self, topic, max_bytes, *, group='default', checkpoint=True, timeout=0.0, zero_copy=False)\n--\n\n"
+     "The group's next entries (a list of Entry), up to max_bytes of payload. shmwal.Client.batch_read, "
+     "compiled (client/facade.py: help(shmwal.Client.batch_read) has the whole contract)."},
     {"add_appender", (PyCFunction)Dispatch_add_appender, METH_VARARGS,
      "add_appender(topic, appender): serve append(topic, ...) with this hot.c Appender"},
     {"add_reader", (PyCFunction)Dispatch_add_reader, METH_VARARGS,
-     "add_reader(topic, group, reader): serve read_next(topic, group=group) with this hot.c Reader"},
+     "add_reader(topic, group, reader): serve read_next and batch_read of (topic, group) with this hot.c Reader"},
     {"forget_reader", (PyCFunction)Dispatch_forget_reader, METH_VARARGS, "forget_reader(topic, group)"},
     {"forget_all", (PyCFunction)Dispatch_forget_all, METH_NOARGS, "forget_all(): no handle is served any more"},
     {"handles", (PyCFunction)Dispatch_handles, METH_NOARGS, "handles() -> (appenders, readers): the dicts (tests)"},
@@ -388,7 +449,7 @@ static PyTypeObject DispatchType = {
     .tp_name = "shmwal._hot.Dispatch",
     .tp_basicsize = sizeof(Dispatch),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Dispatch(client, append, read_next): a Client's per-entry calls, served in C (dispatch.h)",
+    .tp_doc = "Dispatch(client, append, read_next[, batch_read]): a Client's data calls, served in C (dispatch.h)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Dispatch_init,
     .tp_dealloc = (destructor)Dispatch_dealloc,

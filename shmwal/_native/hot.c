@@ -1157,6 +1157,45 @@ static PyTypeObject PinnedViewType = {
 
 /* ================================================================== Reader */
 
+/* A record header whose check holds (codec.read_record, compiled: nothing in a
+ * record is trusted before its check). */
+typedef struct {
+    uint64_t count, first, data_bytes, size;
+    const char *table;
+} RecordHeader;
+
+static int check_record(const char *base, uint64_t pos, uint64_t limit, RecordHeader *out)
+{
+    if (pos > limit || limit - pos < RECORD_HEADER_SIZE)
+        return 0;
+    const char *record = base + pos;
+    uint64_t count = rd32(record), batch_left = rd32(record + 4);
+    uint64_t first = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
+    if (count == 0 || count > MAX_BATCH_ENTRIES || batch_left >= MAX_BATCH_ENTRIES || data_bytes > MAX_BATCH_BYTES)
+        return 0;
+    uint64_t table_bytes = count * TABLE_ENTRY_SIZE;
+    uint64_t size = align_up(RECORD_HEADER_SIZE + table_bytes + data_bytes);
+    if (size > limit - pos)
+        return 0;
+    const char *table = record + RECORD_HEADER_SIZE;
+    uint64_t seed = record_seed(count, batch_left, first, data_bytes);
+    if (count == 1) {
+        if (rd64(table) != data_bytes || (rd64(table + 8) ^ seed) != check)
+            return 0;
+    } else {
+        if (checksum(table, (size_t)table_bytes, seed) != check)
+            return 0;
+        uint64_t sum = 0;
+        for (uint64_t k = 0; k < count; k++)
+            sum += rd64(table + k * TABLE_ENTRY_SIZE);
+        if (sum != data_bytes)
+            return 0;
+    }
+    *out = (RecordHeader){count, first, data_bytes, size, table};
+    return 1;
+}
+
+
 static PyTypeObject *entry_type;   /* shmwal.entry.Entry, set by configure() */
 
 /* A new bytes object (a bytearray: `writable`) holding the ``length`` bytes at ``src``, or
@@ -1242,6 +1281,14 @@ typedef struct {
     uint64_t gen;            /* the slot's G_GEN when this group had it (layout.G_GEN) */
     PyObject *topic;
     CachedBlock hinted;      /* the block of the group's hint */
+    /* The record take_entries stopped in, checked once: (block, pos) of the hinted
+     * block, its header, and where in it the next entry's data starts (index, start). A
+     * published record never changes while the group's cursor is in it (its block is not
+     * reclaimed before; max_bytes's drop is seen at H_FIRST_OFFSET first), so a batch of a
+     * few entries from a record of a thousand neither hashes its table nor walks its
+     * lengths again. Forgotten with the hinted block (set_block). */
+    uint64_t rec_block, rec_pos, rec_index, rec_start;
+    RecordHeader rec;
     uint64_t next_first;     /* first offset of block + 1 once published, else UNSET */
     uint64_t taken;          /* the offset of the entry next_entry returned last */
     uint64_t pin_at;         /* the hinted block's pin word (layout.B_PINS) in its mapping, else UNSET */
@@ -1285,6 +1332,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_INCREF(topic);
     self->topic = topic;
     self->hinted.index = UNSET;
+    self->rec_block = UNSET;
     self->next_first = UNSET;
     self->pin_at = UNSET;
     self->spin_ns = SPIN_NS_MAX;
@@ -1306,6 +1354,7 @@ static void Reader_dealloc(Reader *self)
 static PyObject *Reader_set_block(Reader *self, PyObject *args)
 {
     self->next_first = UNSET;
+    self->rec_block = UNSET;
     self->pin_at = UNSET;
     Py_ssize_t n = PyTuple_GET_SIZE(args);
     PyObject *head = n == 4 ? PyTuple_GetSlice(args, 0, 3) : (Py_INCREF(args), args);
@@ -1624,6 +1673,198 @@ static PyObject *Reader_read_wait(Reader *self, PyObject *args)
     }
 }
 
+
+/* Bytes a batch may copy and still be taken here: client/heap.py's ``retained``, which it
+ * sets (retained_bytes()).  A larger batch goes to Python, whose read raises malloc's trim
+ * threshold after it (heap.retain) so that freeing the batch keeps its memory. */
+static uint64_t batch_retained = 64 * 1024;
+
+/* take(max_entries, max_bytes, checkpoint) -> list | int | None: batch_read's take
+ * (GroupReader._take_once, compiled) when the whole batch lies in the hinted block.
+ *
+ * Same rules as _take_once: entries from the cursor while their payloads add up to at
+ * most max_bytes (the first one always), at most max_entries, up to the next offset
+ * published; the cursor and its hint committed in _commit's order.  A first pass reads
+ * the records' headers only and decides: the batch ends in this block (the caps, or the
+ * end of what is published), and copies no more than ``batch_retained``; else nothing is
+ * copied and None hands the read to Python (a batch that goes on into the next block,
+ * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
+ * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
+ * not match in the second pass hands everything back, nothing taken: Python reports it. */
+/* The record at ``at`` of the hinted block ``block``, checked (check_record), from the
+ * cache when it is the one the last take stopped in. */
+static int hinted_record(Reader *self, uint64_t block, uint64_t at, RecordHeader *out)
+{
+    if (self->rec_block == block && self->rec_pos == at) {
+        *out = self->rec;
+        return 1;
+    }
+    if (!check_record(self->hinted.base, at, self->hinted.limit, out))
+        return 0;
+    self->rec_block = block;
+    self->rec_pos = at;
+    self->rec = *out;
+    self->rec_index = 0;
+    self->rec_start = at + RECORD_HEADER_SIZE + out->count * TABLE_ENTRY_SIZE;
+    return 1;
+}
+
+/* Where the data of entry ``index`` of that record starts. */
+static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uint64_t index)
+{
+    uint64_t k = 0, start = self->rec_pos + RECORD_HEADER_SIZE + header->count * TABLE_ENTRY_SIZE;
+    if (self->rec_index <= index) {
+        k = self->rec_index;
+        start = self->rec_start;
+    }
+    for (; k < index; k++)
+        start += rd64(header->table + k * TABLE_ENTRY_SIZE);
+    return start;
+}
+
+static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint)
+{
+    char *m = self->meta.view.buf;
+    size_t g = self->slot;
+    pthread_mutex_t *mutex = (pthread_mutex_t *)(m + g + G_MUTEX);
+    int locked = lock_robust(mutex);
+    if (locked < 0)
+        Py_RETURN_NONE;
+    if (locked == 1) {
+        store(m, g + G_HINT_OFFSET, UNSET);   /* the dead reader may have half-moved it */
+        pthread_mutex_unlock(mutex);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = NULL;
+    if (load(m, g + G_GEN) != self->gen)
+        goto hand_back;
+    uint64_t cursor = load(m, g + G_CURSOR);
+    uint64_t next_offset = load(m, H_NEXT_OFFSET);   /* before the records: the publish order */
+    if (load(m, g + G_HINT_OFFSET) != cursor || cursor < load(m, H_FIRST_OFFSET))
+        goto hand_back;
+    if (cursor >= next_offset) {
+        pthread_mutex_unlock(mutex);
+        return PyLong_FromUnsignedLongLong(next_offset);
+    }
+    uint64_t block = load(m, g + G_HINT_CHAIN);
+    uint64_t pos = load(m, g + G_HINT_POS);
+    if (block != self->hinted.index || self->hinted.base == NULL)
+        goto hand_back;
+    if (self->next_first == UNSET && block + 1 < load(m, H_PUBLISHED_BLOCKS) && block + 1 < CHAIN_SLOTS)
+        self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
+    const char *base = self->hinted.base;
+
+    /* Pass 1: how many entries, and whether the batch ends here. */
+    uint64_t c = cursor, at = pos, total = 0;
+    Py_ssize_t n = 0;
+    int ends_here = 0;
+    RecordHeader header;
+    while (!ends_here) {
+        if (c >= next_offset) {
+            ends_here = 1;
+            break;
+        }
+        if (c >= self->next_first)
+            goto hand_back;   /* room left, and the entries go on in the next block */
+        if (!hinted_record(self, block, at, &header) || c < header.first || c >= header.first + header.count)
+            goto hand_back;
+        for (uint64_t index = c - header.first; index < header.count; index++) {
+            uint64_t length = rd64(header.table + index * TABLE_ENTRY_SIZE);
+            if (n > 0 && (long long)(total + length) > max_bytes) {
+                ends_here = 1;
+                break;
+            }
+            total += length;
+            n++;
+            c++;
+            if (n >= max_entries || c >= next_offset) {
+                ends_here = 1;
+                break;
+            }
+        }
+        if (!ends_here)
+            at += header.size;
+    }
+    if (total > batch_retained)
+        goto hand_back;
+
+    /* Pass 2: the copies, each checked, from the record holding the cursor. */
+    if ((out = PyList_New(n)) == NULL)
+        goto error;
+    int was_enabled = PyGC_Disable();   /* as decode(): a batch of new entries is no reason to collect */
+    c = cursor;
+    at = pos;
+    uint64_t hint = pos;
+    Py_ssize_t k = 0;
+    while (k < n) {
+        hinted_record(self, block, at, &header);   /* it held in pass 1, and a published record never changes */
+        uint64_t index = c - header.first;
+        uint64_t start = hinted_entry_start(self, &header, index);
+        for (; index < header.count && k < n; index++) {
+            uint64_t length = rd64(header.table + index * TABLE_ENTRY_SIZE);
+            uint64_t digest = rd64(header.table + index * TABLE_ENTRY_SIZE + 8);
+            PyObject *data = copy_checked(base + start, length, entry_seed(c), digest, 0);
+            PyObject *entry = data == NULL ? NULL : make_entry_at((size_t)k, self->topic, c, data);
+            if (entry == NULL) {
+                if (was_enabled)
+                    PyGC_Enable();
+                if (PyErr_Occurred())
+                    goto error;
+                goto hand_back;   /* a payload that does not check out: Python's take reports it */
+            }
+            PyList_SET_ITEM(out, k, entry);
+            k++;
+            c++;
+            start += length;
+        }
+        hint = index < header.count ? at : at + header.size;
+        if (index < header.count) {   /* the next take starts here */
+            self->rec_index = index;
+            self->rec_start = start;
+        }
+        at += header.size;
+    }
+    if (was_enabled)
+        PyGC_Enable();
+    if (checkpoint) {
+        /* The cursor commit, in GroupReader._commit's order (argued there). */
+        store(m, g + G_HINT_OFFSET, c);
+        store(m, g + G_HINT_POS, hint);
+        store(m, g + G_CURSOR, c);
+    }
+    pthread_mutex_unlock(mutex);
+    return out;
+hand_back:
+    pthread_mutex_unlock(mutex);
+    Py_XDECREF(out);
+    Py_RETURN_NONE;
+error:
+    pthread_mutex_unlock(mutex);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *Reader_take(Reader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take(max_entries, max_bytes, checkpoint)");
+        return NULL;
+    }
+    Py_ssize_t max_entries = PyLong_AsSsize_t(args[0]);
+    int overflow = 0;
+    long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    int checkpoint = PyObject_IsTrue(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (overflow > 0)
+        max_bytes = LLONG_MAX;   /* a cap beyond any batch: no cap */
+    if (overflow < 0 || max_bytes < 0 || max_entries < 1) {
+        PyErr_SetString(PyExc_ValueError, "take: max_entries >= 1 and max_bytes >= 0");
+        return NULL;
+    }
+    return take_entries(self, max_entries, max_bytes, checkpoint);
+}
+
 static PyMethodDef Reader_methods[] = {
     {"wait", (PyCFunction)Reader_wait, METH_VARARGS, "wait(seen_next, seconds): sleep until the topic may have grown"},
     {"read_wait", (PyCFunction)Reader_read_wait, METH_VARARGS, "read_wait(checkpoint, seconds) -> Entry | None | int"},
@@ -1633,6 +1874,8 @@ static PyMethodDef Reader_methods[] = {
     {"next_view", (PyCFunction)Reader_next_view, METH_O, "next_view(checkpoint): next, zero-copy (data a pinned read-only memoryview)"},
     {"next_writable", (PyCFunction)Reader_next_writable, METH_O, "next_writable(checkpoint): next, the data a bytearray"},
     {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit[, pin_at]) | set_block(None)"},
+    {"take", (PyCFunction)(void (*)(void))Reader_take, METH_FASTCALL,
+     "take(max_entries, max_bytes, checkpoint) -> list | int (nothing below it) | None (general path)"},
     {NULL}
 };
 
@@ -1641,44 +1884,6 @@ HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_nam
 #include "dispatch.h"
 
 /* ================================================================== module functions */
-
-/* A record header whose check holds (codec.read_record, compiled: nothing in a
- * record is trusted before its check). */
-typedef struct {
-    uint64_t count, first, data_bytes, size;
-    const char *table;
-} RecordHeader;
-
-static int check_record(const char *base, uint64_t pos, uint64_t limit, RecordHeader *out)
-{
-    if (pos > limit || limit - pos < RECORD_HEADER_SIZE)
-        return 0;
-    const char *record = base + pos;
-    uint64_t count = rd32(record), batch_left = rd32(record + 4);
-    uint64_t first = rd64(record + 8), data_bytes = rd64(record + 16), check = rd64(record + 24);
-    if (count == 0 || count > MAX_BATCH_ENTRIES || batch_left >= MAX_BATCH_ENTRIES || data_bytes > MAX_BATCH_BYTES)
-        return 0;
-    uint64_t table_bytes = count * TABLE_ENTRY_SIZE;
-    uint64_t size = align_up(RECORD_HEADER_SIZE + table_bytes + data_bytes);
-    if (size > limit - pos)
-        return 0;
-    const char *table = record + RECORD_HEADER_SIZE;
-    uint64_t seed = record_seed(count, batch_left, first, data_bytes);
-    if (count == 1) {
-        if (rd64(table) != data_bytes || (rd64(table + 8) ^ seed) != check)
-            return 0;
-    } else {
-        if (checksum(table, (size_t)table_bytes, seed) != check)
-            return 0;
-        uint64_t sum = 0;
-        for (uint64_t k = 0; k < count; k++)
-            sum += rd64(table + k * TABLE_ENTRY_SIZE);
-        if (sum != data_bytes)
-            return 0;
-    }
-    *out = (RecordHeader){count, first, data_bytes, size, table};
-    return 1;
-}
 
 /* decode(buf, pos, limit, c, stop, next_first, max_entries, max_bytes, have_some, topic, out, zero_copy)
  *   -> (status, c, pos, added_bytes)
@@ -1981,7 +2186,18 @@ static PyObject *xxh3_64(PyObject *module, PyObject *args)
     return PyLong_FromUnsignedLongLong(digest);
 }
 
+/* retained_bytes(n): client/heap.py's ``retained``, the largest batch take() copies. */
+static PyObject *retained_bytes(PyObject *module, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    batch_retained = n;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"retained_bytes", (PyCFunction)retained_bytes, METH_O, "retained_bytes(n): the largest batch Reader.take copies"},
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, "the inner loop of GroupReader._take"},
     {"measure", (PyCFunction)measure, METH_O, "measure(items) -> (total bytes, longest)"},
     {"payload_bytes", (PyCFunction)payload_bytes, METH_VARARGS, "payload_bytes(buf, pos, limit, first, end) -> int"},

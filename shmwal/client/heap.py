@@ -34,6 +34,7 @@ import os
 import platform
 
 from ..ipc.libc import function as libc_function
+from .hot import native
 
 M_TRIM_THRESHOLD = -1          # glibc malloc.h
 M_MMAP_THRESHOLD = -3
@@ -65,19 +66,27 @@ _set = _mallopt()
 retained = DEFAULT_TRIM // 2 if _set is not None else MAX_RETAINED
 
 
+def _keep(value: int) -> None:
+    """``retained`` = value, here and in hot.c: its batch take (Reader.take) copies no more,
+    so that every batch that needs ``retain`` takes the Python read, which calls it."""
+    global retained
+    retained = value
+    if native is not None:
+        native.retained_bytes(value)
+
+
 def retain(total: int) -> None:
     """A batch just copied ``total`` bytes into new objects: keep their memory when they go."""
-    global retained
     if total <= retained:
         return
     threshold = min(MAX_RETAINED, max(RETAIN_FACTOR * total, 1 << 20))
     if retained < DEFAULT_TRIM and _set(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
-        retained = MAX_RETAINED   # refused: leave malloc as it is for good
+        _keep(MAX_RETAINED)   # refused: leave malloc as it is for good
         return
     if _set(M_TRIM_THRESHOLD, threshold) != 1:
-        retained = MAX_RETAINED
+        _keep(MAX_RETAINED)
         return
-    retained = threshold // RETAIN_FACTOR if threshold < MAX_RETAINED else MAX_RETAINED
+    _keep(threshold // RETAIN_FACTOR if threshold < MAX_RETAINED else MAX_RETAINED)
 
 
 def settle() -> bool:
@@ -88,10 +97,12 @@ def settle() -> bool:
     For benchmarks: a forked child inherits its parent's thresholds, and a queue that
     allocates a fresh 1 MiB object per message ran 10x slower or faster depending on them
     (shmwal/bench/workers.py settles every contender's processes alike)."""
-    global retained
     if _set is None:
         return False
     if _set(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or _set(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) != 1:
         return False
-    retained = max(retained, 2 * MMAP_THRESHOLD // RETAIN_FACTOR)
+    _keep(max(retained, 2 * MMAP_THRESHOLD // RETAIN_FACTOR))
     return True
+
+
+_keep(retained)

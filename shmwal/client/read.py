@@ -140,6 +140,10 @@ class GroupReader:
         # shorter than ``below``, else ``miss`` with nothing read (the general path then).
         self.hot_next_object = self._no_object
         self.served = None      # the hot.c Reader when it serves reads (Client's Dispatch takes it)
+        # batch_read's compiled take: ``hot_take(max_entries, max_bytes, checkpoint)`` returns
+        # the entries when the batch lies in the hint's block, an int (nothing below that
+        # next offset) or None (the general path). Not with io_uring: its fetcher reads batches.
+        self.hot_take = None
         if native is not None:
             self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
             if not self._strict_sync:
@@ -148,6 +152,8 @@ class GroupReader:
                 self.hot_next_view = self._hot.next_view
                 self.hot_next_writable = self._hot.next_writable
                 self.hot_next_object = self._hot.next_object
+                if link.fetcher is None:
+                    self.hot_take = self._hot.take
 
     @staticmethod
     def _no_hot(checkpoint):
@@ -181,10 +187,17 @@ class GroupReader:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if seen_next is None and max_entries == 1 and not zero_copy:
-                found = self.hot_next(checkpoint)
-                if found.__class__ is Entry:
-                    return [found]
+            if seen_next is None and not zero_copy:
+                if max_entries == 1:
+                    found = self.hot_next(checkpoint)
+                    if found.__class__ is Entry:
+                        return [found]
+                elif self.hot_take is not None and not payloads:
+                    found = self.hot_take(max_entries, max_bytes, checkpoint)
+                    if found.__class__ is list:
+                        return found
+                else:
+                    found = None
                 if found is not None:
                     seen_next = found
                     if timeout == 0:
