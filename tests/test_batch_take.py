@@ -1,5 +1,5 @@
-"""batch_read's compiled take (hot.c take_entries, served by the Client's Dispatch)
-against the Python take (GroupReader._take_once).
+"""batch_read's compiled take (hot.c take_entries, served by the Client's Dispatch; and
+batch_read_payloads's) against the Python take (GroupReader._take_once).
 
 hot.c takes a batch when it lies in the block of the group's hint; anything else (a batch
 that goes on into the next block, damage, a bad argument, a batch larger than the memory
@@ -91,10 +91,16 @@ def test_batches_are_the_python_takes_batches(start_broker, seed):
             group = rng.choice(groups)
             budget = rng.choice([0, 1, 99, 100, 101, 1000, 4096, 5000, 65_536, 1 << 20, 10 ** 9, 2 ** 63, 10 ** 30])
             checkpoint = rng.random() < 0.8
-            got_c = client.batch_read(C, budget, group=group, checkpoint=checkpoint)
-            got_p = Client.batch_read(client, P, budget, group=group, checkpoint=checkpoint)
-            assert as_pairs(got_c) == as_pairs(got_p), (step, group, budget, checkpoint)
-            assert all(e.topic == C for e in got_c)
+            if rng.random() < 0.3:   # batch_read_payloads: the same take, the data alone
+                got_c = client.batch_read_payloads(C, budget, group=group, checkpoint=checkpoint)
+                got_p = Client.batch_read_payloads(client, P, budget, group=group, checkpoint=checkpoint)
+                assert (got_c.first, got_c.data) == (got_p.first, got_p.data), (step, group, budget, checkpoint)
+                assert all(type(data) is bytes for data in got_c.data)
+            else:
+                got_c = client.batch_read(C, budget, group=group, checkpoint=checkpoint)
+                got_p = Client.batch_read(client, P, budget, group=group, checkpoint=checkpoint)
+                assert as_pairs(got_c) == as_pairs(got_p), (step, group, budget, checkpoint)
+                assert all(e.topic == C for e in got_c)
             assert client.position(C, group=group) == client.position(P, group=group)
             calls += 1
         python_takes = sum(c.calls for c in counters.values())
@@ -171,6 +177,10 @@ def test_nothing_to_read_gives_an_empty_list_at_once(client):
     assert [e.data for e in client.batch_read(C, 100)] == [b"x"]
     assert client.batch_read(C, 100) == [] and client.batch_read(C, 100, timeout=0) == []
     assert client.batch_read(C, 100, timeout=0.05) == []   # waits, in Python, and finds nothing
+    client.append(C, b"y")
+    assert client.batch_read_payloads(C, 100) == shmwal.Payloads(1, [b"y"])
+    assert client.batch_read_payloads(C, 100) == shmwal.Payloads(2, [])
+    assert client.batch_read_payloads(C, 100, timeout=0.05) == shmwal.Payloads(2, [])
 
 
 def test_a_batch_larger_than_the_kept_heap_goes_to_python_which_keeps_it(client, monkeypatch):

@@ -318,7 +318,7 @@ static PyObject *Dispatch_batch_read(Dispatch *self, PyObject *const *args, Py_s
     if (reader == NULL)
         goto general_path;
     Py_INCREF(reader);
-    PyObject *found = take_entries(reader, (Py_ssize_t)MAX_READ_ENTRIES, max_bytes, given[1] == Py_True);
+    PyObject *found = take_entries(reader, (Py_ssize_t)MAX_READ_ENTRIES, max_bytes, given[1] == Py_True, 0);
     Py_DECREF(reader);
     if (found == NULL || PyList_CheckExact(found))
         return found;

@@ -1679,8 +1679,9 @@ static PyObject *Reader_read_wait(Reader *self, PyObject *args)
  * threshold after it (heap.retain) so that freeing the batch keeps its memory. */
 static uint64_t batch_retained = 64 * 1024;
 
-/* take(max_entries, max_bytes, checkpoint) -> list | int | None: batch_read's take
- * (GroupReader._take_once, compiled) when the whole batch lies in the hinted block.
+/* take(max_entries, max_bytes, checkpoint[, payloads]) -> list | int | None: batch_read's
+ * take (GroupReader._take_once, compiled) when the whole batch lies in the hinted block;
+ * ``payloads`` (batch_read_payloads): (first offset, [data, ...]) instead of the list.
  *
  * Same rules as _take_once: entries from the cursor while their payloads add up to at
  * most max_bytes (the first one always), at most max_entries, up to the next offset
@@ -1722,7 +1723,8 @@ static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uin
     return start;
 }
 
-static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint)
+static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint,
+                              int payloads)
 {
     char *m = self->meta.view.buf;
     size_t g = self->slot;
@@ -1804,7 +1806,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
             uint64_t length = rd64(header.table + index * TABLE_ENTRY_SIZE);
             uint64_t digest = rd64(header.table + index * TABLE_ENTRY_SIZE + 8);
             PyObject *data = copy_checked(base + start, length, entry_seed(c), digest, 0);
-            PyObject *entry = data == NULL ? NULL : make_entry_at((size_t)k, self->topic, c, data);
+            PyObject *entry = data == NULL || payloads ? data : make_entry_at((size_t)k, self->topic, c, data);
             if (entry == NULL) {
                 if (was_enabled)
                     PyGC_Enable();
@@ -1833,7 +1835,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
         store(m, g + G_CURSOR, c);
     }
     pthread_mutex_unlock(mutex);
-    return out;
+    return payloads ? Py_BuildValue("(KN)", (unsigned long long)cursor, out) : out;
 hand_back:
     pthread_mutex_unlock(mutex);
     Py_XDECREF(out);
@@ -1846,14 +1848,15 @@ error:
 
 static PyObject *Reader_take(Reader *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "take(max_entries, max_bytes, checkpoint)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "take(max_entries, max_bytes, checkpoint[, payloads])");
         return NULL;
     }
     Py_ssize_t max_entries = PyLong_AsSsize_t(args[0]);
     int overflow = 0;
     long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);
     int checkpoint = PyObject_IsTrue(args[2]);
+    int payloads = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
     if (PyErr_Occurred())
         return NULL;
     if (overflow > 0)
@@ -1862,7 +1865,7 @@ static PyObject *Reader_take(Reader *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "take: max_entries >= 1 and max_bytes >= 0");
         return NULL;
     }
-    return take_entries(self, max_entries, max_bytes, checkpoint);
+    return take_entries(self, max_entries, max_bytes, checkpoint, payloads);
 }
 
 static PyMethodDef Reader_methods[] = {
@@ -1875,7 +1878,7 @@ static PyMethodDef Reader_methods[] = {
     {"next_writable", (PyCFunction)Reader_next_writable, METH_O, "next_writable(checkpoint): next, the data a bytearray"},
     {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit[, pin_at]) | set_block(None)"},
     {"take", (PyCFunction)(void (*)(void))Reader_take, METH_FASTCALL,
-     "take(max_entries, max_bytes, checkpoint) -> list | int (nothing below it) | None (general path)"},
+     "take(max_entries, max_bytes, checkpoint[, payloads]) -> list | (first, data) | int (nothing below it) | None"},
     {NULL}
 };
 

@@ -140,9 +140,10 @@ class GroupReader:
         # shorter than ``below``, else ``miss`` with nothing read (the general path then).
         self.hot_next_object = self._no_object
         self.served = None      # the hot.c Reader when it serves reads (Client's Dispatch takes it)
-        # batch_read's compiled take: ``hot_take(max_entries, max_bytes, checkpoint)`` returns
-        # the entries when the batch lies in the hint's block, an int (nothing below that
-        # next offset) or None (the general path). Not with io_uring: its fetcher reads batches.
+        # batch_read's compiled take: ``hot_take(max_entries, max_bytes, checkpoint, payloads)``
+        # returns the entries (payloads: (first offset, their data)) when the batch lies in
+        # the hint's block, an int (nothing below that next offset) or None (the general
+        # path). Not with io_uring: its fetcher reads batches.
         self.hot_take = None
         if native is not None:
             self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
@@ -192,16 +193,16 @@ class GroupReader:
                     found = self.hot_next(checkpoint)
                     if found.__class__ is Entry:
                         return [found]
-                elif self.hot_take is not None and not payloads:
-                    found = self.hot_take(max_entries, max_bytes, checkpoint)
-                    if found.__class__ is list:
+                elif self.hot_take is not None:
+                    found = self.hot_take(max_entries, max_bytes, checkpoint, payloads)
+                    if found.__class__ is list or found.__class__ is tuple:
                         return found
                 else:
                     found = None
                 if found is not None:
                     seen_next = found
                     if timeout == 0:
-                        return []
+                        return (None, []) if payloads else []
             if seen_next is None:
                 died = sync.lock(self.mutex)
                 try:
