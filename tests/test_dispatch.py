@@ -1,11 +1,11 @@
 """Client.append and Client.read_next served in C (hot.c, dispatch.h) against the Python methods.
 
-(batch_read, which the Dispatch serves too: test_batch_take.py.)  Where the compiled module
-is built a Client's ``append`` and ``read_next`` are its
+Where the compiled module is built a Client's ``append`` and ``read_next`` are its
 Dispatch's: it serves the calls the compiled paths serve and calls the Python method,
 with the same arguments, for everything else.  So every call must come out as the Python
 method's: the same entries, offsets, errors and log.  Each test makes the same calls both
-ways, on two topics of one broker that hold the same entries, and compares.
+ways, on two topics of one broker that hold the same entries, and compares.  (The
+Dispatch serves ``batch_read`` too: tests/test_batch_take.py.)
 """
 
 from __future__ import annotations
