@@ -143,12 +143,38 @@ class Queue:
                 if obj is not _MISS:
                     return obj
             else:
-                entry = reader.hot_next_writable(True)
-                if entry is None and reader.hop():   # the item opens the next block
-                    entry = reader.hot_next_writable(True)
+                entry = self._next_large(reader)
+                if entry.__class__ is int and block:
+                    entry, timeout = self._wait_large(reader, entry, timeout)
                 if entry.__class__ is Entry:
                     return self._unpack(entry.data, entry.offset)
         return self._get(block, timeout)
+
+    @staticmethod
+    def _next_large(reader):
+        """hot.c's read of the next item into a bytearray: an Entry, an int (nothing below
+        that next offset) or None (the long way)."""
+        entry = reader.hot_next_writable(True)
+        if entry is None and reader.hop():   # the item opens the next block
+            entry = reader.hot_next_writable(True)
+        return entry
+
+    def _wait_large(self, reader, seen_next: int, timeout):
+        """get's wait after a large item: until the topic grows, then the item through
+        hot.c's one pass (copied and checked together). The long way would take it as a
+        zero-copy read, checksummed, then copied out by decode: two passes over a 1 MiB
+        array in DRAM. Returns (what _next_large returned, the timeout left for the long
+        way); raises Empty once the timeout has passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        entry = seen_next
+        while entry.__class__ is int:
+            if not reader._sleep(entry, deadline):
+                raise Empty
+            if reader.stale or not self._client._alive:
+                entry = None   # a new broker or none: the long way finds out
+                break
+            entry = self._next_large(reader)
+        return entry, None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _get(self, block, timeout):
         wait = 0.0 if not block else timeout   # checked by get

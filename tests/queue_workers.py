@@ -105,3 +105,8 @@ def get_reporting_what_does_not_unpickle(q, count: int) -> list:
         except Exception as exc:
             got.append((type(exc).__name__, getattr(exc, "shmwal_offset", None), getattr(exc, "shmwal_item", None)))
     return got
+
+
+def put_later(q, obj, delay: float) -> None:
+    time.sleep(delay)
+    q.put(obj)

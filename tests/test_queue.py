@@ -28,6 +28,7 @@ import pytest
 
 import shmwal
 from shmwal import objects
+from shmwal.client.hot import native
 from conftest import ipc_leftovers, wait_until
 from drill_helpers import flip_byte, locate_entries
 from helpers import Workers, no_resource_tracker_left  # noqa: F401  (an autouse fixture)
@@ -249,6 +250,39 @@ def test_arrays_after_a_large_item_are_aligned_writable_and_apart(big_queue):
         assert np.array_equal(got["odd"], odd) and np.array_equal(got["c"], np.arange(1000, dtype=np.complex128))
         got["a"][:] = -1                           # writing one array leaves the others alone
         assert np.array_equal(got["odd"], odd) and got["c"][999] == 999
+
+
+@pytest.mark.timeout(60)
+def test_a_getter_waiting_after_a_large_item_takes_the_next_in_one_pass(big_queue):
+    """After a large item, a get that has to wait takes what comes through hot.c's one pass
+    (copied and checked together), not the long way's zero-copy read and copy (two passes);
+    its timeout holds."""
+    q = big_queue()
+    first = np.arange(2**17, dtype=np.uint64)
+    q.put(first)
+    assert np.array_equal(q.get(timeout=5), first)   # the long way, once: get now expects large items
+    client = q._client
+    long_way = []
+    read_next = client.read_next
+    client.read_next = lambda *args, **kwargs: long_way.append(kwargs) or read_next(*args, **kwargs)
+    try:
+        for k in range(3):
+            putter = multiprocessing.get_context("fork").Process(target=W.put_later, args=(q, first * (k + 2), 0.2))
+            putter.start()
+            got = q.get(timeout=30)
+            putter.join(10)
+            assert putter.exitcode == 0
+            assert np.array_equal(got, first * (k + 2)) and got.flags.writeable
+        started = time.monotonic()
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+        if native is not None:   # the pure path has no one-pass read: it goes the long way
+            assert long_way == []
+        with pytest.raises(queue.Empty):
+            q.get(block=False)
+    finally:
+        del client.read_next
 
 
 def test_items_written_before_aligned_buffers_still_come_back(big_queue):
