@@ -1374,6 +1374,49 @@ static PyObject *Reader_set_block(Reader *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* How next_entry and take_entries begin: the group mutex taken and the cursor's hint
+ * checked. HINT_SERVE: the mutex held, ``at`` filled (the hint's block is the cached one,
+ * the cursor below the next offset published, its next block's first offset loaded once
+ * it is published). HINT_NOTHING: the mutex released, nothing below at->next_offset to
+ * read. HINT_HAND_BACK: the mutex held, the general path's case. HINT_NO_LOCK: no mutex
+ * (none taken, or a dead holder's repaired and released), nothing changed. */
+enum { HINT_SERVE, HINT_NOTHING, HINT_HAND_BACK, HINT_NO_LOCK };
+typedef struct {
+    uint64_t cursor, next_offset, block, pos;
+} HintedCursor;
+
+static int lock_hinted(Reader *self, pthread_mutex_t *mutex, HintedCursor *at)
+{
+    char *m = self->meta.view.buf;
+    size_t g = self->slot;
+    int locked = lock_robust(mutex);
+    if (locked < 0)
+        return HINT_NO_LOCK;
+    if (locked == 1) {
+        store(m, g + G_HINT_OFFSET, UNSET);   /* the dead reader may have half-moved it */
+        pthread_mutex_unlock(mutex);
+        return HINT_NO_LOCK;
+    }
+    if (load(m, g + G_GEN) != self->gen)
+        return HINT_HAND_BACK;   /* the group was deleted: Python finds out and asks the broker again */
+    at->cursor = load(m, g + G_CURSOR);
+    at->next_offset = load(m, H_NEXT_OFFSET);   /* before the records: the publish order */
+    if (load(m, g + G_HINT_OFFSET) != at->cursor || at->cursor < load(m, H_FIRST_OFFSET))
+        return HINT_HAND_BACK;
+    if (at->cursor >= at->next_offset) {
+        pthread_mutex_unlock(mutex);
+        return HINT_NOTHING;
+    }
+    at->block = load(m, g + G_HINT_CHAIN);
+    at->pos = load(m, g + G_HINT_POS);
+    if (at->block != self->hinted.index || self->hinted.base == NULL)
+        return HINT_HAND_BACK;
+    if (self->next_first == UNSET && at->block + 1 < load(m, H_PUBLISHED_BLOCKS) && at->block + 1 < CHAIN_SLOTS)
+        /* Published once, a block's first offset never changes. */
+        self->next_first = load(m, CHAIN_AT + (at->block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
+    return HINT_SERVE;
+}
+
 /* next(checkpoint) -> Entry | int | None (reader.GroupReader._fast, compiled).
  *
  * Serves the entry at the cursor when the group's hint locates it in the
@@ -1389,32 +1432,16 @@ static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pic
     char *m = self->meta.view.buf;
     size_t g = self->slot;
     pthread_mutex_t *mutex = (pthread_mutex_t *)(m + g + G_MUTEX);
-    int locked = lock_robust(mutex);
-    if (locked < 0)
+    HintedCursor at;
+    switch (lock_hinted(self, mutex, &at)) {
+    case HINT_NO_LOCK:
         Py_RETURN_NONE;
-    if (locked == 1) {
-        store(m, g + G_HINT_OFFSET, UNSET);   /* the dead reader may have half-moved it */
-        pthread_mutex_unlock(mutex);
-        Py_RETURN_NONE;
-    }
-    if (load(m, g + G_GEN) != self->gen)
-        goto hand_back;   /* the group was deleted: Python finds out and asks the broker again */
-    uint64_t cursor = load(m, g + G_CURSOR);
-    uint64_t next_offset = load(m, H_NEXT_OFFSET);   /* before the record: the publish order */
-    if (load(m, g + G_HINT_OFFSET) != cursor || cursor < load(m, H_FIRST_OFFSET))
+    case HINT_NOTHING:
+        return PyLong_FromUnsignedLongLong(at.next_offset);
+    case HINT_HAND_BACK:
         goto hand_back;
-    if (cursor >= next_offset) {
-        pthread_mutex_unlock(mutex);
-        return PyLong_FromUnsignedLongLong(next_offset);
     }
-    uint64_t block = load(m, g + G_HINT_CHAIN);
-    uint64_t pos = load(m, g + G_HINT_POS);
-    if (block != self->hinted.index || self->hinted.base == NULL)
-        goto hand_back;
-    if (self->next_first == UNSET && block + 1 < load(m, H_PUBLISHED_BLOCKS)
-            && block + 1 < CHAIN_SLOTS)
-        /* Published once, a block's first offset never changes. */
-        self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
+    uint64_t cursor = at.cursor, block = at.block, pos = at.pos;
     uint64_t limit = self->hinted.limit;
     if (cursor >= self->next_first || pos > limit || limit - pos < SINGLE_RECORD_SIZE)
         goto hand_back;
@@ -1729,31 +1756,18 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
     char *m = self->meta.view.buf;
     size_t g = self->slot;
     pthread_mutex_t *mutex = (pthread_mutex_t *)(m + g + G_MUTEX);
-    int locked = lock_robust(mutex);
-    if (locked < 0)
-        Py_RETURN_NONE;
-    if (locked == 1) {
-        store(m, g + G_HINT_OFFSET, UNSET);   /* the dead reader may have half-moved it */
-        pthread_mutex_unlock(mutex);
-        Py_RETURN_NONE;
-    }
     PyObject *out = NULL;
-    if (load(m, g + G_GEN) != self->gen)
+    HintedCursor at_cursor;
+    switch (lock_hinted(self, mutex, &at_cursor)) {
+    case HINT_NO_LOCK:
+        Py_RETURN_NONE;
+    case HINT_NOTHING:
+        return PyLong_FromUnsignedLongLong(at_cursor.next_offset);
+    case HINT_HAND_BACK:
         goto hand_back;
-    uint64_t cursor = load(m, g + G_CURSOR);
-    uint64_t next_offset = load(m, H_NEXT_OFFSET);   /* before the records: the publish order */
-    if (load(m, g + G_HINT_OFFSET) != cursor || cursor < load(m, H_FIRST_OFFSET))
-        goto hand_back;
-    if (cursor >= next_offset) {
-        pthread_mutex_unlock(mutex);
-        return PyLong_FromUnsignedLongLong(next_offset);
     }
-    uint64_t block = load(m, g + G_HINT_CHAIN);
-    uint64_t pos = load(m, g + G_HINT_POS);
-    if (block != self->hinted.index || self->hinted.base == NULL)
-        goto hand_back;
-    if (self->next_first == UNSET && block + 1 < load(m, H_PUBLISHED_BLOCKS) && block + 1 < CHAIN_SLOTS)
-        self->next_first = load(m, CHAIN_AT + (block + 1) * CHAIN_SLOT + C_FIRST_OFFSET);
+    uint64_t cursor = at_cursor.cursor, next_offset = at_cursor.next_offset;
+    uint64_t block = at_cursor.block, pos = at_cursor.pos;
     const char *base = self->hinted.base;
 
     /* Pass 1: how many entries, and whether the batch ends here. */
