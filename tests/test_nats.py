@@ -137,7 +137,10 @@ def test_killing_the_group_leader_under_load_loses_no_acknowledged_entry_and_dup
             assert not producer.is_alive()
             assert len(acknowledged) == count
             wanted = count + 1                        # and the "start" entry
-            assert wait_until(lambda: len(got[0]) + len(got[1]) >= wanted, 60)
+            # What a failure needs to be read: how many came, which were missing, the errors.
+            assert wait_until(lambda: len(got[0]) + len(got[1]) >= wanted, 60), (
+                len(got[0]), len(got[1]), wanted,
+                sorted(set(range(wanted)) - {o for o, _ in got[0] + got[1]})[:20], errors[-3:])
             time.sleep(0.5)                           # a duplicate would come now, or never
         finally:
             stop.set()
