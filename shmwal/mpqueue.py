@@ -168,7 +168,7 @@ class Queue:
         deadline = None if timeout is None else time.monotonic() + timeout
         entry = seen_next
         while entry.__class__ is int:
-            if not reader._sleep(entry, deadline):
+            if not reader.sleep_until_grown(entry, deadline):
                 raise Empty
             if reader.stale or not self._client._alive:
                 entry = None   # a new broker or none: the long way finds out

@@ -305,11 +305,7 @@ static PyObject *Dispatch_batch_read(Dispatch *self, PyObject *const *args, Py_s
             || given[3] != Py_False)
         goto general_path;
     int overflow = 0;
-    long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);
-    if (max_bytes == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        goto general_path;
-    }
+    long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);   /* an exact int: no error */
     if (overflow < 0 || (overflow == 0 && max_bytes < 0))
         goto general_path;   /* the Python method raises */
     if (overflow > 0)

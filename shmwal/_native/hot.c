@@ -1642,7 +1642,7 @@ static int spin_until_moved(const char *m, uint64_t seen, long nanoseconds)
     }
 }
 
-/* wait(seen_next, seconds): sleep_until for the Python path (reader._sleep). */
+/* wait(seen_next, seconds): sleep_until for the Python path (GroupReader.sleep_until_grown). */
 static PyObject *Reader_wait(Reader *self, PyObject *args)
 {
     unsigned long long seen;
@@ -1706,19 +1706,6 @@ static PyObject *Reader_read_wait(Reader *self, PyObject *args)
  * threshold after it (heap.retain) so that freeing the batch keeps its memory. */
 static uint64_t batch_retained = 64 * 1024;
 
-/* take(max_entries, max_bytes, checkpoint[, payloads]) -> list | int | None: batch_read's
- * take (GroupReader._take_once, compiled) when the whole batch lies in the hinted block;
- * ``payloads`` (batch_read_payloads): (first offset, [data, ...]) instead of the list.
- *
- * Same rules as _take_once: entries from the cursor while their payloads add up to at
- * most max_bytes (the first one always), at most max_entries, up to the next offset
- * published; the cursor and its hint committed in _commit's order.  A first pass reads
- * the records' headers only and decides: the batch ends in this block (the caps, or the
- * end of what is published), and copies no more than ``batch_retained``; else nothing is
- * copied and None hands the read to Python (a batch that goes on into the next block,
- * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
- * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
- * not match in the second pass hands everything back, nothing taken: Python reports it. */
 /* The record at ``at`` of the hinted block ``block``, checked (check_record), from the
  * cache when it is the one the last take stopped in. */
 static int hinted_record(Reader *self, uint64_t block, uint64_t at, RecordHeader *out)
@@ -1750,6 +1737,19 @@ static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uin
     return start;
 }
 
+/* take(max_entries, max_bytes, checkpoint[, payloads]) -> list | int | None: batch_read's
+ * take (GroupReader._take_once, compiled) when the whole batch lies in the hinted block;
+ * ``payloads`` (batch_read_payloads): (first offset, [data, ...]) instead of the list.
+ *
+ * Same rules as _take_once: entries from the cursor while their payloads add up to at
+ * most max_bytes (the first one always), at most max_entries, up to the next offset
+ * published; the cursor and its hint committed in _commit's order.  A first pass reads
+ * the records' headers only and decides: the batch ends in this block (the caps, or the
+ * end of what is published), and copies no more than ``batch_retained``; else nothing is
+ * copied and None hands the read to Python (a batch that goes on into the next block,
+ * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
+ * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
+ * not match in the second pass hands everything back, nothing taken: Python reports it. */
 static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint,
                               int payloads)
 {

@@ -226,7 +226,7 @@ class GroupReader:
                 if entries or timeout == 0:
                     return (took_from if entries else None, entries) if payloads else entries
             if not self._spin(seen_next):
-                if not self._sleep(seen_next, deadline):
+                if not self.sleep_until_grown(seen_next, deadline):
                     return (None, []) if payloads else []
                 if self.stale:
                     # The client reconnected to a new broker meanwhile: go on with
@@ -784,7 +784,7 @@ class GroupReader:
                 return True
         return False
 
-    def _sleep(self, seen_next: int, deadline) -> bool:
+    def sleep_until_grown(self, seen_next: int, deadline) -> bool:
         """Sleep until the topic may have grown; False once the deadline passed."""
         wait = WAIT_SLICE
         if deadline is not None:
