@@ -28,11 +28,12 @@ pytestmark = pytest.mark.skipif(native is None, reason="shmwal._hot is not built
 
 # Lengths around every boundary of XXH3's long loop (stripes of 64 bytes, blocks of 1,024,
 # the last stripe) and of the copy (STREAM_MIN, hot.c's 8 KiB pieces); parts cut inside
-# stripes, at their edges, empty, one byte long.
+# stripes, at their edges, at the edges of XXH3's blocks (where fused_xxh3.h switches between
+# its in-part loop and gathering), empty, one byte long.
 KERNEL_LENGTHS = [241, 255, 256, 257, 1023, 1024, 1025, 1087, 1088, 1089, 2047, 2048, 2049,
                   (32 << 10) - 1, 32 << 10, (32 << 10) + 1, (32 << 10) + 63, 8192 * 9 + 7,
                   65536, 65537, 100_000, 1 << 20, (1 << 20) + 13]
-KERNEL_CUTS = [[], [1], [63], [64, 64], [0, 5, 0], [1000, 1], [8191, 1, 1, 130]]
+KERNEL_CUTS = [[], [1], [63], [64, 64], [0, 5, 0], [1000, 1], [8191, 1, 1, 130], [1024, 2048], [1088, 960]]
 
 
 @pytest.mark.timeout(60)

@@ -150,7 +150,25 @@ FUSED_TARGET static uint64_t fused_copy_checksum(char *dst, const Part *parts, s
     size_t s = 0;
     for (size_t b = 0; b <= nb_blocks; b++) {
         size_t end = b < nb_blocks ? (b + 1) * per_block : stripes;
-        for (size_t i = 0; s < end; s++, i++) {
+        size_t i = 0;
+        if (g.n >= (end - s) * XXH_STRIPE_LEN) {
+            /* The usual case, this block's stripes all in the current part: the same loop
+             * without gather_take's bookkeeping (hashing 64 KiB in L2 took 2.75 us with it,
+             * 1.86 without; scripts/copy_speed.py). */
+            const char *p = g.p;
+            for (; s < end; s++, i++, p += XXH_STRIPE_LEN) {
+                _mm_prefetch(p + PREFETCH_AHEAD, _MM_HINT_T0);
+                d0 = _mm256_loadu_si256((const __m256i *)p);
+                d1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+                if (store != STORE_NONE)
+                    fused_store(dst + s * XXH_STRIPE_LEN, d0, d1, store);
+                fused_accumulate(&acc0, &acc1, d0, d1, secret + i * XXH_SECRET_CONSUME_RATE);
+            }
+            g.n -= (size_t)(p - g.p);
+            g.p = p;
+            gather_skip_empty(&g);
+        }
+        for (; s < end; s++, i++) {   /* a block that spans parts: stripes gathered */
             const char *p = gather_take(&g, tmp, XXH_STRIPE_LEN);
             _mm_prefetch(p + PREFETCH_AHEAD, _MM_HINT_T0);   /* never faults, even past the end */
             d0 = _mm256_loadu_si256((const __m256i *)p);
