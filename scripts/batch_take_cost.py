@@ -1,6 +1,6 @@
 """What a batch_read call costs: hot.c's take through the Dispatch, against the Python take.
 
-    python scripts/batch_take_cost.py [--size 100] [--entries 1,10,100] [--count 200000] [--rounds 5]
+    python scripts/batch_take_cost.py [--size 100] [--entries 1,10,100] [--count 200000] [--rounds 5] [--zero-copy]
 
 One process, its own broker (NoFsync, in a temporary directory). Each round writes
 ``count`` entries of ``size`` bytes to three topics and reads each back with
@@ -13,7 +13,7 @@ One process, its own broker (NoFsync, in a temporary directory). Each round writ
 
 The three take turns, 10,000 entries at a time, so that the machine's moods weigh on all
 alike. Prints us a call and ns an entry (median and range over the rounds) and each way's
-ratio to ``python``.
+ratio to ``python``. ``--zero-copy``: every way reads with ``zero_copy=True``.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ WAYS = ("dispatch", "method", "python")
 SLICE = 10_000   # entries each way reads before the next takes its turn
 
 
-def caller(way: str, client, topic: str):
+def caller(way: str, client, topic: str, zero_copy: bool):
     """``batch_read(topic, budget)`` the way ``way`` makes it."""
     if way == "dispatch":
-        return client.batch_read
+        read = client.batch_read
+        return lambda topic, budget: read(topic, budget, zero_copy=zero_copy)
     Client.batch_read(client, topic, 0, checkpoint=False)   # the reader
     if way == "python":
         client._readers[topic, "default"].hot_take = None
     method = Client.batch_read
-    return lambda topic, budget: method(client, topic, budget)
+    return lambda topic, budget: method(client, topic, budget, zero_copy=zero_copy)
 
 
 def main() -> None:
@@ -50,6 +51,7 @@ def main() -> None:
     p.add_argument("--entries", default="1,10,100", help="entries a batch, comma-separated (default 1,10,100)")
     p.add_argument("--count", type=int, default=200_000, help="entries read each way a round")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--zero-copy", action="store_true", help="read with zero_copy=True")
     args = p.parse_args()
     if native is None:
         raise SystemExit("shmwal._hot is not built (or SHMWAL_PURE_PYTHON is set)")
@@ -67,7 +69,7 @@ def main() -> None:
                     for topic in topics.values():
                         for _ in range(0, args.count, 1000):
                             client.batch_append(topic, [data] * 1000)
-                    calls = {way: caller(way, client, topics[way]) for way in WAYS}
+                    calls = {way: caller(way, client, topics[way], args.zero_copy) for way in WAYS}
                     seconds = dict.fromkeys(WAYS, 0.0)
                     made = dict.fromkeys(WAYS, 0)
                     # In slices, the ways taking turns: a slow moment of the machine weighs
@@ -84,7 +86,8 @@ def main() -> None:
                     for way in WAYS:
                         per_call[way].append(seconds[way] / made[way] * 1e6)
                         per_entry[way].append(seconds[way] / args.count * 1e9)
-                print(f"{args.size} B entries, batches of {entries} ({budget} B budget), {args.rounds} rounds:")
+                how = ", zero-copy" if args.zero_copy else ""
+                print(f"{args.size} B entries, batches of {entries} ({budget} B budget){how}, {args.rounds} rounds:")
                 base = statistics.median(per_call["python"])
                 for way in WAYS:
                     call_us, entry_ns = per_call[way], per_entry[way]

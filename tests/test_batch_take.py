@@ -1,5 +1,5 @@
 """batch_read's compiled take (hot.c take_entries, served by the Client's Dispatch; and
-batch_read_payloads's) against the Python take (GroupReader._take_once).
+batch_read_payloads's), copying and zero-copy, against the Python take (GroupReader._take_once).
 
 hot.c takes a batch when it lies in the block of the group's hint; anything else (a batch
 that goes on into the next block, damage, a bad argument, a batch larger than the memory
@@ -11,12 +11,14 @@ positions and the errors must be the same.
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
 
 import shmwal
 from drill_helpers import flip_byte, locate_entries
+from shmwal.blocks import layout as L
 from shmwal.client import heap
 from shmwal.client.facade import Client
 from shmwal.client.hot import native
@@ -54,6 +56,17 @@ def as_pairs(entries):
     return [(e.offset, bytes(e.data)) for e in entries]
 
 
+def pins(client, topic: str, block: int) -> int:
+    """The block's zero-copy pin count (layout.B_PINS), read through this client's mapping."""
+    meta = client._topic_handles[topic][0]
+    file_id, file_offset = meta.chain(block)[:2]
+    return int.from_bytes(client._files.map(file_id)[file_offset + L.B_PINS:file_offset + L.B_PINS + 8], "little")
+
+
+def is_view(data) -> bool:
+    return type(data) is memoryview and data.readonly
+
+
 def write_both(client, rng, n):
     """``n`` random entries to both topics: alone or in batches (records of many entries),
     empty ones, and now and then one larger than most budgets."""
@@ -70,10 +83,13 @@ def write_both(client, rng, n):
             written += 1
 
 
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["copies", "zero-copy"])
 @pytest.mark.parametrize("seed", range(6))
-def test_batches_are_the_python_takes_batches(start_broker, seed):
+def test_batches_are_the_python_takes_batches(start_broker, seed, zero_copy):
     """Random entries and budgets, checkpointed or peeked, several groups, reads between
-    appends (the live tail), small blocks (batches often cross one): the same batches."""
+    appends (the live tail), small blocks (batches often cross one): the same batches,
+    the data bytes (copies) or read-only views (zero_copy) either way."""
+    kind = is_view if zero_copy else (lambda data: type(data) is bytes)
     rng = random.Random(seed)
     broker = start_broker(block_size=64 * 1024, blocks_per_file=8)
     with shmwal.connect(broker.data_dir, key=broker.key) as client:
@@ -92,15 +108,20 @@ def test_batches_are_the_python_takes_batches(start_broker, seed):
             budget = rng.choice([0, 1, 99, 100, 101, 1000, 4096, 5000, 65_536, 1 << 20, 10 ** 9, 2 ** 63, 10 ** 30])
             checkpoint = rng.random() < 0.8
             if rng.random() < 0.3:   # batch_read_payloads: the same take, the data alone
-                got_c = client.batch_read_payloads(C, budget, group=group, checkpoint=checkpoint)
-                got_p = Client.batch_read_payloads(client, P, budget, group=group, checkpoint=checkpoint)
-                assert (got_c.first, got_c.data) == (got_p.first, got_p.data), (step, group, budget, checkpoint)
-                assert all(type(data) is bytes for data in got_c.data)
+                got_c = client.batch_read_payloads(C, budget, group=group, checkpoint=checkpoint,
+                                                   zero_copy=zero_copy)
+                got_p = Client.batch_read_payloads(client, P, budget, group=group, checkpoint=checkpoint,
+                                                   zero_copy=zero_copy)
+                assert (got_c.first, [bytes(d) for d in got_c.data]) == \
+                    (got_p.first, [bytes(d) for d in got_p.data]), (step, group, budget, checkpoint)
+                assert all(kind(data) for data in got_c.data + got_p.data)
             else:
-                got_c = client.batch_read(C, budget, group=group, checkpoint=checkpoint)
-                got_p = Client.batch_read(client, P, budget, group=group, checkpoint=checkpoint)
+                got_c = client.batch_read(C, budget, group=group, checkpoint=checkpoint, zero_copy=zero_copy)
+                got_p = Client.batch_read(client, P, budget, group=group, checkpoint=checkpoint,
+                                          zero_copy=zero_copy)
                 assert as_pairs(got_c) == as_pairs(got_p), (step, group, budget, checkpoint)
-                assert all(e.topic == C for e in got_c)
+                assert all(e.topic == C and kind(e.data) for e in got_c)
+                assert all(kind(e.data) for e in got_p)
             assert client.position(C, group=group) == client.position(P, group=group)
             calls += 1
         python_takes = sum(c.calls for c in counters.values())
@@ -200,19 +221,50 @@ def test_a_batch_larger_than_the_kept_heap_goes_to_python_which_keeps_it(client,
         native.retained_bytes(before)
 
 
-def test_a_damaged_entry_in_the_block_is_reported_after_the_good_ones(broker, client):
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["copies", "zero-copy"])
+def test_a_damaged_entry_in_the_block_is_reported_after_the_good_ones(broker, client, zero_copy):
     """hot.c finds the bad checksum, takes nothing and hands the read to Python, which
     returns the entries before it, then raises CorruptEntry for it."""
     client.batch_append(C, [b"good %d" % i for i in range(10)])
     client.batch_read(C, 0, checkpoint=False)   # the hint, at offset 0
     bad = next(e for e in locate_entries(broker.root, C) if e.offset == 6)
     flip_byte(bad.path, bad.payload_pos + 1, 0x10)
-    assert [e.offset for e in client.batch_read(C, 10 ** 6)] == [0, 1, 2, 3, 4, 5]
+    assert [e.offset for e in client.batch_read(C, 10 ** 6, zero_copy=zero_copy)] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(shmwal.CorruptEntry) as caught:
-        client.batch_read(C, 10 ** 6)
+        client.batch_read(C, 10 ** 6, zero_copy=zero_copy)
     assert caught.value.offset == 6
+    del caught   # its traceback's frames hold the take's views
     client.seek(C, 7)
-    assert [e.offset for e in client.batch_read(C, 10 ** 6)] == [7, 8, 9]
+    assert [e.offset for e in client.batch_read(C, 10 ** 6, zero_copy=zero_copy)] == [7, 8, 9]
+    gc.collect()
+    assert pins(client, C, 0) == 0
+
+
+def test_a_zero_copy_batch_is_hot_cs_and_its_views_alone_pin_the_block(client):
+    """In the hint's block hot.c serves zero-copy batches too (no Python take): read-only
+    views into the mapped block, which is pinned against reuse while any of them lives
+    and not after; the reader keeps no pin of its own."""
+    datas = [b"view %d" % i for i in range(50)]
+    client.batch_append(C, datas)
+    assert [e.data for e in client.batch_read(C, 0)] == datas[:1]   # the reader, and its hint
+    takes = TakeCounter(client._readers[C, "default"])
+    first = client.batch_read(C, 100, zero_copy=True)
+    second = client.batch_read_payloads(C, 100, zero_copy=True)
+    assert takes.calls == 0
+    # "view 1".."view 9" are 6 bytes, the rest 7: 9 * 6 + 6 * 7 = 96, then 100 // 7 = 14.
+    assert [bytes(e.data) for e in first] == datas[1:16] and all(is_view(e.data) for e in first)
+    assert second.first == 16 and [bytes(d) for d in second.data] == datas[16:30]
+    assert all(is_view(d) for d in second.data)
+    assert pins(client, C, 0) == 2   # one a batch, for as long as its views live
+    kept = first[3].data
+    del first
+    gc.collect()
+    assert pins(client, C, 0) == 2 and bytes(kept) == datas[4]   # one view keeps its batch's pin
+    del kept, second
+    gc.collect()
+    assert pins(client, C, 0) == 0
+    with pytest.raises(TypeError):
+        client.batch_read(C, 100, zero_copy=True)[0].data[0] = 1   # read-only
 
 
 def test_with_io_uring_batches_are_not_the_dispatchs(broker):

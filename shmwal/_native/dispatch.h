@@ -293,7 +293,7 @@ general_path:
 
 /* batch_read(topic, max_bytes, *, group="default", checkpoint=True, timeout=0.0,
  * zero_copy=False): Client.batch_read, served when hot.c's take serves it (the batch in
- * the block of the group's hint, see take_entries); a copying read only. */
+ * the block of the group's hint, see take_entries), copying or zero-copy. */
 static PyObject *Dispatch_batch_read(Dispatch *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *given[4];
@@ -301,8 +301,7 @@ static PyObject *Dispatch_batch_read(Dispatch *self, PyObject *const *args, Py_s
         PyErr_SetString(PyExc_RuntimeError, "this Dispatch does not serve batch_read");
         return NULL;
     }
-    if (nargs != 2 || !self->alive || !PyLong_CheckExact(args[1]) || !plain_read_keywords(args, nargs, kwnames, given)
-            || given[3] != Py_False)
+    if (nargs != 2 || !self->alive || !PyLong_CheckExact(args[1]) || !plain_read_keywords(args, nargs, kwnames, given))
         goto general_path;
     int overflow = 0;
     long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);   /* an exact int: no error */
@@ -314,7 +313,8 @@ static PyObject *Dispatch_batch_read(Dispatch *self, PyObject *const *args, Py_s
     if (reader == NULL)
         goto general_path;
     Py_INCREF(reader);
-    PyObject *found = take_entries(reader, (Py_ssize_t)MAX_READ_ENTRIES, max_bytes, given[1] == Py_True, 0);
+    PyObject *found = take_entries(reader, (Py_ssize_t)MAX_READ_ENTRIES, max_bytes, given[1] == Py_True, 0,
+                                   given[3] == Py_True);
     Py_DECREF(reader);
     if (found == NULL || PyList_CheckExact(found))
         return found;

@@ -1750,13 +1750,32 @@ static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uin
  * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
  * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
  * not match in the second pass hands everything back, nothing taken: Python reports it. */
+/* A zero-copy take's view of the hinted block's mapping: read-only, and pinning the block
+ * (layout.B_PINS) until the last slice of it is gone, as client/read.py _pinned_view makes
+ * for the Python take; the reader keeps none. 1 with *view set (a new reference), 0 when the
+ * block was reclaimed before the pin (hand back), -1 an error. The pin comes first and
+ * H_FIRST_BLOCK is loaded after it, the order _pinned_view argues. */
+static int pin_hinted_block(Reader *self, uint64_t block, PyObject **view)
+{
+    PyObject *pinned = pinned_view_new(self->hinted.pin.view.obj, self->pin_at, 0, self->hinted.pin.view.len);
+    if (pinned == NULL)
+        return -1;
+    if (load(self->meta.view.buf, H_FIRST_BLOCK) > block) {
+        Py_DECREF(pinned);
+        return 0;
+    }
+    *view = PyMemoryView_FromObject(pinned);
+    Py_DECREF(pinned);
+    return *view == NULL ? -1 : 1;
+}
+
 static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint,
-                              int payloads)
+                              int payloads, int zero_copy)
 {
     char *m = self->meta.view.buf;
     size_t g = self->slot;
     pthread_mutex_t *mutex = (pthread_mutex_t *)(m + g + G_MUTEX);
-    PyObject *out = NULL;
+    PyObject *out = NULL, *view = NULL;
     HintedCursor at_cursor;
     switch (lock_hinted(self, mutex, &at_cursor)) {
     case HINT_NO_LOCK:
@@ -1801,10 +1820,20 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
         if (!ends_here)
             at += header.size;
     }
-    if (total > batch_retained)
+    if (!zero_copy && total > batch_retained)
         goto hand_back;
+    if (zero_copy) {
+        if (self->pin_at == UNSET)
+            goto hand_back;
+        int pinned = pin_hinted_block(self, block, &view);
+        if (pinned < 0)
+            goto error;
+        if (pinned == 0)
+            goto hand_back;
+    }
 
-    /* Pass 2: the copies, each checked, from the record holding the cursor. */
+    /* Pass 2: the copies (zero_copy: slices of the pinned view), each checked, from the
+     * record holding the cursor. */
     if ((out = PyList_New(n)) == NULL)
         goto error;
     int was_enabled = PyGC_Disable();   /* as decode(): a batch of new entries is no reason to collect */
@@ -1819,7 +1848,13 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
         for (; index < header.count && k < n; index++) {
             uint64_t length = rd64(header.table + index * TABLE_ENTRY_SIZE);
             uint64_t digest = rd64(header.table + index * TABLE_ENTRY_SIZE + 8);
-            PyObject *data = copy_checked(base + start, length, entry_seed(c), digest, 0);
+            PyObject *data;
+            if (zero_copy)
+                data = checksum(base + start, (size_t)length, entry_seed(c)) == digest
+                       ? PySequence_GetSlice(view, (Py_ssize_t)start, (Py_ssize_t)(start + length))
+                       : NULL;
+            else
+                data = copy_checked(base + start, length, entry_seed(c), digest, 0);
             PyObject *entry = data == NULL || payloads ? data : make_entry_at((size_t)k, self->topic, c, data);
             if (entry == NULL) {
                 if (was_enabled)
@@ -1842,6 +1877,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
     }
     if (was_enabled)
         PyGC_Enable();
+    Py_XDECREF(view);   /* the entries' slices hold the pin now */
     if (checkpoint) {
         /* The cursor commit, in GroupReader._commit's order (argued there). */
         store(m, g + G_HINT_OFFSET, c);
@@ -1853,24 +1889,27 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
 hand_back:
     pthread_mutex_unlock(mutex);
     Py_XDECREF(out);
+    Py_XDECREF(view);
     Py_RETURN_NONE;
 error:
     pthread_mutex_unlock(mutex);
     Py_XDECREF(out);
+    Py_XDECREF(view);
     return NULL;
 }
 
 static PyObject *Reader_take(Reader *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "take(max_entries, max_bytes, checkpoint[, payloads])");
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "take(max_entries, max_bytes, checkpoint[, payloads[, zero_copy]])");
         return NULL;
     }
     Py_ssize_t max_entries = PyLong_AsSsize_t(args[0]);
     int overflow = 0;
     long long max_bytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);
     int checkpoint = PyObject_IsTrue(args[2]);
-    int payloads = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
+    int payloads = nargs >= 4 ? PyObject_IsTrue(args[3]) : 0;
+    int zero_copy = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
     if (PyErr_Occurred())
         return NULL;
     if (overflow > 0)
@@ -1879,7 +1918,7 @@ static PyObject *Reader_take(Reader *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "take: max_entries >= 1 and max_bytes >= 0");
         return NULL;
     }
-    return take_entries(self, max_entries, max_bytes, checkpoint, payloads);
+    return take_entries(self, max_entries, max_bytes, checkpoint, payloads, zero_copy);
 }
 
 static PyMethodDef Reader_methods[] = {
@@ -1892,7 +1931,7 @@ static PyMethodDef Reader_methods[] = {
     {"next_writable", (PyCFunction)Reader_next_writable, METH_O, "next_writable(checkpoint): next, the data a bytearray"},
     {"set_block", (PyCFunction)Reader_set_block, METH_VARARGS, "set_block(block, mapping, limit[, pin_at]) | set_block(None)"},
     {"take", (PyCFunction)(void (*)(void))Reader_take, METH_FASTCALL,
-     "take(max_entries, max_bytes, checkpoint[, payloads]) -> list | (first, data) | int (nothing below it) | None"},
+     "take(max_entries, max_bytes, checkpoint[, payloads[, zero_copy]]) -> list | (first, data) | int (nothing below it) | None"},
     {NULL}
 };
 

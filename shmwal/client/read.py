@@ -140,10 +140,10 @@ class GroupReader:
         # shorter than ``below``, else ``miss`` with nothing read (the general path then).
         self.hot_next_object = self._no_object
         self.served = None      # the hot.c Reader when it serves reads (Client's Dispatch takes it)
-        # batch_read's compiled take: ``hot_take(max_entries, max_bytes, checkpoint, payloads)``
-        # returns the entries (payloads: (first offset, their data)) when the batch lies in
-        # the hint's block, an int (nothing below that next offset) or None (the general
-        # path). Not with io_uring: its fetcher reads batches.
+        # batch_read's compiled take: ``hot_take(max_entries, max_bytes, checkpoint, payloads,
+        # zero_copy)`` returns the entries (payloads: (first offset, their data)) when the
+        # batch lies in the hint's block, an int (nothing below that next offset) or None
+        # (the general path). Not with io_uring: its fetcher reads batches.
         self.hot_take = None
         if native is not None:
             self._hot = native.Reader(meta.mm, slot, gen, topic, sem.name)
@@ -188,13 +188,13 @@ class GroupReader:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if seen_next is None and not zero_copy:
-                if max_entries == 1:
+            if seen_next is None:
+                if max_entries == 1 and not zero_copy:
                     found = self.hot_next(checkpoint)
                     if found.__class__ is Entry:
                         return [found]
                 elif self.hot_take is not None:
-                    found = self.hot_take(max_entries, max_bytes, checkpoint, payloads)
+                    found = self.hot_take(max_entries, max_bytes, checkpoint, payloads, zero_copy)
                     if found.__class__ is list or found.__class__ is tuple:
                         return found
                 else:
