@@ -13,10 +13,17 @@ compiles a C program (cc, -O2 -mavx2) that measures the two crossings with nothi
 - ``read``: loads of another ring of ``--mib`` MiB, summed (what a reader's checksum does);
 each alone, then both at once in two unrelated processes, then as a pair: one process streams
 64 KiB chunks into a shared ring and counts them, the other loads each chunk once it is
-counted (no hashing, no Python, no locks: the two crossings alone). That last row is the
+counted (no hashing, no Python, no locks: the two crossings alone). That row is the
 ceiling of any producer/consumer pair whose data goes through DRAM; compare it with
 ``python scripts/append_cost.py [--reserve]`` and the race's 64 KiB rows. On this project's
 2-vCPU EPYC VM: 11.0 GB/s with 256 MiB rings, 12.7-12.9 with 16-48 MiB ones.
+
+The last rows are the pair again with the consumer copying each chunk out, as reads that
+return ``bytes`` do: into one 64 KiB buffer (``read_next``: each entry's copy freed before the
+next, so its memory stays in the caches) or into twice a batch budget in turn (``batch_read``
+while the caller holds the previous batch: past the caches every copy is a line of DRAM read
+for ownership and written back). Their ratio bounds what ``batch_read`` of large entries with
+large budgets can reach against ``read_next``, whatever the code.
 """
 
 from __future__ import annotations
@@ -60,9 +67,13 @@ static __m256i load_chunk(const char *from, __m256i acc)
 }
 
 /* The pair: the child streams chunks into the shared ring and counts them; the parent loads
- * each chunk once it is counted; the child never laps the parent by more than half the ring. */
-static double pair(char *ring, size_t chunks, double seconds)
+ * each chunk once it is counted (copy_to > 0: copies it into the next chunk of a buffer of
+ * that many bytes instead); the child never laps the parent by more than half the ring. */
+static double pair(char *ring, size_t chunks, double seconds, size_t copy_to)
 {
+    char *copies = copy_to ? aligned_alloc(4096, copy_to) : NULL;
+    if (copies)
+        memset(copies, 3, copy_to);                /* its pages in, as a kept heap's are */
     _Atomic unsigned long *counts = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     _Atomic unsigned long *written = &counts[0], *read = &counts[16], *stop = &counts[32];
     pid_t child = fork();
@@ -82,7 +93,13 @@ static double pair(char *ring, size_t chunks, double seconds)
     while (took < seconds) {
         while (atomic_load(written) == n)
             ;
-        acc = load_chunk(ring + (n % chunks) * CHUNK, acc);
+        if (copies) {
+            char *to = copies + (n % (copy_to / CHUNK)) * CHUNK;
+            memcpy(to, ring + (n % chunks) * CHUNK, CHUNK);
+            acc = _mm256_add_epi64(acc, _mm256_load_si256((const __m256i *)to));
+        } else {
+            acc = load_chunk(ring + (n % chunks) * CHUNK, acc);
+        }
         atomic_store(read, ++n);
         if ((n & 63) == 0)
             took = now() - start;
@@ -104,7 +121,7 @@ int main(int argc, char **argv)
     memset(ring, 1, ring_bytes);                   /* every page in before the clock starts */
     memset(hot, 2, sizeof hot);
     if (what[0] == 'p') {
-        printf("%.0f\n", pair(ring, chunks, seconds));
+        printf("%.0f\n", pair(ring, chunks, seconds, argc > 4 ? (size_t)atol(argv[4]) : 0));
         return 0;
     }
     __m256i acc = _mm256_setzero_si256();
@@ -128,6 +145,9 @@ int main(int argc, char **argv)
 """
 
 
+BATCH_MIB = (1, 8, 64)   # batch_read budgets of the README's batch table
+
+
 def build(where: str) -> str:
     source, binary = os.path.join(where, "dram.c"), os.path.join(where, "dram")
     with open(source, "w") as f:
@@ -136,9 +156,9 @@ def build(where: str) -> str:
     return binary
 
 
-def run(binary: str, kinds: list[str], mib: int, seconds: float) -> list[float]:
+def run(binary: str, kinds: list[str], mib: int, seconds: float, copy_to: int = 0) -> list[float]:
     """MB/s of each of ``kinds`` run at once, one process each."""
-    procs = [subprocess.Popen([binary, kind, str(mib), str(seconds)], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([binary, kind, str(mib), str(seconds), str(copy_to)], stdout=subprocess.PIPE, text=True)
              for kind in kinds]
     return [float(proc.communicate()[0].split()[0]) for proc in procs]
 
@@ -153,7 +173,10 @@ def main() -> None:
     try:
         binary = build(where)
         rows = {"write alone": [], "read alone": [], "write, with a read": [], "read, with a write": [],
-                "pair (each chunk written, then read)": []}
+                "pair (each chunk written, then read)": [],
+                "pair, copied into one 64 KiB buffer": []}
+        for budget in BATCH_MIB:
+            rows[f"pair, copied into 2 x {budget} MiB in turn"] = []
         for _ in range(args.rounds):
             rows["write alone"] += run(binary, ["write"], args.mib, args.seconds)
             rows["read alone"] += run(binary, ["read"], args.mib, args.seconds)
@@ -161,11 +184,15 @@ def main() -> None:
             rows["write, with a read"].append(both[0])
             rows["read, with a write"].append(both[1])
             rows["pair (each chunk written, then read)"] += run(binary, ["pair"], args.mib, args.seconds)
+            rows["pair, copied into one 64 KiB buffer"] += run(binary, ["pair"], args.mib, args.seconds, 64 << 10)
+            for budget in BATCH_MIB:
+                rows[f"pair, copied into 2 x {budget} MiB in turn"] += run(binary, ["pair"], args.mib, args.seconds,
+                                                                          2 * budget << 20)
     finally:
         shutil.rmtree(where, ignore_errors=True)
     print(f"MB/s, median [min..max] of {args.rounds} rounds, rings of {args.mib} MiB:")
     for name, values in rows.items():
-        print(f"  {name:<38} {statistics.median(values):8,.0f}  [{min(values):,.0f}..{max(values):,.0f}]")
+        print(f"  {name:<40} {statistics.median(values):8,.0f}  [{min(values):,.0f}..{max(values):,.0f}]")
 
 
 if __name__ == "__main__":
