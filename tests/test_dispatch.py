@@ -1,6 +1,6 @@
-"""Client.append and Client.read_next served in C (hot.c, dispatch.h) against the Python methods.
+"""Client.append, read_next and reserve served in C (hot.c, dispatch.h) against the Python methods.
 
-Where the compiled module is built a Client's ``append`` and ``read_next`` are its
+Where the compiled module is built a Client's ``append``, ``read_next`` and ``reserve`` are its
 Dispatch's: it serves the calls the compiled paths serve and calls the Python method,
 with the same arguments, for everything else.  So every call must come out as the Python
 method's: the same entries, offsets, errors and log.  Each test makes the same calls both
@@ -70,7 +70,7 @@ def test_append_and_read_next_are_the_dispatchs(client):
     assert set(readers) == {("t", "default")}
 
 
-@pytest.mark.parametrize("name", ["append", "read_next", "batch_read"])
+@pytest.mark.parametrize("name", ["append", "read_next", "batch_read", "reserve"])
 def test_the_dispatchs_signatures_are_the_methods(client, name):
     """help() and inspect see the same parameters and defaults on the instance as on the class."""
     def shape(signature):
@@ -80,6 +80,60 @@ def test_the_dispatchs_signatures_are_the_methods(client, name):
     assert shape(inspect.signature(getattr(client, name))) == shape(method)[1:]   # without self
     assert getattr(client, name).__doc__.split(".")[0] in getattr(Client, name).__doc__.replace(":class:`Entry`", "Entry") \
         .replace("``", "")
+
+
+def reserved(client_or_none, reserve, topic, nbytes, fill=b""):
+    """What ``with reserve(topic, nbytes) as slot: slot.fill((fill,))`` gave: the slot's
+    type and offset, or the error (the slot is made, and then entered, only when no error)."""
+    try:
+        slot = reserve(topic, nbytes) if client_or_none is None else reserve(client_or_none, topic, nbytes)
+        with slot:
+            slot.fill((fill,))
+    except Exception as exc:   # noqa: BLE001 - the exception is the result compared
+        return ("raised", type(exc), str(exc).replace(topic if isinstance(topic, str) else "\0", "TOPIC"))
+    return ("ok", type(slot).__name__, slot.offset)
+
+
+@pytest.mark.parametrize("nbytes", [0, 5, 2 ** 31 - 1 + 2 ** 31 + 1, -1, 2 ** 64, 3.0, True, "5", None, Str("x")])
+def test_reserve_gives_what_the_python_method_gives(client, nbytes):
+    """The Dispatch makes hot.c's slot for a topic it serves and an nbytes taken as it is;
+    anything else is the Python method's, errors included. Either way the entry lands alike."""
+    for topic in (C, P):
+        client.append(topic, b"first")   # the appender, served from now on
+    fill = b"z" * nbytes if isinstance(nbytes, int) and not isinstance(nbytes, bool) and 0 <= nbytes < 100 else b""
+    got_c = reserved(None, client.reserve, C, nbytes, fill)
+    got_py = reserved(client, Client.reserve, P, nbytes, fill)
+    assert got_c == got_py
+    assert [bytes(e.data) for e in client.batch_read(C, 1 << 20, group="check")] == \
+        [bytes(e.data) for e in client.batch_read(P, 1 << 20, group="check")]
+
+
+def test_reserve_is_the_dispatchs_for_served_topics_only(client):
+    assert client.reserve.__self__ is client._dispatch
+    with client.reserve("new", 3) as slot:   # no appender yet: the Python method makes it
+        slot.buffer[:] = b"abc"
+    assert slot.offset == 0 and set(client._dispatch.handles()[0]) == {"new"}
+    with client.reserve("new", 2) as slot:
+        slot.fill((b"de",))
+    assert type(slot) is native.Slot and slot.offset == 1
+    assert [e.data for e in client.batch_read("new", 100)] == [b"abc", b"de"]
+    with pytest.raises(shmwal.InvalidTopic):
+        client.reserve("bad/name", 1)
+
+
+def test_a_subclass_that_overrides_reserve_gets_its_own(broker):
+    class Counting(Client):
+        calls = 0
+
+        def reserve(self, topic, nbytes):
+            Counting.calls += 1
+            return super().reserve(topic, nbytes)
+
+    with Counting(broker.data_dir, key=broker.key) as client:
+        assert "reserve" not in vars(client) and client.append.__self__ is client._dispatch
+        with client.reserve("t", 1) as slot:
+            slot.fill((b"x",))
+        assert Counting.calls == 1 and client.read_next("t").data == b"x"
 
 
 def test_a_subclass_that_overrides_read_next_gets_its_own(broker):

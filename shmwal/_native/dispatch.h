@@ -1,4 +1,4 @@
-/* Client.append, read_next and batch_read with no Python frame between the caller and hot.c.
+/* Client.append, read_next, batch_read and reserve with no Python frame between the caller and hot.c.
  *
  * Why: appending or reading a 100-byte entry costs ~0.15 us in hot.c and ~0.3 us in the
  * Python method around it (its frame, the handle lookup by a (topic, group) tuple, the
@@ -21,6 +21,7 @@ typedef struct {
     PyObject *general_append;      /* Client.append: the Python function */
     PyObject *general_read_next;   /* Client.read_next */
     PyObject *general_batch_read;  /* Client.batch_read, or NULL: not served (io_uring reads batches) */
+    PyObject *general_reserve;     /* Client.reserve, or NULL: not served */
     PyObject *appenders;           /* topic -> Appender */
     PyObject *readers;             /* (topic, group) -> Reader */
     /* The last handle of each kind and its key, compared by identity: a program that
@@ -43,17 +44,19 @@ static void forget_last(Dispatch *self)
 
 static int Dispatch_init(Dispatch *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *client, *general_append, *general_read_next, *general_batch_read = Py_None;
-    if (!PyArg_ParseTuple(args, "OOO|O", &client, &general_append, &general_read_next, &general_batch_read))
+    PyObject *client, *general_append, *general_read_next, *general_batch_read = Py_None, *general_reserve = Py_None;
+    if (!PyArg_ParseTuple(args, "OOO|OO", &client, &general_append, &general_read_next, &general_batch_read,
+                          &general_reserve))
         return -1;
     if (self->client != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Dispatch initialised twice");
         return -1;
     }
     if (!PyCallable_Check(general_append) || !PyCallable_Check(general_read_next)
-            || (general_batch_read != Py_None && !PyCallable_Check(general_batch_read))) {
+            || (general_batch_read != Py_None && !PyCallable_Check(general_batch_read))
+            || (general_reserve != Py_None && !PyCallable_Check(general_reserve))) {
         PyErr_SetString(PyExc_TypeError,
-                        "Dispatch(client, append, read_next[, batch_read]): the general paths must be callable");
+                        "Dispatch(client, append, read_next[, batch_read[, reserve]]): the general paths must be callable");
         return -1;
     }
     if ((self->appenders = PyDict_New()) == NULL || (self->readers = PyDict_New()) == NULL)
@@ -62,6 +65,7 @@ static int Dispatch_init(Dispatch *self, PyObject *args, PyObject *kwds)
     self->general_append = Py_NewRef(general_append);
     self->general_read_next = Py_NewRef(general_read_next);
     self->general_batch_read = general_batch_read == Py_None ? NULL : Py_NewRef(general_batch_read);
+    self->general_reserve = general_reserve == Py_None ? NULL : Py_NewRef(general_reserve);
     return 0;
 }
 
@@ -71,6 +75,7 @@ static int Dispatch_traverse(Dispatch *self, visitproc visit, void *arg)
     Py_VISIT(self->general_append);
     Py_VISIT(self->general_read_next);
     Py_VISIT(self->general_batch_read);
+    Py_VISIT(self->general_reserve);
     Py_VISIT(self->appenders);
     Py_VISIT(self->readers);
     Py_VISIT(self->append_topic);
@@ -88,6 +93,7 @@ static int Dispatch_clear(Dispatch *self)
     Py_CLEAR(self->general_append);
     Py_CLEAR(self->general_read_next);
     Py_CLEAR(self->general_batch_read);
+    Py_CLEAR(self->general_reserve);
     Py_CLEAR(self->appenders);
     Py_CLEAR(self->readers);
     return 0;
@@ -326,6 +332,25 @@ general_path:
     return general(self, self->general_batch_read, args, nargs, kwnames);
 }
 
+/* reserve(topic, nbytes): Client.reserve, the compiled slot made here for an exact int
+ * nbytes the method takes as it is and a topic whose appender the Dispatch serves. */
+static PyObject *Dispatch_reserve(Dispatch *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (self->general_reserve == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this Dispatch does not serve reserve");
+        return NULL;
+    }
+    if (nargs == 2 && kwnames == NULL && self->alive && PyLong_CheckExact(args[1])) {
+        int overflow = 0;
+        long long nbytes = PyLong_AsLongLongAndOverflow(args[1], &overflow);   /* an exact int: no error */
+        Appender *appender = overflow == 0 && nbytes >= 0 && (unsigned long long)nbytes <= MAX_ENTRY
+                             ? appender_for(self, args[0]) : NULL;
+        if (appender != NULL)
+            return Appender_slot(appender, args[1]);
+    }
+    return general(self, self->general_reserve, args, nargs, kwnames);
+}
+
 static PyObject *Dispatch_add_appender(Dispatch *self, PyObject *args)
 {
     PyObject *topic, *appender;
@@ -424,8 +449,12 @@ static PyMethodDef Dispatch_methods[] = {
      "batch_read($self, topic, max_bytes, *, group='default', checkpoint=True, timeout=0.0, zero_copy=False)\n--\n\n"
      "The group's next entries (a list of Entry), up to max_bytes of payload. shmwal.Client.batch_read, "
      "compiled (client/facade.py: help(shmwal.Client.batch_read) has the whole contract)."},
+    {"reserve", (PyCFunction)(void (*)(void))Dispatch_reserve, METH_FASTCALL | METH_KEYWORDS,
+     "reserve($self, topic, nbytes)\n--\n\n"
+     "A zero-copy write (API.md \"Zero-copy writes\"): the slot to fill in a with block. shmwal.Client.reserve, "
+     "compiled (client/facade.py: help(shmwal.Client.reserve) has the whole contract)."},
     {"add_appender", (PyCFunction)Dispatch_add_appender, METH_VARARGS,
-     "add_appender(topic, appender): serve append(topic, ...) with this hot.c Appender"},
+     "add_appender(topic, appender): serve append(topic, ...) and reserve(topic, ...) with this hot.c Appender"},
     {"add_reader", (PyCFunction)Dispatch_add_reader, METH_VARARGS,
      "add_reader(topic, group, reader): serve read_next and batch_read of (topic, group) with this hot.c Reader"},
     {"forget_reader", (PyCFunction)Dispatch_forget_reader, METH_VARARGS, "forget_reader(topic, group)"},

@@ -101,18 +101,22 @@ class Client:
         self._files = BlockFiles(os.path.join(self._root, "blocks"))
         self._reset_handles()
         self._io_uring = _make_fetcher(io)
-        # This instance's append, read_next and batch_read are hot.c's (dispatch.h) where it
-        # is built: it serves what the compiled paths serve and calls the methods below, with
-        # the same arguments, for everything else.  Not under a subclass that overrides them;
-        # batch_read not with io="uring" (its fetcher reads batches).
+        # This instance's append, read_next, batch_read and reserve are hot.c's (dispatch.h)
+        # where it is built: it serves what the compiled paths serve and calls the methods
+        # below, with the same arguments, for everything else.  Not under a subclass that
+        # overrides them; batch_read not with io="uring" (its fetcher reads batches).
         if native is not None and type(self).append is Client.append and type(self).read_next is Client.read_next:
             batches = self._io_uring is None and type(self).batch_read is Client.batch_read
+            slots = type(self).reserve is Client.reserve
             self._dispatch = native.Dispatch(self, Client.append, Client.read_next,
-                                             Client.batch_read if batches else None)
+                                             Client.batch_read if batches else None,
+                                             Client.reserve if slots else None)
             self.append = self._dispatch.append
             self.read_next = self._dispatch.read_next
             if batches:
                 self.batch_read = self._dispatch.batch_read
+            if slots:
+                self.reserve = self._dispatch.reserve
         _CLIENTS.add(self)
         self._link = Link(self._rpc, self._check_alive, self._reader, self._io_uring, self._reader_again,
                           self._tell)
