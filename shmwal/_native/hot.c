@@ -1218,6 +1218,19 @@ static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, u
     return data;
 }
 
+/* A batch entry's data, as copy_checked says (NULL without an exception: it does not
+ * check out): a copy, or (zero-copy, ``view`` a read-only memoryview of the mapping that
+ * holds ``base``) the slice of ``view`` over it once the mapped bytes hash to ``digest``. */
+static PyObject *batch_data(const char *base, uint64_t start, uint64_t length, uint64_t seed, uint64_t digest,
+                            PyObject *view)
+{
+    if (view == NULL)
+        return copy_checked(base + start, length, seed, digest, 0);
+    if (checksum(base + start, (size_t)length, seed) != digest)
+        return NULL;
+    return PySequence_GetSlice(view, (Py_ssize_t)start, (Py_ssize_t)(start + length));
+}
+
 /* Entries handed out before, kept so that one its caller has dropped since (this array
  * then holds its only reference) is made again in place: no allocation, no deallocation,
  * and nothing counted toward a collection (CPython's enumerate and zip reuse their result
@@ -1848,13 +1861,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
         for (; index < header.count && k < n; index++) {
             uint64_t length = rd64(header.table + index * TABLE_ENTRY_SIZE);
             uint64_t digest = rd64(header.table + index * TABLE_ENTRY_SIZE + 8);
-            PyObject *data;
-            if (zero_copy)
-                data = checksum(base + start, (size_t)length, entry_seed(c)) == digest
-                       ? PySequence_GetSlice(view, (Py_ssize_t)start, (Py_ssize_t)(start + length))
-                       : NULL;
-            else
-                data = copy_checked(base + start, length, entry_seed(c), digest, 0);
+            PyObject *data = batch_data(base, start, length, entry_seed(c), digest, view);
             PyObject *entry = data == NULL || payloads ? data : make_entry_at((size_t)k, self->topic, c, data);
             if (entry == NULL) {
                 if (was_enabled)
@@ -2020,14 +2027,7 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
                 break;
             }
             uint64_t digest = rd64(table + index * TABLE_ENTRY_SIZE + 8);
-            PyObject *data;
-            if (zero_copy) {
-                data = checksum(base + start, (size_t)length, entry_seed(c)) == digest
-                       ? PySequence_GetSlice(buf_obj, (Py_ssize_t)start, (Py_ssize_t)(start + length))
-                       : NULL;
-            } else {
-                data = copy_checked(base + start, length, entry_seed(c), digest, 0);
-            }
+            PyObject *data = batch_data(base, start, length, entry_seed(c), digest, zero_copy ? buf_obj : NULL);
             if (data == NULL) {
                 if (PyErr_Occurred())
                     goto error;
