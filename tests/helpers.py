@@ -210,30 +210,32 @@ def produce(client, topic: str, tag: int, n_entries: int, seed: int, max_batch: 
 
 
 def consume(client, topic: str, group: str, ready, done, seed: int, max_bytes: int = 2000,
-            limit: float = 60.0) -> list[tuple[int, bytes]]:
+            limit: float = 60.0, zero_copy: bool = False) -> list[tuple[int, bytes]]:
     """Read ``topic`` for ``group`` (read_next, batch_read and batch_read_payloads mixed) until
     ``done`` is set and nothing is left; return (offset, data) of every entry received, in the
-    order received."""
+    order received. ``zero_copy``: every read is, and each view is copied once received."""
     rng = random.Random(seed)
     got = []
     first = client.read_next(topic, group=group, timeout=0.01)  # joins the group before `ready`
     if first is not None:
-        got.append((first.offset, first.data))
+        got.append((first.offset, bytes(first.data)))
     ready.set()
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         way = rng.random()
         if way < 0.4:
-            entry = client.read_next(topic, group=group, timeout=0.05)
+            entry = client.read_next(topic, group=group, timeout=0.05, zero_copy=zero_copy)
             entries = [] if entry is None else [entry]
         elif way < 0.7:
-            entries = client.batch_read(topic, max_bytes, group=group, timeout=0.05)
+            entries = client.batch_read(topic, max_bytes, group=group, timeout=0.05, zero_copy=zero_copy)
         else:
-            first, data = client.batch_read_payloads(topic, max_bytes, group=group, timeout=0.05)
+            first, data = client.batch_read_payloads(topic, max_bytes, group=group, timeout=0.05,
+                                                     zero_copy=zero_copy)
             entries = [shmwal.Entry(topic, first + i, d) for i, d in enumerate(data)]
         for entry in entries:
             assert entry.topic == topic
-            got.append((entry.offset, entry.data))
+            assert (type(entry.data) is memoryview) == zero_copy
+            got.append((entry.offset, bytes(entry.data)))
         if not entries and done.is_set():
             return got
     raise AssertionError(f"consumer of {group} not told to stop within {limit} s ({len(got)} entries)")

@@ -279,6 +279,47 @@ def test_producers_and_consumers_streaming_through_reused_blocks_lose_nothing(st
         client.close()
 
 
+@pytest.mark.timeout(120)
+def test_zero_copy_consumers_streaming_through_reused_blocks_lose_nothing_and_leave_no_pin(start_broker, tmp_path):
+    """Two consumer processes of one group read zero-copy (read_next, batch_read, payloads
+    mixed: hot.c's take for batches in the hint's block, Python's across blocks) while two
+    producers stream through reused blocks: every entry once, in order per producer, and
+    once the consumers have gone no block of the topic is left pinned."""
+    broker = start_broker(block_size=64 * KiB, blocks_per_file=4, fsync=shmwal.NoFsync())
+    counts = {0: 2500, 1: 2500}
+    client = shmwal.connect(broker.data_dir, key=broker.key)
+    try:
+        with Workers("fork", str(tmp_path / "w")) as workers:
+            done = workers.Event()
+            readies = [workers.Event() for _ in range(2)]
+            consumers = [workers.start(consume, client, "z", "g", ready, done, seed, 4000, 60.0, True)
+                         for seed, ready in enumerate(readies)]
+            for ready in readies:
+                assert ready.wait(30)
+            go = workers.Event()
+            producers = [workers.start(produce, client, "z", tag, n, 10 + tag, 20, 600, go)
+                         for tag, n in counts.items()]
+            go.set()
+            for p in producers:
+                workers.result(p, 90)
+            assert wait_until(lambda: client.stats()["topics"]["z"]["groups"]["g"]["lag"] == 0, 30)
+            done.set()
+            got = [entry for p in consumers for entry in workers.result(p, 30)]
+        assert sorted(o for o, _ in got) == list(range(sum(counts.values())))
+        seqs: dict = {}
+        for _, data in sorted(got):
+            tag, seq = parse_payload(data)
+            seqs.setdefault(tag, []).append(seq)
+        assert {tag: s == list(range(counts[tag])) for tag, s in seqs.items()} == {0: True, 1: True}
+        assert client.stats()["blocks_reused"] > 0
+        client.batch_read("z", 0, group="look", checkpoint=False)   # this client's handles of z
+        meta = client._topic_handles["z"][0]
+        live = range(meta.get(L.H_FIRST_BLOCK), meta.get(L.H_PUBLISHED_BLOCKS))
+        assert [pins(client, "z", b) for b in live] == [0] * len(live)
+    finally:
+        client.close()
+
+
 def _stream_through_outages(client, n: int, go) -> int:
     """Append payload(0, i) for i < n, retrying an append the broker's absence refused."""
     from helpers import payload
