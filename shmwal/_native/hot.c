@@ -1750,19 +1750,6 @@ static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uin
     return start;
 }
 
-/* take(max_entries, max_bytes, checkpoint[, payloads]) -> list | int | None: batch_read's
- * take (GroupReader._take_once, compiled) when the whole batch lies in the hinted block;
- * ``payloads`` (batch_read_payloads): (first offset, [data, ...]) instead of the list.
- *
- * Same rules as _take_once: entries from the cursor while their payloads add up to at
- * most max_bytes (the first one always), at most max_entries, up to the next offset
- * published; the cursor and its hint committed in _commit's order.  A first pass reads
- * the records' headers only and decides: the batch ends in this block (the caps, or the
- * end of what is published), and copies no more than ``batch_retained``; else nothing is
- * copied and None hands the read to Python (a batch that goes on into the next block,
- * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
- * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
- * not match in the second pass hands everything back, nothing taken: Python reports it. */
 /* A zero-copy take's view of the hinted block's mapping: read-only, and pinning the block
  * (layout.B_PINS) until the last slice of it is gone, as client/read.py _pinned_view makes
  * for the Python take; the reader keeps none. 1 with *view set (a new reference), 0 when the
@@ -1782,6 +1769,22 @@ static int pin_hinted_block(Reader *self, uint64_t block, PyObject **view)
     return *view == NULL ? -1 : 1;
 }
 
+/* take(max_entries, max_bytes, checkpoint[, payloads[, zero_copy]]) -> list | int | None:
+ * batch_read's take (GroupReader._take_once, compiled) when the whole batch lies in the
+ * hinted block; ``payloads`` (batch_read_payloads): (first offset, [data, ...]) instead of
+ * the list; ``zero_copy``: each data a read-only slice of one pinned view of the block
+ * (pin_hinted_block), checked where it lies, instead of a checked copy.
+ *
+ * Same rules as _take_once: entries from the cursor while their payloads add up to at
+ * most max_bytes (the first one always), at most max_entries, up to the next offset
+ * published; the cursor and its hint committed in _commit's order.  A first pass reads
+ * the records' headers only and decides: the batch ends in this block (the caps, or the
+ * end of what is published), and copies no more than ``batch_retained`` (zero-copy: the
+ * block's pin word is known); else nothing is
+ * copied and None hands the read to Python (a batch that goes on into the next block,
+ * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
+ * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
+ * not match in the second pass hands everything back, nothing taken: Python reports it. */
 static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint,
                               int payloads, int zero_copy)
 {
