@@ -1430,6 +1430,28 @@ static int lock_hinted(Reader *self, pthread_mutex_t *mutex, HintedCursor *at)
     return HINT_SERVE;
 }
 
+/* A read-only memoryview of mapping[start:start + length] in the hinted block ``block``
+ * that pins the block (layout.B_PINS) until it and every slice of it are gone, as
+ * client/read.py _pinned_view makes for the Python read; the reader keeps no pin. 1 with
+ * *view set (a new reference), 0 to hand back (the block's pin word is not known, or the
+ * block was reclaimed before the pin), -1 an error. The pin comes first and H_FIRST_BLOCK
+ * is loaded after it, the order _pinned_view argues. */
+static int pin_hinted(Reader *self, uint64_t block, Py_ssize_t start, Py_ssize_t length, PyObject **view)
+{
+    if (self->pin_at == UNSET)
+        return 0;
+    PyObject *pinned = pinned_view_new(self->hinted.pin.view.obj, self->pin_at, start, length);
+    if (pinned == NULL)
+        return -1;
+    if (load(self->meta.view.buf, H_FIRST_BLOCK) > block) {
+        Py_DECREF(pinned);
+        return 0;
+    }
+    *view = PyMemoryView_FromObject(pinned);
+    Py_DECREF(pinned);
+    return *view == NULL ? -1 : 1;
+}
+
 /* next(checkpoint) -> Entry | int | None (reader.GroupReader._fast, compiled).
  *
  * Serves the entry at the cursor when the group's hint locates it in the
@@ -1471,28 +1493,17 @@ static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pic
         goto hand_back;
     PyObject *data;
     if (form == FORM_VIEW) {
-        /* The pin comes first, H_FIRST_BLOCK is loaded after it (the order _pinned_view
-         * argues); our cursor is in this block and we hold the group mutex, so it cannot be
-         * reclaimed now anyway.  The checksum is of the mapped bytes the view shows. */
-        if (self->pin_at == UNSET)
-            goto hand_back;
-        PyObject *pinned = pinned_view_new(self->hinted.pin.view.obj, self->pin_at,
-                                           (Py_ssize_t)(pos + SINGLE_RECORD_SIZE), (Py_ssize_t)length);
-        if (pinned == NULL) {
+        /* The checksum is of the mapped bytes the view shows. Our cursor is in this block
+         * and we hold the group mutex, so it cannot be reclaimed now anyway. */
+        if (checksum(record + SINGLE_RECORD_SIZE, (size_t)length, entry_seed(cursor)) != digest)
+            goto hand_back;   /* the general path reports it */
+        int pinned = pin_hinted(self, block, (Py_ssize_t)(pos + SINGLE_RECORD_SIZE), (Py_ssize_t)length, &data);
+        if (pinned < 0) {
             pthread_mutex_unlock(mutex);
             return NULL;
         }
-        if (load(m, H_FIRST_BLOCK) > block
-                || checksum(record + SINGLE_RECORD_SIZE, (size_t)length, entry_seed(cursor)) != digest) {
-            Py_DECREF(pinned);
+        if (pinned == 0)
             goto hand_back;
-        }
-        data = PyMemoryView_FromObject(pinned);
-        Py_DECREF(pinned);
-        if (data == NULL) {
-            pthread_mutex_unlock(mutex);
-            return NULL;
-        }
     } else {
         data = copy_checked(record + SINGLE_RECORD_SIZE, length, entry_seed(cursor), digest,
                             form == FORM_BYTEARRAY);
@@ -1750,40 +1761,20 @@ static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uin
     return start;
 }
 
-/* A zero-copy take's view of the hinted block's mapping: read-only, and pinning the block
- * (layout.B_PINS) until the last slice of it is gone, as client/read.py _pinned_view makes
- * for the Python take; the reader keeps none. 1 with *view set (a new reference), 0 when the
- * block was reclaimed before the pin (hand back), -1 an error. The pin comes first and
- * H_FIRST_BLOCK is loaded after it, the order _pinned_view argues. */
-static int pin_hinted_block(Reader *self, uint64_t block, PyObject **view)
-{
-    PyObject *pinned = pinned_view_new(self->hinted.pin.view.obj, self->pin_at, 0, self->hinted.pin.view.len);
-    if (pinned == NULL)
-        return -1;
-    if (load(self->meta.view.buf, H_FIRST_BLOCK) > block) {
-        Py_DECREF(pinned);
-        return 0;
-    }
-    *view = PyMemoryView_FromObject(pinned);
-    Py_DECREF(pinned);
-    return *view == NULL ? -1 : 1;
-}
-
 /* take(max_entries, max_bytes, checkpoint[, payloads[, zero_copy]]) -> list | int | None:
  * batch_read's take (GroupReader._take_once, compiled) when the whole batch lies in the
  * hinted block; ``payloads`` (batch_read_payloads): (first offset, [data, ...]) instead of
  * the list; ``zero_copy``: each data a read-only slice of one pinned view of the block
- * (pin_hinted_block), checked where it lies, instead of a checked copy.
+ * (pin_hinted), checked where it lies, instead of a checked copy.
  *
  * Same rules as _take_once: entries from the cursor while their payloads add up to at
  * most max_bytes (the first one always), at most max_entries, up to the next offset
  * published; the cursor and its hint committed in _commit's order.  A first pass reads
  * the records' headers only and decides: the batch ends in this block (the caps, or the
  * end of what is published), and copies no more than ``batch_retained`` (zero-copy: the
- * block's pin word is known); else nothing is
- * copied and None hands the read to Python (a batch that goes on into the next block,
- * damage, a cursor the broker's reclamation moved, a hint elsewhere, a dead holder of the
- * group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
+ * block can be pinned); else nothing is copied and None hands the read to Python (a batch
+ * that goes on into the next block, damage, a cursor the broker's reclamation moved, a
+ * hint elsewhere, a dead holder of the group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
  * not match in the second pass hands everything back, nothing taken: Python reports it. */
 static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint,
                               int payloads, int zero_copy)
@@ -1836,16 +1827,14 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
         if (!ends_here)
             at += header.size;
     }
-    if (!zero_copy && total > batch_retained)
-        goto hand_back;
     if (zero_copy) {
-        if (self->pin_at == UNSET)
-            goto hand_back;
-        int pinned = pin_hinted_block(self, block, &view);
+        int pinned = pin_hinted(self, block, 0, self->hinted.pin.view.len, &view);
         if (pinned < 0)
             goto error;
         if (pinned == 0)
             goto hand_back;
+    } else if (total > batch_retained) {
+        goto hand_back;
     }
 
     /* Pass 2: the copies (zero_copy: slices of the pinned view), each checked, from the
