@@ -30,8 +30,15 @@ def payload(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def kind(data) -> tuple:
+    """What a caller can tell of ``data`` beyond its bytes: bytes, or a view and its shape."""
+    if isinstance(data, memoryview):
+        return ("memoryview", data.readonly, data.format, data.itemsize, data.ndim, data.nbytes)
+    return (type(data).__name__,)
+
+
 def entries(got) -> list:
-    return [(e.topic, e.offset, bytes(e.data)) for e in got]
+    return [(e.topic, e.offset, bytes(e.data), kind(e.data)) for e in got]
 
 
 def run(client, op: str, args: dict):
@@ -56,7 +63,7 @@ def run(client, op: str, args: dict):
     if op == "batch_read_payloads":
         got = client.batch_read_payloads(args["topic"], args["max_bytes"], group=args["group"],
                                          checkpoint=args["checkpoint"], zero_copy=args["zero_copy"])
-        return (got.first, [bytes(d) for d in got.data])
+        return (got.first, [(bytes(d), kind(d)) for d in got.data])
     if op == "seek":
         client.seek(args["topic"], args["offset"], group=args["group"])
         return client.position(args["topic"], group=args["group"])
