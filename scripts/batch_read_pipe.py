@@ -1,6 +1,6 @@
 """batch_read behind a producer: one process appends, another reads in batches.
 
-    python scripts/batch_read_pipe.py [--size 64KiB] [--budget 1MiB] [--count 60000] [--rounds 3]
+    python scripts/batch_read_pipe.py [--size 64KiB] [--budget 1MiB] [--count 60000] [--rounds 3] [--replay]
 
 The producer ``append``s ``count`` entries of ``size`` bytes, one a call; the consumer,
 started first, reads them with ``batch_read(topic, budget, timeout=None)`` from the moment
@@ -8,6 +8,10 @@ the first arrives. Prints, each round, the consumer's MB/s, its calls, how many 
 took the Python path (GroupReader._take_once: a batch that goes on into the next block, or
 a first read) rather than hot.c's take, and the entries a call. Its own broker (NoFsync, 10
 MiB blocks) in a temporary directory under ``--dir``.
+
+``--replay``: the producer writes everything first, then the consumer reads the backlog (a
+replay, or a consumer that fell behind): every batch is a full budget, and the caller holds
+the previous one while the next is copied (hot.c STREAM_BATCH_AFTER is about this case).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def consume(data_dir: str, budget: int, count: int, out) -> None:
     with shmwal.connect(data_dir) as client:
         client.seek("t", 0, group="g")
         got = calls = 0
+        batch = None   # held while the next is read, as `while batch := batch_read(...)` does
         start = None
         while got < count:
             batch = client.batch_read("t", budget, group="g", timeout=None)
@@ -64,6 +69,7 @@ def main() -> None:
     p.add_argument("--count", type=int, default=60_000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default="/tmp", help="where the data directory goes")
+    p.add_argument("--replay", action="store_true", help="write everything, then read the backlog")
     args = p.parse_args()
     ctx = multiprocessing.get_context("fork")
     for r in range(args.rounds):
@@ -72,10 +78,17 @@ def main() -> None:
             with shmwal.Broker(data_dir, fsync=shmwal.NoFsync()):
                 out = ctx.Queue()
                 consumer = ctx.Process(target=consume, args=(data_dir, args.budget, args.count, out))
-                consumer.start()
-                time.sleep(0.3)   # reading, and waiting, before the first entry is written
                 producer = ctx.Process(target=produce, args=(data_dir, args.size, args.count))
-                producer.start()
+                if args.replay:
+                    with shmwal.connect(data_dir) as client:
+                        client.seek("t", 0, group="g")   # the group keeps every block until read
+                    producer.start()
+                    producer.join()
+                    consumer.start()
+                else:
+                    consumer.start()
+                    time.sleep(0.3)   # reading, and waiting, before the first entry is written
+                    producer.start()
                 seconds, calls, python_takes = out.get(timeout=600)
                 producer.join()
                 consumer.join()

@@ -23,7 +23,9 @@ return ``bytes`` do: into one 64 KiB buffer (``read_next``: each entry's copy fr
 next, so its memory stays in the caches) or into twice a batch budget in turn (``batch_read``
 while the caller holds the previous batch: past the caches every copy is a line of DRAM read
 for ownership and written back). Their ratio bounds what ``batch_read`` of large entries with
-large budgets can reach against ``read_next``, whatever the code.
+large budgets can reach against ``read_next`` with ordinary copies. The rows under them copy with streaming stores (no read for ownership, the caches left
+alone): from the start of each batch, or past its first 8 MiB as hot.c's batches do
+(STREAM_BATCH_AFTER).
 """
 
 from __future__ import annotations
@@ -66,10 +68,24 @@ static __m256i load_chunk(const char *from, __m256i acc)
     return acc;
 }
 
+/* A chunk copied with streaming stores (no read for ownership, nothing left in the caches). */
+static void stream_copy(char *to, const char *from)
+{
+    for (size_t i = 0; i < CHUNK; i += 64) {
+        __m256i a = _mm256_load_si256((const __m256i *)(from + i));
+        __m256i b = _mm256_load_si256((const __m256i *)(from + i + 32));
+        _mm256_stream_si256((__m256i *)(to + i), a);
+        _mm256_stream_si256((__m256i *)(to + i + 32), b);
+    }
+    _mm_sfence();
+}
+
 /* The pair: the child streams chunks into the shared ring and counts them; the parent loads
  * each chunk once it is counted (copy_to > 0: copies it into the next chunk of a buffer of
- * that many bytes instead); the child never laps the parent by more than half the ring. */
-static double pair(char *ring, size_t chunks, double seconds, size_t copy_to)
+ * that many bytes instead, seen as two batches of copy_to / 2 in turn: memcpy, or with
+ * streaming stores from `stream_after` bytes into each batch); the child never laps the
+ * parent by more than half the ring. */
+static double pair(char *ring, size_t chunks, double seconds, size_t copy_to, size_t stream_after)
 {
     char *copies = copy_to ? aligned_alloc(4096, copy_to) : NULL;
     if (copies)
@@ -95,7 +111,11 @@ static double pair(char *ring, size_t chunks, double seconds, size_t copy_to)
             ;
         if (copies) {
             char *to = copies + (n % (copy_to / CHUNK)) * CHUNK;
-            memcpy(to, ring + (n % chunks) * CHUNK, CHUNK);
+            size_t into_batch = (n % (copy_to / 2 / CHUNK ? copy_to / 2 / CHUNK : 1)) * CHUNK;
+            if (into_batch >= stream_after)
+                stream_copy(to, ring + (n % chunks) * CHUNK);
+            else
+                memcpy(to, ring + (n % chunks) * CHUNK, CHUNK);
             acc = _mm256_add_epi64(acc, _mm256_load_si256((const __m256i *)to));
         } else {
             acc = load_chunk(ring + (n % chunks) * CHUNK, acc);
@@ -121,7 +141,8 @@ int main(int argc, char **argv)
     memset(ring, 1, ring_bytes);                   /* every page in before the clock starts */
     memset(hot, 2, sizeof hot);
     if (what[0] == 'p') {
-        printf("%.0f\n", pair(ring, chunks, seconds, argc > 4 ? (size_t)atol(argv[4]) : 0));
+        printf("%.0f\n", pair(ring, chunks, seconds, argc > 4 ? (size_t)atol(argv[4]) : 0,
+                              argc > 5 ? (size_t)atoll(argv[5]) : (size_t)-1));
         return 0;
     }
     __m256i acc = _mm256_setzero_si256();
@@ -146,6 +167,8 @@ int main(int argc, char **argv)
 
 
 BATCH_MIB = (1, 8, 64)   # batch_read budgets of the README's batch table
+STREAMED_MIB = (8, 16, 64)   # the same copies with streaming stores (hot.c STREAM_BATCH_AFTER)
+STREAM_BATCH_AFTER = 8 << 20
 
 
 def build(where: str) -> str:
@@ -156,9 +179,12 @@ def build(where: str) -> str:
     return binary
 
 
-def run(binary: str, kinds: list[str], mib: int, seconds: float, copy_to: int = 0) -> list[float]:
-    """MB/s of each of ``kinds`` run at once, one process each."""
-    procs = [subprocess.Popen([binary, kind, str(mib), str(seconds), str(copy_to)], stdout=subprocess.PIPE, text=True)
+def run(binary: str, kinds: list[str], mib: int, seconds: float, copy_to: int = 0,
+        stream_after: int = -1) -> list[float]:
+    """MB/s of each of ``kinds`` run at once, one process each. ``stream_after``: the pair's
+    copies use streaming stores from this many bytes into each batch (-1: never)."""
+    procs = [subprocess.Popen([binary, kind, str(mib), str(seconds), str(copy_to), str(stream_after)],
+                              stdout=subprocess.PIPE, text=True)
              for kind in kinds]
     return [float(proc.communicate()[0].split()[0]) for proc in procs]
 
@@ -177,6 +203,10 @@ def main() -> None:
                 "pair, copied into one 64 KiB buffer": []}
         for budget in BATCH_MIB:
             rows[f"pair, copied into 2 x {budget} MiB in turn"] = []
+        for budget in STREAMED_MIB:
+            rows[f"  the same, 2 x {budget} MiB, streaming stores"] = []
+            if budget << 20 > STREAM_BATCH_AFTER:
+                rows[f"  the same, 2 x {budget} MiB, streaming past 8 MiB"] = []
         for _ in range(args.rounds):
             rows["write alone"] += run(binary, ["write"], args.mib, args.seconds)
             rows["read alone"] += run(binary, ["read"], args.mib, args.seconds)
@@ -188,11 +218,17 @@ def main() -> None:
             for budget in BATCH_MIB:
                 rows[f"pair, copied into 2 x {budget} MiB in turn"] += run(binary, ["pair"], args.mib, args.seconds,
                                                                           2 * budget << 20)
+            for budget in STREAMED_MIB:
+                rows[f"  the same, 2 x {budget} MiB, streaming stores"] += run(
+                    binary, ["pair"], args.mib, args.seconds, 2 * budget << 20, 0)
+                if budget << 20 > STREAM_BATCH_AFTER:
+                    rows[f"  the same, 2 x {budget} MiB, streaming past 8 MiB"] += run(
+                        binary, ["pair"], args.mib, args.seconds, 2 * budget << 20, STREAM_BATCH_AFTER)
     finally:
         shutil.rmtree(where, ignore_errors=True)
     print(f"MB/s, median [min..max] of {args.rounds} rounds, rings of {args.mib} MiB:")
     for name, values in rows.items():
-        print(f"  {name:<40} {statistics.median(values):8,.0f}  [{min(values):,.0f}..{max(values):,.0f}]")
+        print(f"  {name:<46} {statistics.median(values):8,.0f}  [{min(values):,.0f}..{max(values):,.0f}]")
 
 
 if __name__ == "__main__":

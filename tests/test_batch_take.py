@@ -221,6 +221,41 @@ def test_a_batch_larger_than_the_kept_heap_goes_to_python_which_keeps_it(client,
         native.retained_bytes(before)
 
 
+def test_batches_past_their_cached_part_come_back_exact(start_broker, monkeypatch):
+    """A batch stores what it copies past its first 8 MiB past the caches (hot.c
+    STREAM_BATCH_AFTER: entries from 32 KiB): hot.c's take (a batch in the hint's block) and
+    decode (Python's take, here across blocks) must still give every byte, the small entries
+    among the large ones and the copies on either side of the 8 MiB included."""
+    broker = start_broker(block_size=16 << 20, blocks_per_file=2)
+    rng = random.Random(13)
+    datas = [rng.randbytes(rng.choice([0, 100, 5000, 32 * 1024 - 1, 32 * 1024, 40_001, 65_536, 200_000]))
+             for _ in range(600)]   # ~28 MB: blocks 0 and 1 of each topic
+    before = heap.retained
+    monkeypatch.setattr(heap, "retained", 64 << 20)   # hot.c may take batches this large
+    native.retained_bytes(64 << 20)
+    try:
+        with shmwal.connect(broker.data_dir, key=broker.key) as client:
+            for data in datas:
+                assert client.append(C, data) == client.append(P, data)
+            python_reader(client, "default")
+            client.batch_read(C, 0, checkpoint=False)   # the reader, and its hint
+            takes = TakeCounter(client._readers[C, "default"])
+            got = {C: [], P: []}
+            for budget in [1, 12 << 20, 20 << 20, 9 << 20, 30 << 20]:   # the first read moves the hint
+                batch_c = client.batch_read(C, budget)
+                batch_p = Client.batch_read(client, P, budget)
+                assert as_pairs(batch_c) == as_pairs(batch_p), budget
+                assert budget == 1 or sum(len(e.data) for e in batch_c) > 8 << 20 \
+                    or len(got[C]) + len(batch_c) == len(datas)
+                got[C] += batch_c
+                got[P] += batch_p
+            assert [bytes(e.data) for e in got[C]] == [bytes(e.data) for e in got[P]] == datas
+            assert [e.offset for e in got[C]] == list(range(len(datas)))
+            assert takes.calls == 2   # the first read and the crossing of block 1: hot.c the others
+    finally:
+        native.retained_bytes(before)
+
+
 @pytest.mark.parametrize("zero_copy", [False, True], ids=["copies", "zero-copy"])
 def test_a_damaged_entry_in_the_block_is_reported_after_the_good_ones(broker, client, zero_copy):
     """hot.c finds the bad checksum, takes nothing and hands the read to Python, which

@@ -1200,8 +1200,10 @@ static PyTypeObject *entry_type;   /* shmwal.entry.Entry, set by configure() */
 
 /* A new bytes object (a bytearray: `writable`) holding the ``length`` bytes at ``src``, or
  * NULL: with an exception set when out of memory, without one when they do not hash to
- * ``digest`` (the general path then reports it). */
-static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, uint64_t digest, int writable)
+ * ``digest`` (the general path then reports it). ``stream``: stored past the caches from
+ * STREAM_MIN (batch_data says when). */
+static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, uint64_t digest, int writable,
+                              int stream)
 {
     PyObject *data = writable ? PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)length)
                               : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
@@ -1213,19 +1215,35 @@ static PyObject *copy_checked(const char *src, uint64_t length, uint64_t seed, u
      * against 4.8 us hashing the source first, from the costs of each step alone); past
      * STREAM_MIN in one pass (fused_xxh3.h) or piece by piece, so that a block in DRAM is
      * read once. */
-    if (copy_checksum(dst, src, (size_t)length, seed, 0) != digest)
+    if (copy_checksum(dst, src, (size_t)length, seed, stream) != digest)
         Py_CLEAR(data);
     return data;
 }
 
+/* Bytes a batch copies with ordinary stores before it stores the rest of its large entries
+ * (from STREAM_MIN) past the caches.  A batch's copies go to memory the caller has not
+ * touched since the batch before, which it may still hold: once the two outgrow the
+ * last-level cache, an ordinary store first reads its line from DRAM, and evicts lines the
+ * caller is about to read.  `python scripts/dram_ceiling.py` (a reader copying 64 KiB
+ * chunks out of a ring another core streams into, into twice a budget in turn; 32 MiB L3):
+ * at 64 MiB budgets ordinary copies 7.3 GB/s [6.3..7.7], streaming past a batch's first
+ * 8 MiB 8.6 [8.3..8.6]; below ~16 MiB either way within the noise (6-13 GB/s, bimodal).  So
+ * a batch up to 8 MiB stays in the caches for a caller that reads what it asked for, and a
+ * larger one does not push it out.  One process reading 2 GB of 64 KiB entries back with
+ * 64 MiB budgets (`python scripts/bench_batch_memory.py --count 30000 --budgets 64MiB`,
+ * second pass, alternated): 7.8-8.9 GB/s against 6.5-7.9 before, four runs each.  The VM
+ * reports the host's cache sizes (getconf: 256 MiB of L3), hence a constant. */
+#define STREAM_BATCH_AFTER ((uint64_t)8 << 20)
+
 /* A batch entry's data, as copy_checked says (NULL without an exception: it does not
  * check out): a copy, or (zero-copy, ``view`` a read-only memoryview of the mapping that
- * holds ``base``) the slice of ``view`` over it once the mapped bytes hash to ``digest``. */
+ * holds ``base``) the slice of ``view`` over it once the mapped bytes hash to ``digest``.
+ * ``before``: the bytes the batch copied before this entry (STREAM_BATCH_AFTER). */
 static PyObject *batch_data(const char *base, uint64_t start, uint64_t length, uint64_t seed, uint64_t digest,
-                            PyObject *view)
+                            PyObject *view, uint64_t before)
 {
     if (view == NULL)
-        return copy_checked(base + start, length, seed, digest, 0);
+        return copy_checked(base + start, length, seed, digest, 0, before >= STREAM_BATCH_AFTER);
     if (checksum(base + start, (size_t)length, seed) != digest)
         return NULL;
     return PySequence_GetSlice(view, (Py_ssize_t)start, (Py_ssize_t)(start + length));
@@ -1506,7 +1524,7 @@ static PyObject *next_entry(Reader *self, int checkpoint, int form, uint64_t pic
             goto hand_back;
     } else {
         data = copy_checked(record + SINGLE_RECORD_SIZE, length, entry_seed(cursor), digest,
-                            form == FORM_BYTEARRAY);
+                            form == FORM_BYTEARRAY, 0);
         if (data == NULL) {
             if (PyErr_Occurred()) {
                 pthread_mutex_unlock(mutex);
@@ -1844,7 +1862,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
     int was_enabled = PyGC_Disable();   /* as decode(): a batch of new entries is no reason to collect */
     c = cursor;
     at = pos;
-    uint64_t hint = pos;
+    uint64_t hint = pos, copied = 0;
     Py_ssize_t k = 0;
     while (k < n) {
         hinted_record(self, block, at, &header);   /* it held in pass 1, and a published record never changes */
@@ -1853,7 +1871,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
         for (; index < header.count && k < n; index++) {
             uint64_t length = rd64(header.table + index * TABLE_ENTRY_SIZE);
             uint64_t digest = rd64(header.table + index * TABLE_ENTRY_SIZE + 8);
-            PyObject *data = batch_data(base, start, length, entry_seed(c), digest, view);
+            PyObject *data = batch_data(base, start, length, entry_seed(c), digest, view, copied);
             PyObject *entry = data == NULL || payloads ? data : make_entry_at((size_t)k, self->topic, c, data);
             if (entry == NULL) {
                 if (was_enabled)
@@ -1866,6 +1884,7 @@ static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long ma
             k++;
             c++;
             start += length;
+            copied += length;
         }
         hint = index < header.count ? at : at + header.size;
         if (index < header.count) {   /* the next take starts here */
@@ -1940,8 +1959,8 @@ HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_nam
 
 /* ================================================================== module functions */
 
-/* decode(buf, pos, limit, c, stop, next_first, max_entries, max_bytes, have_some, topic, out, zero_copy)
- *   -> (status, c, pos, added_bytes)
+/* decode(buf, pos, limit, c, stop, next_first, max_entries, max_bytes, have_some, topic, out, zero_copy[,
+ *        copied]) -> (status, c, pos, added_bytes)
  *
  * The inner loop of GroupReader._take: from the record at `pos`, append
  * Entry(topic, c, data) to `out` for c = c, c+1, ... until
@@ -1953,11 +1972,12 @@ HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_nam
  *              not holding c, a bad checksum): Python's loop handles it.
  * The same rules as _take: the byte cap never refuses the first entry of a
  * read (`have_some`: `out` already held entries before this call).
- * zero_copy: each data is buf[start:end] (buf is then a read-only memoryview). */
+ * zero_copy: each data is buf[start:end] (buf is then a read-only memoryview).  ``copied``:
+ * the bytes the batch took before this call (batch_data's ``before``; 0 when left out). */
 static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "decode takes 12 arguments");
+    if (nargs != 12 && nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "decode takes 12 or 13 arguments");
         return NULL;
     }
     PyObject *buf_obj = args[0], *topic = args[9], *out = args[10];
@@ -1977,6 +1997,7 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         max_bytes = -1;
     int have_some = PyObject_IsTrue(args[8]);
     int zero_copy = PyObject_IsTrue(args[11]);
+    uint64_t copied_before = nargs == 13 ? PyLong_AsUnsignedLongLong(args[12]) : 0;
     if (PyErr_Occurred())
         return NULL;
     /* topic None: batch_read_payloads, the list gets each entry's data alone. */
@@ -2019,7 +2040,8 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
                 break;
             }
             uint64_t digest = rd64(table + index * TABLE_ENTRY_SIZE + 8);
-            PyObject *data = batch_data(base, start, length, entry_seed(c), digest, zero_copy ? buf_obj : NULL);
+            PyObject *data = batch_data(base, start, length, entry_seed(c), digest, zero_copy ? buf_obj : NULL,
+                                        copied_before + taken_bytes);
             if (data == NULL) {
                 if (PyErr_Occurred())
                     goto error;

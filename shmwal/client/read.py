@@ -481,7 +481,7 @@ class GroupReader:
                     next_first = words[_W_CHAIN_FIRST + (block + 1) * 4] if block + 1 < published else NO_HINT
                     status, c, pos, taken = decode(buf, pos, limit, c, next_offset, next_first,
                                                    max_entries - len(out), max_bytes - total, bool(out),
-                                                   None if payloads else topic, out, zero_copy)
+                                                   None if payloads else topic, out, zero_copy, total)
                     total += taken
                     hint_block, hint_pos = block, pos   # decode checked every record up to pos
                     if status == _DONE:
