@@ -103,9 +103,9 @@ def consume(client, group: int, total, out: str, start) -> None:
 
 
 def main(argv=None) -> int:
-    from .cli.common import Parser   # a bad option: one line, exit 2, as every shmwal command
+    from .cli.common import Parser, positive_int   # a bad option: one line, exit 2, as every shmwal command
     parser = Parser(prog="shmwal demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=300_000, help="entries per producer (default: 300000)")
+    parser.add_argument("--entries", type=positive_int, default=300_000, help="entries per producer (default: 300000)")
     parser.add_argument("--size", type=int, default=100, help="payload bytes of each entry (default: 100)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the demo's broker keeps its files (default: a temporary directory, "

@@ -368,9 +368,19 @@ def test_demo_ends_and_checks_what_was_written_when_a_worker_is_killed(tmp_path,
     assert "MISMATCH" not in summary and "RESULT: FAILED" in summary
 
 
-@pytest.mark.parametrize("args, says", [(["demo", "--entries", "many"], "argument --entries: invalid int value"),
-                                        (["bench", "--only", "nobody"], "argument --only: invalid choice: 'nobody'"),
-                                        (["bench", "--sizes", "huge"], "argument --sizes: bad size 'huge'")])
+@pytest.mark.parametrize("args, says", [
+    (["demo", "--entries", "many"], "argument --entries: invalid value 'many': expected an integer >= 1"),
+    (["demo", "--entries", "0"], "argument --entries: invalid value '0': expected an integer >= 1"),
+    (["bench", "--only", "nobody"], "argument --only: invalid choice: 'nobody'"),
+    (["bench", "--sizes", "huge"], "argument --sizes: bad size 'huge'"),
+    (["bench", "--consistency", "foo"], "argument --consistency: invalid choice: 'foo' (choose from strict, "
+                                        "at-least-once:N with N >= 1)"),
+    (["bench", "--contenders", "=nobody"], "shmwal bench: --contenders '=nobody' (with --only all) selects no "
+                                           "contender; the names: mp.Queue, faster-fifo,"),
+    (["bridge", "--topic", "t", "--to", "nats://127.0.0.1:1", "--max-bytes", "0"],
+     "argument --max-bytes: invalid value '0': expected an integer >= 1"),
+    (["bridge", "--topic", "t", "--to", "http://x"], "--to must be a nats:// or tls:// URL, not 'http://x'"),
+])
 def test_demo_and_bench_refuse_bad_options_in_one_line_too(args, says):
     result = shmwal_cli(*args)
     assert result.returncode == 2

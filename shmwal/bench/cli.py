@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=tempfile.gettempdir(),
                    help="where each run makes its fresh shmwal data directory and zmq sockets "
                         "(default: the temp dir, a real disk, so fsync costs what it costs; /dev/shm: tmpfs)")
-    p.add_argument("--consistency", default="strict",
+    p.add_argument("--consistency", default="strict", type=_consistency,
                    help="shmwal delivery mode: strict | at-least-once:N (default strict, as the API)")
     p.add_argument("--repeat", type=int, help="runs per cell, median kept (default 3; quick 1): "
                                               "figures on a shared VM vary by 1.5x from run to run")
@@ -99,6 +99,15 @@ def _byte_count(text: str) -> int:
 def _size(text: str) -> int:
     (size,) = _sizes(text)
     return size
+
+
+def _consistency(text: str) -> str:
+    """--consistency, checked as the broker's command line checks it (kept as text: the
+    contenders parse it in each run's processes)."""
+    from ..server.main import consistency_arg
+
+    consistency_arg(text)
+    return text
 
 
 def select_contenders(args) -> list:
@@ -210,7 +219,9 @@ def main(argv=None) -> int:
     specs = plan.build(args.scenarios, args.sizes, budget)
     contenders = select_contenders(args)
     if not contenders:
-        print("no contender selected", file=sys.stderr)
+        every = [c.name for c in all_contenders() + nats_contenders()]
+        print(f"shmwal bench: --contenders {args.contenders!r} (with --only {args.only}) selects no contender; "
+              f"the names: {', '.join(every)}", file=sys.stderr)
         return 2
     missing = {c.name: c.unavailable() for c in contenders}
     missing = {name: why for name, why in missing.items() if why}

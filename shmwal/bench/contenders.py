@@ -631,14 +631,10 @@ def _shmwal_missing() -> str | None:
 
 
 def shmwal_consistency(text: str):
-    """'strict' or 'at-least-once:N' (as the broker's command line spells them)."""
-    import shmwal
+    """'strict' or 'at-least-once[:N]', as the broker's command line spells them."""
+    from ..options import parse_consistency
 
-    if text == "strict":
-        return shmwal.StrictlyAtOnce()
-    if text.startswith("at-least-once:"):
-        return shmwal.AtLeastOnce(persist_every=int(text.split(":", 1)[1]))
-    raise ValueError(f"consistency {text!r}: use 'strict' or 'at-least-once:N'")
+    return parse_consistency(text)
 
 
 class ShmwalContender(Contender):

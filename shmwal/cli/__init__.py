@@ -29,7 +29,8 @@ A multi-process, shared-memory, persisted log broker.
 
 Every command takes --data-dir DIR and --key KEY to name the broker's namespace
 (default: $SHMWAL_DATA_DIR, else ./shmwal_data; key 'default'), and --json where
-it prints data. 'shmwal COMMAND --help' explains each command's options.
+it prints data; demo and bench default to fresh temporary directories instead, and
+bench has no --key. 'shmwal COMMAND --help' explains each command's options.
 Exit status: 0 success, 1 failure (one line on stderr), 2 bad options."""
 
 

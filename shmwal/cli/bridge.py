@@ -21,12 +21,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--topic", required=True, type=common.name_arg("topic"), metavar="TOPIC",
                    help="the local topic to mirror")
     p.add_argument("--to", required=True, metavar="URL",
-                   help="the NATS servers: nats://host:port[,host:port...]")
+                   help="the NATS servers: nats://host:port[,host:port...] (or tls://)")
     p.add_argument("--remote-topic", default=None, type=common.name_arg("topic"), metavar="TOPIC",
                    help="the topic (stream) to write on the NATS side (default: the same as --topic)")
     p.add_argument("--remote-key", default=None, metavar="KEY",
                    help="the namespace on the NATS side, as --key locally (default: 'default')")
-    p.add_argument("--max-bytes", default=1 << 20, type=int, metavar="N",
+    p.add_argument("--max-bytes", default=1 << 20, type=common.positive_int, metavar="N",
                    help="payload bytes per round (one local batch read, one remote batch; default: 1 MiB)")
     common.add_namespace_args(p)
     p.set_defaults(run=cmd_bridge)
@@ -34,6 +34,6 @@ def add_parsers(sub) -> None:
 
 def cmd_bridge(args) -> int:
     if not args.to.startswith(("nats://", "tls://")):
-        raise common.UsageError(f"--to must be a nats:// URL, not {args.to!r}")
+        raise common.UsageError(f"--to must be a nats:// or tls:// URL, not {args.to!r}")
     from ..nats.bridge import run_bridge
     return run_bridge(args)

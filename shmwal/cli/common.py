@@ -88,6 +88,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 1")
+    return value
+
+
 def name_arg(what: str):
     """An argparse type that accepts only valid topic or group names."""
     def check(text: str) -> str:
@@ -160,7 +170,7 @@ def run(command, args, prog: str) -> int:
     except CliError as exc:
         return _fail(prog, str(exc))
     except BrokerUnavailable as exc:
-        return _fail(prog, f"{exc} (the broker stopped or died)")
+        return _fail(prog, str(exc))
     except ShmwalError as exc:
         return _fail(prog, str(exc))
     except OSError as exc:

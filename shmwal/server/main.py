@@ -98,8 +98,8 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="{strict,at-least-once:N}",
                         help="delivery to consumer groups: 'strict' (StrictlyAtOnce: a read moves its "
                              "group's cursor durably before it returns; no entry is delivered twice) or "
-                             "'at-least-once:N' (AtLeastOnce: the cursor is made durable at least every N "
-                             "reads; after a crash a group may get up to N entries again) (default: strict)")
+                             "'at-least-once:N' (AtLeastOnce: after a crash a group may get up to N entries again; "
+                             "today the cursor is kept as under strict, see docs/API.md) (default: strict)")
     parser.add_argument("--fsync", default="200", type=fsync_arg, metavar="{each,none,MILLISECONDS}",
                         help="when written data is fsynced: 'each' (SyncEach: before every append returns), "
                              "'none' (NoFsync: never; survives process crashes, not a power cut) or a number "
