@@ -146,10 +146,10 @@ def test_create_group_groups_and_delete_group(client):
         pytest.skip("this backend's Client has no create_group yet (issue 12a)")
     client.batch_append("t", [b"a", b"b", b"c", b"d"])
     assert client.groups("t") == []
-    client.create_group("t", "early")
-    client.create_group("t", "late", start="latest")
-    client.create_group("t", "mid", start=2)
-    client.create_group("t", "mid", start=0)             # exists already: changes nothing
+    assert client.create_group("t", "early") is True
+    assert client.create_group("t", "late", start="latest") is True
+    assert client.create_group("t", "mid", start=2) is True
+    assert client.create_group("t", "mid", start=0) is False   # exists already: changes nothing
     assert sorted(client.groups("t")) == ["early", "late", "mid"]
     assert client.position("t", group="early") == 0
     assert client.position("t", group="late") == 4
@@ -158,7 +158,8 @@ def test_create_group_groups_and_delete_group(client):
     assert client.read_next("t", group="late") is None
     assert client.append("t", b"e") == 4
     assert client.read_next("t", group="late").offset == 4
-    client.delete_group("t", "mid")
+    assert client.delete_group("t", "mid") is True
+    assert client.delete_group("t", "mid") is False
     assert sorted(client.groups("t")) == ["early", "late"]
     assert client.position("t", group="mid") == 0        # gone: a new group would start at the oldest
     with pytest.raises(shmwal.InvalidTopic):

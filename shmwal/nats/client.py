@@ -581,8 +581,9 @@ class NatsClient:
             self._readers[t.name, group] = reader
         return reader
 
-    async def _consumer(self, t: _Topic, group: str, deadline: float, start=None, replace=False):
-        """The group's consumer info, made if it is missing (``start``: where it begins)."""
+    async def _consumer(self, t: _Topic, group: str, deadline: float, start=None, replace=False, made=None):
+        """The group's consumer info, made if it is missing (``start``: where it begins);
+        ``made`` (a list) gets True appended when this call made it."""
         durable = names.durable_name(group)
         if not replace:
             try:
@@ -607,7 +608,7 @@ class NatsClient:
             except _ApiError:
                 pass   # already gone
         try:
-            return await self._api(f"CONSUMER.DURABLE.CREATE.{t.stream}.{durable}",
+            info = await self._api(f"CONSUMER.DURABLE.CREATE.{t.stream}.{durable}",
                                    {"stream_name": t.stream, "config": config}, deadline)
         except _ApiError as exc:
             if exc.err_code == ERR_STREAM_NOT_FOUND:
@@ -616,6 +617,9 @@ class NatsClient:
                 return await self._api(f"CONSUMER.INFO.{t.stream}.{durable}", None, deadline)
             except _ApiError:
                 raise ShmwalError(f"JetStream refused to make group {group!r}: {exc}") from None
+        if made is not None:
+            made.append(True)
+        return info
 
     def _forget_reader(self, t: _Topic, group: str) -> None:
         reader = self._readers.pop((t.name, group), None)
@@ -992,7 +996,7 @@ class NatsClient:
         return _consumer_position(consumer, state)
 
     # ================================================================== groups
-    def create_group(self, topic, group, *, start="earliest") -> None:
+    def create_group(self, topic, group, *, start="earliest") -> bool:
         t = self._topic(topic)
         check_name(group, "group")
         if start not in ("earliest", "latest"):
@@ -1000,16 +1004,20 @@ class NatsClient:
                 raise ValueError(f'start must be "earliest", "latest" or an offset, not {start!r}')
             if start < 0:
                 raise ValueError("start offset must be >= 0")
-        self._call(self._create_group(t, group, start))
+        return self._call(self._create_group(t, group, start))
 
-    async def _create_group(self, t: _Topic, group: str, start) -> None:
+    async def _create_group(self, t: _Topic, group: str, start) -> bool:
+        """True when this call made the group's consumer (of two clients making it at once,
+        the one whose create JetStream refused says False)."""
         deadline = self._deadline()
         await self._ensure_stream(t, deadline)
         if start == "earliest":
             start = None
-        await self._consumer(t, group, deadline, start)
+        made = []
+        await self._consumer(t, group, deadline, start, made=made)
         if self._claims:
             await self._ensure_claims(deadline)   # made once per cluster: not on a first read's clock
+        return bool(made)
 
     def groups(self, topic) -> list[str]:
         t = self._topic(topic)
@@ -1031,12 +1039,13 @@ class NatsClient:
                 break
         return sorted(g for g in found if g)
 
-    def delete_group(self, topic, group) -> None:
+    def delete_group(self, topic, group) -> bool:
         t = self._topic(topic)
         check_name(group, "group")
-        self._call(self._delete_group(t, group))
+        return self._call(self._delete_group(t, group))
 
-    async def _delete_group(self, t: _Topic, group: str) -> None:
+    async def _delete_group(self, t: _Topic, group: str) -> bool:
+        """True when the group's consumer existed (and this call deleted it)."""
         self._forget_reader(t, group)
         try:
             await self._api(f"CONSUMER.DELETE.{t.stream}.{names.durable_name(group)}", None,
@@ -1044,6 +1053,8 @@ class NatsClient:
         except _ApiError as exc:
             if exc.err_code not in (ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND):
                 raise ShmwalError(f"JetStream refused to delete group {group!r}: {exc}") from None
+            return False
+        return True
 
     # ================================================================== introspection
     def topics(self) -> list[str]:
