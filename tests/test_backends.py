@@ -164,6 +164,9 @@ def test_create_group_groups_and_delete_group(client):
     assert client.position("t", group="mid") == 0        # gone: a new group would start at the oldest
     with pytest.raises(shmwal.InvalidTopic):
         client.create_group("t", "bad/group")
+    for start, error in [("soon", ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)]:
+        with pytest.raises(error):
+            client.create_group("t", "new", start=start)
     assert sorted(client.groups("t")) == ["early", "late"]
 
 

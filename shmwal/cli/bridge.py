@@ -10,8 +10,9 @@ examples:
   shmwal bridge --data-dir /var/tmp/log --topic orders --to nats://10.0.0.5:4222,10.0.0.6:4222
   shmwal bridge --topic orders --to nats://127.0.0.1:4222 --remote-topic orders-eu
 
-The bridge reads through a local group of its own (bridge-TOPIC) and resumes after any
-crash with no gap and no duplicate (needs: pip install 'shmwal[nats]').
+The bridge reads through a local group of its own (bridge-TOPIC; past 255 characters,
+bridge- and a hash of the topic) and resumes after any crash with no gap and no
+duplicate (needs: pip install 'shmwal[nats]').
 """
 
 

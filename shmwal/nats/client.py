@@ -50,6 +50,7 @@ from ..entry import Entry, Payloads
 from ..errors import (BatchTooLarge, BrokerUnavailable, ClientClosed, EntryTooLarge,
                       ShmwalError, Unsupported)
 from ..client.append import batch_list
+from ..client.facade import check_start
 from ..ipc.names import check_name
 from ..options import AtLeastOnce, StrictlyAtOnce
 from ..blocks import layout as L
@@ -999,11 +1000,7 @@ class NatsClient:
     def create_group(self, topic, group, *, start="earliest") -> bool:
         t = self._topic(topic)
         check_name(group, "group")
-        if start not in ("earliest", "latest"):
-            if isinstance(start, bool) or not isinstance(start, int):
-                raise ValueError(f'start must be "earliest", "latest" or an offset, not {start!r}')
-            if start < 0:
-                raise ValueError("start offset must be >= 0")
+        start = check_start(start)   # the same errors as the local client's
         return self._call(self._create_group(t, group, start))
 
     async def _create_group(self, t: _Topic, group: str, start) -> bool:
