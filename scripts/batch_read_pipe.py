@@ -51,9 +51,9 @@ def consume(data_dir: str, budget: int, count: int, out) -> None:
     with shmwal.connect(data_dir) as client:
         client.seek("t", 0, group="g")
         got = calls = 0
-        batch = None   # held while the next is read, as `while batch := batch_read(...)` does
         start = None
         while got < count:
+            # `batch` holds the previous batch while the next is read, as a caller's loop does.
             batch = client.batch_read("t", budget, group="g", timeout=None)
             if start is None:
                 start = time.perf_counter()

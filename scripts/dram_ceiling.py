@@ -23,9 +23,9 @@ return ``bytes`` do: into one 64 KiB buffer (``read_next``: each entry's copy fr
 next, so its memory stays in the caches) or into twice a batch budget in turn (``batch_read``
 while the caller holds the previous batch: past the caches every copy is a line of DRAM read
 for ownership and written back). Their ratio bounds what ``batch_read`` of large entries with
-large budgets can reach against ``read_next`` with ordinary copies. The rows under them copy with streaming stores (no read for ownership, the caches left
-alone): from the start of each batch, or past its first 8 MiB as hot.c's batches do
-(STREAM_BATCH_AFTER).
+large budgets can reach against ``read_next`` with ordinary copies. The rows under them copy
+with streaming stores (no read for ownership, the caches left alone): from the start of each
+batch, or past its first 8 MiB as hot.c's batches do (STREAM_BATCH_AFTER).
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ static void stream_copy(char *to, const char *from)
 static double pair(char *ring, size_t chunks, double seconds, size_t copy_to, size_t stream_after)
 {
     char *copies = copy_to ? aligned_alloc(4096, copy_to) : NULL;
+    size_t batch_chunks = copy_to / 2 >= CHUNK ? copy_to / 2 / CHUNK : 1;   /* one buffer: a batch of one */
     if (copies)
         memset(copies, 3, copy_to);                /* its pages in, as a kept heap's are */
     _Atomic unsigned long *counts = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -111,8 +112,7 @@ static double pair(char *ring, size_t chunks, double seconds, size_t copy_to, si
             ;
         if (copies) {
             char *to = copies + (n % (copy_to / CHUNK)) * CHUNK;
-            size_t into_batch = (n % (copy_to / 2 / CHUNK ? copy_to / 2 / CHUNK : 1)) * CHUNK;
-            if (into_batch >= stream_after)
+            if ((n % batch_chunks) * CHUNK >= stream_after)
                 stream_copy(to, ring + (n % chunks) * CHUNK);
             else
                 memcpy(to, ring + (n % chunks) * CHUNK, CHUNK);

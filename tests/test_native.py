@@ -203,7 +203,7 @@ def test_decode_never_returns_a_wrong_payload(runs, flip, bit, max_entries, max_
     source = memoryview(bytes(buf)) if zero_copy else bytes(buf)
     out: list = []
     status, c, pos, taken = native.decode(source, 0, end, 0, len(expected), 2**64 - 1, max_entries,
-                                          max_bytes, False, "t", out, zero_copy)
+                                          max_bytes, False, "t", out, zero_copy, 0)
     assert all(type(e) is shmwal.Entry and e.topic == "t" for e in out)
     assert [(e.offset, bytes(e.data)) for e in out] == expected[:len(out)]
     assert c == len(out) and taken == sum(len(e.data) for e in out)
@@ -226,29 +226,29 @@ def test_decode_never_returns_a_wrong_long_payload(runs, flip, bit, zero_copy):
     buf[flip % end] ^= 1 << bit
     source = memoryview(bytes(buf)) if zero_copy else bytes(buf)
     out: list = []
-    native.decode(source, 0, end, 0, len(expected), 2**64 - 1, 100, 2**40, False, "t", out, zero_copy)
+    native.decode(source, 0, end, 0, len(expected), 2**64 - 1, 100, 2**40, False, "t", out, zero_copy, 0)
     assert [(e.offset, bytes(e.data)) for e in out] == expected[:len(out)]
 
 
 def test_decode_stops_at_the_next_block_and_hands_back_foreign_records():
     buf, expected, end = _encode_block([[b"a", b"b"], [b"c"], [b"d", b"e"]], first=10)
     out: list = []
-    status, c, pos, _ = native.decode(bytes(buf), 0, end, 10, 100, 13, 100, 10**9, False, "t", out, False)
+    status, c, pos, _ = native.decode(bytes(buf), 0, end, 10, 100, 13, 100, 10**9, False, "t", out, False, 0)
     assert (status, c) == (native.BLOCK_END, 13)
     assert [e.offset for e in out] == [10, 11, 12]
     assert pos == _records_from(buf, 0, end)[2].pos
     out = []   # the cursor (9) is not in the record at 0: Python walks
-    status, c, pos, _ = native.decode(bytes(buf), 0, end, 9, 100, 2**64 - 1, 100, 10**9, False, "t", out, False)
+    status, c, pos, _ = native.decode(bytes(buf), 0, end, 9, 100, 2**64 - 1, 100, 10**9, False, "t", out, False, 0)
     assert (status, c, pos, out) == (native.HAND_BACK, 9, 0, [])
 
 
 def test_decode_caps_mid_record_leave_the_hint_on_that_record():
     buf, expected, end = _encode_block([[b"x" * 10] * 5])
     out: list = []
-    status, c, pos, taken = native.decode(bytes(buf), 0, end, 1, 5, 2**64 - 1, 100, 25, False, "t", out, False)
+    status, c, pos, taken = native.decode(bytes(buf), 0, end, 1, 5, 2**64 - 1, 100, 25, False, "t", out, False, 0)
     assert (status, c, pos, taken) == (native.DONE, 3, 0, 20)
     out = []
-    status, c, pos, taken = native.decode(bytes(buf), 0, end, 0, 5, 2**64 - 1, 100, 0, True, "t", out, False)
+    status, c, pos, taken = native.decode(bytes(buf), 0, end, 0, 5, 2**64 - 1, 100, 0, True, "t", out, False, 0)
     assert (status, c, pos, taken, out) == (native.DONE, 0, 0, 0, [])   # a cap of 0 with entries already taken
 
 

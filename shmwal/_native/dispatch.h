@@ -451,7 +451,7 @@ static PyMethodDef Dispatch_methods[] = {
      "compiled (client/facade.py: help(shmwal.Client.batch_read) has the whole contract)."},
     {"reserve", (PyCFunction)(void (*)(void))Dispatch_reserve, METH_FASTCALL | METH_KEYWORDS,
      "reserve($self, topic, nbytes)\n--\n\n"
-     "A zero-copy write (API.md \"Zero-copy writes\"): the slot to fill in a with block. shmwal.Client.reserve, "
+     "A zero-copy write (API.md \"Zero-copy writes\"): the slot to fill, in a with block. shmwal.Client.reserve, "
      "compiled (client/facade.py: help(shmwal.Client.reserve) has the whole contract)."},
     {"add_appender", (PyCFunction)Dispatch_add_appender, METH_VARARGS,
      "add_appender(topic, appender): serve append(topic, ...) and reserve(topic, ...) with this hot.c Appender"},

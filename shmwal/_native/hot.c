@@ -1792,8 +1792,9 @@ static uint64_t hinted_entry_start(Reader *self, const RecordHeader *header, uin
  * end of what is published), and copies no more than ``batch_retained`` (zero-copy: the
  * block can be pinned); else nothing is copied and None hands the read to Python (a batch
  * that goes on into the next block, damage, a cursor the broker's reclamation moved, a
- * hint elsewhere, a dead holder of the group mutex).  An int: the next offset, nothing below it to read.  A checksum that does
- * not match in the second pass hands everything back, nothing taken: Python reports it. */
+ * hint elsewhere, a dead holder of the group mutex).  An int: the next offset, nothing
+ * below it to read.  A checksum that does not match in the second pass hands everything
+ * back, nothing taken: Python reports it. */
 static PyObject *take_entries(Reader *self, Py_ssize_t max_entries, long long max_bytes, int checkpoint,
                               int payloads, int zero_copy)
 {
@@ -1959,8 +1960,8 @@ HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_nam
 
 /* ================================================================== module functions */
 
-/* decode(buf, pos, limit, c, stop, next_first, max_entries, max_bytes, have_some, topic, out, zero_copy[,
- *        copied]) -> (status, c, pos, added_bytes)
+/* decode(buf, pos, limit, c, stop, next_first, max_entries, max_bytes, have_some, topic, out, zero_copy,
+ *        copied) -> (status, c, pos, added_bytes)
  *
  * The inner loop of GroupReader._take: from the record at `pos`, append
  * Entry(topic, c, data) to `out` for c = c, c+1, ... until
@@ -1973,11 +1974,11 @@ HOT_TYPE(Reader, "Reader(meta_mmap, group_slot, generation, topic, semaphore_nam
  * The same rules as _take: the byte cap never refuses the first entry of a
  * read (`have_some`: `out` already held entries before this call).
  * zero_copy: each data is buf[start:end] (buf is then a read-only memoryview).  ``copied``:
- * the bytes the batch took before this call (batch_data's ``before``; 0 when left out). */
+ * the bytes the batch took before this call (batch_data's ``before``). */
 static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 12 && nargs != 13) {
-        PyErr_SetString(PyExc_TypeError, "decode takes 12 or 13 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "decode takes 13 arguments");
         return NULL;
     }
     PyObject *buf_obj = args[0], *topic = args[9], *out = args[10];
@@ -1997,7 +1998,7 @@ static PyObject *decode_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         max_bytes = -1;
     int have_some = PyObject_IsTrue(args[8]);
     int zero_copy = PyObject_IsTrue(args[11]);
-    uint64_t copied_before = nargs == 13 ? PyLong_AsUnsignedLongLong(args[12]) : 0;
+    uint64_t copied_before = PyLong_AsUnsignedLongLong(args[12]);
     if (PyErr_Occurred())
         return NULL;
     /* topic None: batch_read_payloads, the list gets each entry's data alone. */
